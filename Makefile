@@ -1,0 +1,64 @@
+# Two commands: `make run` (a sidecar, against a local Trengo simulator unless
+# TRENGO_API_TOKEN is set) and `make test` (everything, from a fresh clone).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO := protos/trengo/sidecar/v1/sidecar.proto
+STAMP := .stamps
+NODE_DIR := clients/node
+BUF := $(NODE_DIR)/node_modules/.bin/buf
+
+.PHONY: install proto run test lint test-python node buf bench clean
+
+install: $(STAMP)/venv
+
+# The venv, the generated stubs and the package (editable), all from scratch.
+$(STAMP)/venv: pyproject.toml clients/python/pyproject.toml $(PROTO)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
+	$(MAKE) --no-print-directory proto
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e clients/python
+	@mkdir -p $(STAMP) && touch $@
+
+# Python stubs (with .pyi for mypy) into trengo/sidecar/v1/, ignored by git.
+proto:
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=. \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTO)
+	touch trengo/__init__.py trengo/sidecar/__init__.py trengo/sidecar/v1/__init__.py
+
+run: install
+	@if [ -z "$$TRENGO_API_TOKEN$$TRENGO_API_TOKEN_FILE" ]; then \
+	  exec $(BIN)/python -m sidecar.simulator.demo; \
+	else \
+	  exec $(BIN)/trengo-sidecar $(if $(CONFIG),--config $(CONFIG)); \
+	fi
+
+# npm packages from the lock file: grpc-js for the Node client, and the buf CLI.
+node: $(NODE_DIR)/node_modules/.package-lock.json
+$(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+buf: node
+	$(BUF) lint
+	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
+	  $(BUF) breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no buf.yaml on main yet, nothing to compare"; fi
+
+lint: install
+	$(BIN)/ruff check sidecar tests clients/python
+	$(BIN)/mypy
+
+test-python: install node
+	$(BIN)/pytest
+
+test: lint buf test-python
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) $(STAMP) trengo $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
