@@ -1,0 +1,98 @@
+"""The CLI: ``trengo-sidecar`` (or ``python -m sidecar``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from . import logs
+from .config import Config, load_config
+from .errors import ConfigError
+
+log = logging.getLogger("sidecar")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="trengo-sidecar",
+        description="A gRPC sidecar that delivers Identify and Track events to Trengo.",
+        epilog="Config keys come from --config, then TRENGO_*/SIDECAR_* environment variables, then flags.",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="JSON or YAML config (RudderStack keys: apiToken, ...)"
+    )
+    parser.add_argument(
+        "--listen", metavar="ADDR", help="host:port or unix:///path (default 127.0.0.1:50051)"
+    )
+    parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
+    parser.add_argument("--log-format", choices=("text", "json"))
+    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {
+        "listen": args.listen,
+        "metricsListen": args.metrics_listen,
+        "logFormat": args.log_format,
+        "logLevel": args.log_level,
+    }
+    try:
+        config = load_config(args.config, overrides=overrides)
+    except ConfigError as exc:
+        print(f"trengo-sidecar: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.log_format, config.log_level)
+    if args.check_config:
+        print(describe(config))
+        return 0
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+def describe(config: Config) -> str:
+    """The effective config, token masked: safe to print."""
+    return "\n".join(
+        f"{name}: {value!r}" for name, value in vars(config).items() if name != "event_templates"
+    ) + ("\nevent_templates: " + ", ".join(repr(k) for k in config.event_templates))
+
+
+async def _serve(config: Config) -> None:
+    from .server import Sidecar  # grpc import deferred so --help and config errors are instant
+
+    sidecar = Sidecar(config)
+    try:
+        port = await sidecar.start()
+    except RuntimeError as exc:  # grpc's "Failed to bind"
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+    if config.metrics_listen:
+        from .metrics import start_metrics
+
+        start_metrics(config.metrics_listen, sidecar)
+    log.info(
+        "trengo-sidecar listening",
+        extra={
+            "fields": {
+                "listen": config.listen,
+                "port": port,
+                "trengo": config.base_url,
+                "channel_id": config.channel_id,
+                "channel_identifier": config.channel_identifier,
+                "dedup": config.enable_dedup,
+                "events": len(config.event_templates),
+            }
+        },
+    )
+    await sidecar.serve_until_signal()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

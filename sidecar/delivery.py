@@ -1,0 +1,329 @@
+"""Run an event's transformation against Trengo, using the caches.
+
+Per event: check what can be checked without Trengo, learn the channel's
+kind (cached), find the contact (cached, one search per new person even
+under concurrency), then write. Warm, a Track or a deduplicated Identify
+costs one Trengo call; the reference destination spends two.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import transform as tf
+from .cache import SingleFlight, TTLCache
+from .config import Config
+from .deadline import Deadline
+from .errors import FailedPrecondition, NotFound, SidecarError
+from .events import Event
+from .trengo import (
+    CallRecord,
+    OutcomeUnknown,
+    TrengoClient,
+    TrengoError,
+    contact_list,
+    has_next_page,
+    record_id,
+)
+
+MAX_CHANNEL_PAGES = 40  # 1,000 channels: more than any Trengo account we have seen
+CHANNEL_RELIST_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one event did in Trengo; the server turns it into a DeliveryResult."""
+
+    action: str  # create_contact, update_contact, create_ticket, none
+    channel_id: int
+    contact_id: int = 0
+    ticket_id: int = 0
+    calls: list[CallRecord] = field(default_factory=list)
+    dry_run: bool = False
+    contact_cache_hit: bool = False
+    replayed: bool = False
+    message_id: str = ""
+
+
+@dataclass(slots=True)
+class _Run:
+    """The state of one event's delivery."""
+
+    event: Event
+    deadline: Deadline
+    channel_id: int
+    calls: list[CallRecord] = field(default_factory=list)
+    kind: tf.Kind = "email"
+    cache_hit: bool = False
+
+    def outcome(self, action: str, contact_id: int = 0, ticket_id: int = 0) -> Outcome:
+        return Outcome(
+            action,
+            self.channel_id,
+            contact_id,
+            ticket_id,
+            self.calls,
+            self.event.dry_run,
+            self.cache_hit,
+            message_id=self.event.message_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Upsert:
+    contact_id: int
+    action: str
+    name: str | None  # the name the contact now has, as far as we wrote it
+
+
+class Delivery:
+    def __init__(self, config: Config, client: TrengoClient) -> None:
+        self.config = config
+        self.client = client
+        self.contacts: TTLCache[str, int] = TTLCache(
+            config.contact_cache_size, config.contact_cache_ttl_seconds
+        )
+        self.channels: TTLCache[str, dict[int, str]] = TTLCache(1, config.channel_cache_ttl_seconds)
+        self.results: TTLCache[str, Outcome | SidecarError] = TTLCache(
+            config.idempotency_cache_size, config.idempotency_window_seconds
+        )
+        self._flights: SingleFlight[tuple[str, str]] = SingleFlight()
+        self._channels_listed_at = 0.0
+        self.replays = 0  # results given back for a repeated message_id, for metrics
+
+    # --- entry point ---------------------------------------------------------------
+
+    async def deliver(self, event: Event, deadline: Deadline) -> Outcome:
+        """Deliver once per message_id: a repeat within the window gets the first result back."""
+        if not event.message_id or event.dry_run:
+            return await self._deliver(event, deadline)
+        stored = self.results.get(event.message_id)
+        if stored is None:
+            result, shared = await self._flights.run(
+                ("message", event.message_id), lambda: self._remembered(event, deadline)
+            )
+            if not shared:
+                return result
+            stored = result
+        self.replays += 1
+        if isinstance(stored, SidecarError):
+            raise stored.with_traceback(None)  # not a growing traceback on every replay
+        return replace(stored, calls=[], replayed=True)
+
+    async def _remembered(self, event: Event, deadline: Deadline) -> Outcome:
+        try:
+            outcome = await self._deliver(event, deadline)
+        except OutcomeUnknown as exc:
+            # Sending again could write twice: the same message_id gets this answer until the window ends.
+            self.results.set(event.message_id, exc)
+            raise
+        self.results.set(event.message_id, outcome)
+        return outcome
+
+    async def _deliver(self, event: Event, deadline: Deadline) -> Outcome:
+        template = tf.template_for(event, self.config.event_templates) if event.kind == "track" else None
+        self._precheck_identifier(event)
+        run = _Run(event, deadline, event.channel_id or self.config.channel_id)
+        run.kind = await self._channel_kind(run)
+        if template is not None:
+            return await self._track(run, template)
+        return await self._identify(run)
+
+    def _precheck_identifier(self, event: Event) -> None:
+        """Refuse an event with no usable identifier before any Trengo call."""
+        if event.contact_id is not None:
+            return
+        configured = self.config.channel_identifier
+        if configured in ("email", "phone"):
+            tf.identifier(event, configured)  # type: ignore[arg-type]
+        elif not event.email and not event.phone:
+            tf.identifier(event, "email")
+
+    # --- channels ------------------------------------------------------------------
+
+    async def _channel_kind(self, run: _Run) -> tf.Kind:
+        types = await self._channel_types(run)
+        if run.channel_id not in types:
+            raise FailedPrecondition(
+                f"channel {run.channel_id} is not among the Trengo channels this token can see",
+                reason="CHANNEL_NOT_FOUND",
+            )
+        return tf.identifier_kind(self.config.channel_identifier, run.channel_id, types[run.channel_id])
+
+    async def _channel_types(self, run: _Run) -> dict[int, str]:
+        """Channel id -> Trengo type, from the cache or one (shared) listing."""
+        cached = self.channels.get("all")
+        stale = time.monotonic() - self._channels_listed_at > CHANNEL_RELIST_SECONDS
+        # A channel created since the last listing shows up on a fresh one; at most every
+        # CHANNEL_RELIST_SECONDS, so events naming a wrong channel cannot burn the rate limit.
+        if cached is not None and (run.channel_id in cached or not stale):
+            return cached
+        listed, _ = await self._flights.run(("channels", ""), lambda: self._list_channels(run))
+        return listed
+
+    async def _list_channels(self, run: _Run) -> dict[int, str]:
+        types: dict[int, str] = {}
+        for page in range(1, MAX_CHANNEL_PAGES + 1):
+            call = tf.list_channels(page)
+            answer = await self.client.send(call, run.deadline, run.calls)
+            types.update({c["id"]: str(c.get("type") or "") for c in contact_list(call, answer)})
+            if not has_next_page(answer):
+                break
+        self.channels.set("all", types)
+        self._channels_listed_at = time.monotonic()
+        return types
+
+    # --- identify ------------------------------------------------------------------
+
+    async def _identify(self, run: _Run) -> Outcome:
+        event = run.event
+        ident = (
+            tf.identifier(event, run.kind)
+            if event.contact_id is None
+            else (event.email if run.kind == "email" else event.phone)
+        )
+        if event.contact_id is not None:
+            return await self._update_known(run, event.contact_id, ident)
+        assert ident is not None
+        if not self.config.enable_dedup:
+            contact_id = await self._create(run, ident)
+            return run.outcome("create_contact", contact_id)
+        key = tf.cache_key(ident, run.kind)
+        cached = self.contacts.get(key)
+        if cached is not None:
+            run.cache_hit = True
+            if not event.name:
+                return run.outcome("none", cached)
+            try:
+                await self._write(run, tf.update_contact(cached, event.name))
+                return run.outcome("update_contact", cached)
+            except TrengoError as exc:
+                if exc.status != 404:
+                    raise
+                self.contacts.discard(key)  # deleted in Trengo behind our back: look it up again
+                run.cache_hit = False
+        if event.dry_run:
+            return await self._upsert_dry(run, ident)
+        upsert, shared = await self._flights.run(("upsert", key), lambda: self._upsert(run, ident, key))
+        if shared and event.name and event.name != upsert.name:
+            await self._write(run, tf.update_contact(upsert.contact_id, event.name))
+            return run.outcome("update_contact", upsert.contact_id)
+        return run.outcome(upsert.action if not shared else "none", upsert.contact_id)
+
+    async def _upsert(self, run: _Run, ident: str, key: str) -> _Upsert:
+        found = await self._search(run, ident)
+        name = run.event.name
+        if found is None:
+            return _Upsert(await self._create(run, ident), "create_contact", name)
+        if not name:
+            return _Upsert(found, "none", None)
+        await self._write(run, tf.update_contact(found, name))
+        return _Upsert(found, "update_contact", name)
+
+    async def _upsert_dry(self, run: _Run, ident: str) -> Outcome:
+        found = await self._search(run, ident)
+        if found is None:
+            await self._write(run, tf.create_contact(run.channel_id, ident, run.event.name))
+            return run.outcome("create_contact")
+        if not run.event.name:
+            return run.outcome("none", found)
+        await self._write(run, tf.update_contact(found, run.event.name))
+        return run.outcome("update_contact", found)
+
+    async def _update_known(self, run: _Run, contact_id: int, ident: str | None) -> Outcome:
+        """Identify with a trengoContactId: no search, update the name if there is one."""
+        if ident:
+            self._remember(run, ident, contact_id)
+        if not run.event.name:
+            return run.outcome("none", contact_id)
+        try:
+            await self._write(run, tf.update_contact(contact_id, run.event.name))
+        except TrengoError as exc:
+            if exc.status == 404:
+                raise NotFound(f"trengoContactId {contact_id} does not exist in Trengo") from None
+            raise
+        return run.outcome("update_contact", contact_id)
+
+    async def _create(self, run: _Run, ident: str) -> int:
+        call = tf.create_contact(run.channel_id, ident, run.event.name)
+        try:
+            answer = await self._write(run, call)
+        except OutcomeUnknown:
+            # The answer was lost; unlike a ticket, a contact can be looked for.
+            found = await self._search(run, ident)
+            if found is not None:
+                return found
+            answer = await self._write(run, call)
+        if answer is None:
+            return 0
+        contact_id = record_id(call, answer)
+        self._remember(run, ident, contact_id)
+        return contact_id
+
+    # --- track ---------------------------------------------------------------------
+
+    async def _track(self, run: _Run, template: Any) -> Outcome:
+        event = run.event
+        subject = tf.subject(event, template, run.kind)
+        contact_id = event.contact_id
+        key = ""
+        if contact_id is None:
+            ident = tf.identifier(event, run.kind)
+            key = tf.cache_key(ident, run.kind)
+            contact_id = await self._find_for_track(run, ident, key)
+        try:
+            ticket_id = await self._ticket(run, contact_id, subject)
+        except TrengoError as exc:
+            if not (run.cache_hit and exc.status == 422):
+                raise
+            # Trengo no longer knows the cached contact: drop it, search once more, retry.
+            self.contacts.discard(key)
+            run.cache_hit = False
+            contact_id = await self._find_for_track(run, tf.identifier(event, run.kind), key)
+            ticket_id = await self._ticket(run, contact_id, subject)
+        return run.outcome("create_ticket", contact_id, ticket_id)
+
+    async def _find_for_track(self, run: _Run, ident: str, key: str) -> int:
+        cached = self.contacts.get(key)
+        if cached is not None:
+            run.cache_hit = True
+            return cached
+        upserting = self._flights.pending(("upsert", key))
+        if upserting is not None:  # an identify for this person is creating the contact right now
+            upsert: _Upsert = await upserting
+            return upsert.contact_id
+        found, _ = await self._flights.run(("find", key), lambda: self._search(run, ident))
+        if found is None:
+            raise NotFound(
+                f"no Trengo contact has this {run.kind}: send an identify first, or pass a trengoContactId",
+                reason="CONTACT_NOT_FOUND",
+            )
+        return found
+
+    async def _ticket(self, run: _Run, contact_id: int, subject: str | None) -> int:
+        call = tf.create_ticket(contact_id, run.channel_id, subject)
+        answer = await self._write(run, call)
+        return 0 if answer is None else record_id(call, answer)
+
+    # --- shared steps ----------------------------------------------------------------
+
+    async def _search(self, run: _Run, ident: str) -> int | None:
+        call = tf.search_contacts(ident)
+        answer = await self.client.send(call, run.deadline, run.calls)
+        found = tf.matching_contact(contact_list(call, answer), ident, run.kind)
+        if found is not None:
+            self._remember(run, ident, found)
+        return found
+
+    async def _write(self, run: _Run, call: tf.Call) -> dict[str, Any] | None:
+        """Send a write; a dry run only records it and answers None."""
+        if run.event.dry_run:
+            run.calls.append(self.client.record(call, dry_run=True))
+            return None
+        answer: dict[str, Any] = await self.client.send(call, run.deadline, run.calls)
+        return answer
+
+    def _remember(self, run: _Run, ident: str, contact_id: int) -> None:
+        self.contacts.set(tf.cache_key(ident, run.kind), contact_id)

@@ -1,0 +1,85 @@
+"""One exception hierarchy for every failure the sidecar reports.
+
+Each error carries the gRPC status code it maps to and the ErrorInfo reason
+clients branch on; the server turns them into rich gRPC statuses. The reasons
+are part of the public contract (see sidecar.proto): never rename one.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+DOMAIN = "trengo-sidecar.v1"
+
+
+class SidecarError(Exception):
+    """Base class: a failure with a gRPC code, an ErrorInfo reason and a message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+        retry_after: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.field = field  # the request field at fault, for BadRequest details
+        self.retry_after = retry_after  # seconds, for RetryInfo; None = retrying won't help
+        self.metadata = metadata or {}
+
+
+class InvalidArgument(SidecarError):
+    """The caller's request is malformed. Trengo was not called."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_EVENT"
+
+
+class FailedPrecondition(SidecarError):
+    """The request is well-formed but the configuration or Trengo's data forbids it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class NotFound(SidecarError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "CONTACT_NOT_FOUND"
+
+
+class Unavailable(SidecarError):
+    """Trengo could not be reached or answered nonsense; retrying may help."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "TRENGO_UNAVAILABLE"
+
+
+class ResourceExhausted(SidecarError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+
+class DeadlineExceeded(SidecarError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(SidecarError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "CALLER_UNAUTHENTICATED"
+
+
+class ConfigError(ValueError):
+    """The sidecar's configuration is invalid; raised at start-up, names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config {key}: {problem}")
+        self.key = key

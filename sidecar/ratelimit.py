@@ -1,0 +1,78 @@
+"""A client-side limit on Trengo calls per token, so calls wait for a slot instead of collecting 429s.
+
+Trengo counts requests per token over a minute. A token bucket would let a
+full burst through and then keep refilling inside the same minute, which a
+sliding window on Trengo's side can count as over the limit; so this keeps
+the send times of the last N calls and lets a call go when the oldest of
+them is a minute old. Waiters queue in FIFO order behind one asyncio.Lock
+(no threads), and the queue is bounded: past it, a call fails at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from .deadline import Deadline
+from .errors import ResourceExhausted
+
+WINDOW_SECONDS = 60.0
+
+
+class RateLimiter:
+    def __init__(self, per_minute: int, max_waiting: int) -> None:
+        self.per_minute = per_minute
+        self.max_waiting = max_waiting
+        self._sent: deque[float] = deque(maxlen=max(per_minute, 1))
+        self._lock = asyncio.Lock()
+        self.waiting = 0  # calls queued for a slot, for the queue-depth gauge
+        self.waited_seconds = 0.0  # total time spent waiting, for metrics
+
+    async def acquire(self, deadline: Deadline) -> float:
+        """Wait for a slot; returns the seconds waited. Raises RESOURCE_EXHAUSTED past the deadline."""
+        if self.per_minute <= 0:
+            return 0.0
+        if self.waiting >= self.max_waiting:
+            raise ResourceExhausted(
+                f"{self.waiting} calls are already waiting for Trengo's rate limit "
+                f"({self.per_minute}/min); try again later",
+                retry_after=WINDOW_SECONDS / self.per_minute * self.waiting,
+            )
+        started = time.monotonic()
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                async with self._lock:
+                    await self._wait_for_slot(deadline)
+        except TimeoutError:
+            raise self._exhausted() from None
+        finally:
+            self.waiting -= 1
+        waited = time.monotonic() - started
+        self.waited_seconds += waited
+        return waited
+
+    async def _wait_for_slot(self, deadline: Deadline) -> None:
+        if len(self._sent) == self._sent.maxlen:
+            free_at = self._sent[0] + WINDOW_SECONDS
+            delay = free_at - time.monotonic()
+            if delay > deadline.remaining():
+                raise self._exhausted(delay)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        self._sent.append(time.monotonic())
+
+    def _exhausted(self, retry_after: float | None = None) -> ResourceExhausted:
+        return ResourceExhausted(
+            f"no Trengo rate-limit slot ({self.per_minute}/min) before the deadline",
+            retry_after=retry_after if retry_after is not None else WINDOW_SECONDS / max(self.per_minute, 1),
+        )
+
+    def penalise(self, seconds: float) -> None:
+        """Trengo said 429 anyway (another client shares the token): hold every slot for that long."""
+        until = time.monotonic() + seconds - WINDOW_SECONDS
+        for _ in range(len(self._sent)):
+            self._sent.append(max(until, self._sent.popleft()))
+        while len(self._sent) < (self._sent.maxlen or 0):
+            self._sent.appendleft(until)

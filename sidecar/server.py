@@ -1,0 +1,347 @@
+"""The grpc.aio server: a thin servicer over events -> delivery, statuses, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+from . import events
+from .config import Config
+from .deadline import Deadline
+from .delivery import Delivery, Outcome
+from .errors import DOMAIN, InvalidArgument, SidecarError, Unauthenticated
+from .ratelimit import RateLimiter
+from .retry import RetryPolicy
+from .trengo import TrengoClient
+
+log = logging.getLogger("sidecar")
+SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
+ACTIONS = {
+    "create_contact": pb.ACTION_CREATE_CONTACT,
+    "update_contact": pb.ACTION_UPDATE_CONTACT,
+    "create_ticket": pb.ACTION_CREATE_TICKET,
+    "none": pb.ACTION_NONE,
+}
+
+
+def to_result(outcome: Outcome) -> pb.DeliveryResult:
+    return pb.DeliveryResult(
+        action=ACTIONS[outcome.action],
+        contact_id=outcome.contact_id,
+        ticket_id=outcome.ticket_id,
+        channel_id=outcome.channel_id,
+        requests=[
+            pb.TrengoRequest(
+                method=c.method,
+                url=c.url,
+                body_json=c.body_json,
+                status_code=c.status_code,
+                attempts=c.attempts,
+                duration_ms=c.duration_ms,
+                headers=c.headers,
+            )
+            for c in outcome.calls
+        ],
+        dry_run=outcome.dry_run,
+        contact_cache_hit=outcome.contact_cache_hit,
+        replayed=outcome.replayed,
+        message_id=outcome.message_id,
+    )
+
+
+def to_status(error: SidecarError) -> grpc.Status:
+    """A rich gRPC status: ErrorInfo always, BadRequest naming the field, RetryInfo where a retry helps."""
+    details = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)]
+    if error.field:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                ]
+            )
+        )
+    if error.retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    packed = []
+    for detail in details:
+        box = any_pb2.Any()
+        box.Pack(detail)
+        packed.append(box)
+    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
+    return rpc_status.to_status(status)
+
+
+class Undecodable:
+    """A request protobuf could not parse (nested past its depth limit): INVALID_ARGUMENT, not INTERNAL."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return parse
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument(
+            f"the request could not be decoded ({request.problem}): nested deeper than protobuf allows?",
+            field="request",
+        )
+    return request
+
+
+class Servicer(pb_grpc.TrengoSidecarServicer):
+    def __init__(self, config: Config, delivery: Delivery) -> None:
+        self.config = config
+        self.delivery = delivery
+        self.observer: Any = None  # metrics hook: rpc(method, code_name, seconds)
+
+    async def Identify(
+        self, request: pb.IdentifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeliveryResult:
+        return await self._handle("Identify", context, lambda: events.from_identify(_decoded(request)))
+
+    async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.DeliveryResult:
+        return await self._handle("Track", context, lambda: events.from_track(_decoded(request)))
+
+    async def SendEvent(
+        self, request: pb.SendEventRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeliveryResult:
+        return await self._handle("SendEvent", context, lambda: events.from_send_event(_decoded(request)))
+
+    async def _handle(
+        self, method: str, context: grpc.aio.ServicerContext, parse: Callable[[], events.Event]
+    ) -> pb.DeliveryResult:
+        started = time.monotonic()
+        request_id = _request_id(context)
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        code, outcome, error, event = "OK", None, None, None
+        try:
+            event = parse()
+            outcome = await self.delivery.deliver(event, self._deadline(context))
+            return to_result(outcome)
+        except SidecarError as exc:
+            error, code = exc, exc.code.name
+            status = to_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise  # abort raises; this line is never reached
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            log.exception("rpc %s request_id=%s failed unexpectedly", method, request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id {request_id})")
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            if self.observer:
+                self.observer.rpc(method, code, seconds)
+            _log_rpc(method, code, seconds, request_id, event, outcome, error)
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
+        remaining = context.time_remaining()
+        if remaining is None:
+            return Deadline.after(self.config.default_deadline_seconds)
+        # Answer a little before the caller gives up, so it hears why.
+        return Deadline.after(remaining - min(0.25, remaining * 0.1))
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+            return value
+    return uuid.uuid4().hex
+
+
+def _log_rpc(
+    method: str,
+    code: str,
+    seconds: float,
+    request_id: str,
+    event: events.Event | None,
+    outcome: Outcome | None,
+    error: SidecarError | None,
+) -> None:
+    fields: dict[str, Any] = {
+        "rpc": method,
+        "code": code,
+        "ms": round(seconds * 1000, 2),
+        "request_id": request_id,
+    }
+    if event is not None:
+        fields.update(kind=event.kind, message_id=event.message_id or None, dry_run=event.dry_run or None)
+    if outcome is not None:
+        fields.update(
+            action=outcome.action,
+            contact_id=outcome.contact_id or None,
+            ticket_id=outcome.ticket_id or None,
+            trengo_calls=len(outcome.calls),
+            replayed=outcome.replayed or None,
+        )
+    if error is not None:
+        fields.update(reason=error.reason, error=error.message)
+    level = (
+        logging.WARNING
+        if error is not None and code not in ("INVALID_ARGUMENT", "NOT_FOUND")
+        else logging.INFO
+    )
+    log.log(
+        level, "rpc %s %s", method, code, extra={"fields": {k: v for k, v in fields.items() if v is not None}}
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Callers must send ``authorization: Bearer <authToken>``; health and reflection stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            status = to_status(Unauthenticated("send metadata 'authorization: Bearer <authToken>'"))
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+        self._deny = deny
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if not details.method.startswith(f"/{SERVICE}/"):
+            return await continuation(details)
+        sent = dict(details.invocation_metadata or ()).get("authorization", "")
+        given = sent.encode() if isinstance(sent, str) else sent
+        if hmac.compare_digest(given, self._expected):
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None:  # no such method: let grpc answer UNIMPLEMENTED
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._deny,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._deny,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Sidecar:
+    """The running sidecar: gRPC server, Trengo client, delivery, health."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client = TrengoClient(
+            config.base_url,
+            config.api_token,
+            timeout=config.request_timeout_seconds,
+            policy=RetryPolicy(config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds),
+            limiter=RateLimiter(config.rate_limit_per_minute, config.rate_limit_queue_size),
+        )
+        self.delivery = Delivery(config, self.client)
+        self.servicer = Servicer(config, self.delivery)
+        self.health = health.aio.HealthServicer()
+        interceptors = [AuthInterceptor(config.auth_token.reveal())] if config.auth_token else []
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.server.add_generic_rpc_handlers((self._handlers(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = 0
+
+    def _handlers(self) -> grpc.GenericRpcHandler:
+        """The generated registration, with deserializers that turn a decode error into INVALID_ARGUMENT."""
+        methods = {
+            "Identify": (self.servicer.Identify, pb.IdentifyRequest),
+            "Track": (self.servicer.Track, pb.TrackRequest),
+            "SendEvent": (self.servicer.SendEvent, pb.SendEventRequest),
+        }
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    handler,
+                    request_deserializer=_tolerant(request_type),
+                    response_serializer=pb.DeliveryResult.SerializeToString,
+                )
+                for name, (handler, request_type) in methods.items()
+            },
+        )
+
+    async def start(self) -> int:
+        """Bind and start; returns the port bound (0 for a unix socket)."""
+        self.port = self._bind(self.config.listen)
+        await self.server.start()
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    def _bind(self, address: str) -> int:
+        c = self.config
+        if not c.tls_cert_file:
+            return self.server.add_insecure_port(address)
+        ca = Path(c.tls_client_ca_file).read_bytes() if c.tls_client_ca_file else None
+        credentials = grpc.ssl_server_credentials(
+            [(Path(c.tls_key_file).read_bytes(), Path(c.tls_cert_file).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+        return self.server.add_secure_port(address, credentials)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls (health NOT_SERVING first), let those in flight finish, close Trengo."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.client.aclose()
+
+    async def serve_until_signal(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info(
+            "signal received: draining calls in flight (grace %.0fs)", self.config.shutdown_grace_seconds
+        )
+        await self.stop()
+        log.info("stopped")

@@ -1,0 +1,70 @@
+"""``make run`` without a Trengo token: the simulator and a sidecar against it, with a demo config.
+
+Both run in this one process on one event loop; Ctrl-C (or SIGTERM) stops both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+
+from .. import logs
+from ..config import build_config
+from ..server import Sidecar
+from . import Simulator
+
+DEMO_TOKEN = "demo-token"
+DEMO_CONFIG = {
+    "apiToken": DEMO_TOKEN,
+    "channelId": 405980,  # the simulator's e-mail channel
+    "channelIdentifier": "auto",
+    "eventTemplateMap": [
+        {"from": "Product Purchased", "to": "{{ event }} from our store"},
+        {"from": "Added to cart", "to": "Product was of value:{{ revenue }}"},
+        {"from": "Checked Out", "to": "Cart was checked out"},
+    ],
+}
+
+EXAMPLE = """
+trengo-sidecar (demo) listening on {listen}, against the Trengo simulator at {sim}
+Try it (grpcurl, or `buf curl --protocol grpc --http2-prior-knowledge http://{listen}/...`):
+
+  grpcurl -plaintext {listen} list
+  grpcurl -plaintext -d '{{"traits": {{"email": "ann@example.com", "name": "Ann Lee"}}}}' \\
+    {listen} trengo.sidecar.v1.TrengoSidecar/Identify
+  grpcurl -plaintext -d '{{"event": "Added to cart", "properties": {{"revenue": 2000}},
+    "context": {{"traits": {{"email": "ann@example.com"}}}}}}' {listen} trengo.sidecar.v1.TrengoSidecar/Track
+  curl -s {sim_root}/_sim/tickets     # what the simulator stored
+
+Ctrl-C to stop.
+"""
+
+
+async def run(listen: str, sim_port: int) -> None:
+    simulator = Simulator(tokens=[DEMO_TOKEN])
+    base_url = await simulator.start("127.0.0.1", sim_port)
+    sidecar = Sidecar(build_config({**DEMO_CONFIG, "baseUrl": base_url, "listen": listen}))
+    await sidecar.start()
+    print(EXAMPLE.format(listen=listen, sim=base_url, sim_root=base_url.removesuffix("/api/v2")), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sidecar.stop(grace=2)
+    await simulator.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--listen", default=os.environ.get("SIDECAR_LISTEN", "127.0.0.1:50051"))
+    parser.add_argument("--sim-port", type=int, default=int(os.environ.get("TRENGO_SIM_PORT", "8090")))
+    args = parser.parse_args()
+    logs.setup("text", "INFO")
+    asyncio.run(run(args.listen, args.sim_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""The httpx client for Trengo's REST API v2: sending, retrying, answer parsing, error mapping.
+
+Every call goes through ``send``: a rate-limit slot, an attempt bounded by the
+caller's deadline, retries per RetryPolicy, and a CallRecord of what happened
+(for the DeliveryResult). Failures become SidecarErrors with the gRPC code
+the contract gives them. The token is only ever in the Authorization header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .config import Secret
+from .deadline import Deadline
+from .errors import FailedPrecondition, ResourceExhausted, SidecarError, Unavailable
+from .ratelimit import RateLimiter
+from .retry import NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
+from .transform import Call
+
+MASKED = "Bearer ****"
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """One Trengo call as the result reports it."""
+
+    method: str
+    url: str
+    body_json: str = ""
+    status_code: int = 0
+    attempts: int = 0
+    duration_ms: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class TrengoError(FailedPrecondition):
+    """Trengo refused the request (4xx other than 429); carries the status for callers that recover."""
+
+    def __init__(self, message: str, *, status: int, reason: str, record: CallRecord) -> None:
+        super().__init__(message, reason=reason)
+        self.status = status
+        self.record = record
+
+
+class OutcomeUnknown(Unavailable):
+    """A write reached Trengo but its answer was lost: it may or may not have happened."""
+
+    reason = "TRENGO_OUTCOME_UNKNOWN"
+
+
+class TrengoClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: Secret,
+        *,
+        timeout: float = 10.0,
+        policy: RetryPolicy | None = None,
+        limiter: RateLimiter | None = None,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.policy = policy or RetryPolicy()
+        self.limiter = limiter or RateLimiter(0, 1)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={
+                "Authorization": f"Bearer {token.reveal()}",
+                "Accept": "application/json",
+                "User-Agent": "trengo-sidecar/0.1",
+            },
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+        )
+        self.observer: Any = None  # metrics hook: observe(call, status, seconds), retried(call, why)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def url(self, call: Call) -> str:
+        return str(httpx.URL(self.base_url + call.path, params=call.params or None))
+
+    def record(self, call: Call, dry_run: bool = False) -> CallRecord:
+        body = (
+            json.dumps(call.body, separators=(",", ":"), ensure_ascii=False) if call.body is not None else ""
+        )
+        headers = {"Authorization": MASKED, "Accept": "application/json"} if dry_run else {}
+        if dry_run and call.body is not None:
+            headers["Content-Type"] = "application/json"
+        return CallRecord(call.method, self.url(call), body, headers=headers)
+
+    async def send(self, call: Call, deadline: Deadline, records: list[CallRecord]) -> Any:
+        """Send with retries; append the call's record to ``records``; return the parsed JSON answer."""
+        record = self.record(call)
+        records.append(record)
+        started = time.monotonic()
+        try:
+            return await self._attempts(call, deadline, record)
+        finally:
+            record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+
+    async def _attempts(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
+        while True:
+            record.attempts += 1
+            await self.limiter.acquire(deadline)
+            error, wait = await self._attempt(call, deadline, record)
+            if error is None:
+                return wait  # the parsed answer
+            if record.attempts >= self.policy.max_attempts or wait >= deadline.remaining():
+                error.retry_after = error.retry_after or (wait if wait > 0 else None)
+                raise error
+            if self.observer:
+                self.observer.retried(call, error.reason)
+            await asyncio.sleep(wait)
+
+    async def _attempt(
+        self, call: Call, deadline: Deadline, record: CallRecord
+    ) -> tuple[SidecarError | None, Any]:
+        """One try: (None, answer) on success, else (the error, seconds to wait before the next try)."""
+        timeout = min(self.timeout, deadline.remaining())
+        sent_at = time.monotonic()
+        try:
+            response = await self._http.request(
+                call.method, call.path, params=call.params or None, json=call.body, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            self._observe(call, 0, sent_at)
+            record.status_code = 0
+            return self._transport_error(call, exc), self.policy.backoff(record.attempts)
+        self._observe(call, response.status_code, sent_at)
+        record.status_code = response.status_code
+        if response.is_success:
+            return None, self._parse(call, response)
+        return self._status_error(call, response, record)
+
+    def _observe(self, call: Call, status: int, sent_at: float) -> None:
+        if self.observer:
+            self.observer.observe(call, status, time.monotonic() - sent_at)
+
+    def _transport_error(self, call: Call, exc: httpx.TransportError) -> SidecarError:
+        what = f"{call.method} {call.path}: {type(exc).__name__}"
+        if call.method == "POST" and not isinstance(exc, NOT_SENT):
+            # The request may have been processed: sending it again could write twice.
+            raise OutcomeUnknown(
+                f"Trengo's answer to {what} was lost; the write may or may not have happened"
+            )
+        return Unavailable(f"Trengo could not be reached ({what})")
+
+    def _status_error(
+        self, call: Call, response: httpx.Response, record: CallRecord
+    ) -> tuple[SidecarError, float]:
+        status = response.status_code
+        what = f"{call.method} {call.path}"
+        if status == 429:
+            wait = retry_after(response.headers)
+            if wait is not None:
+                self.limiter.penalise(wait)
+            wait = wait if wait is not None else self.policy.backoff(record.attempts)
+            return ResourceExhausted(f"Trengo's rate limit was hit ({what})", retry_after=wait), wait
+        if status in RETRYABLE_STATUS:
+            hinted = retry_after(response.headers)
+            wait = hinted if hinted is not None else self.policy.backoff(record.attempts)
+            return Unavailable(f"Trengo answered {status} to {what}"), wait
+        if status in (401, 403):
+            raise TrengoError(
+                f"Trengo refused the API token ({status} to {what}): check apiToken",
+                status=status,
+                reason="TRENGO_UNAUTHORIZED",
+                record=record,
+            )
+        raise TrengoError(
+            f"Trengo rejected {what} ({status}): {_describe(response)}",
+            status=status,
+            reason="TRENGO_REJECTED",
+            record=record,
+        )
+
+    def _parse(self, call: Call, response: httpx.Response) -> Any:
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return data
+        message = f"Trengo answered {call.method} {call.path} with a body that is not a JSON object"
+        if call.is_write:
+            raise OutcomeUnknown(message + "; the write may or may not have happened")
+        raise Unavailable(message, reason="TRENGO_BAD_RESPONSE")
+
+
+def _describe(response: httpx.Response) -> str:
+    """Trengo's own words for a 4xx: its message and the fields it names."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if not isinstance(data, dict):
+        return str(data)[:200]
+    parts = [str(data.get("message") or response.reason_phrase)]
+    errors = data.get("errors")
+    if isinstance(errors, dict):
+        parts += [f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errors.items()]
+    return "; ".join(parts)[:500]
+
+
+def contact_list(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``data`` list of a paginated answer; anything else is a failed look-up, not 'none'."""
+    data = answer.get("data")
+    if not isinstance(data, list) or not all(isinstance(c, dict) and _is_id(c.get("id")) for c in data):
+        raise Unavailable(
+            f"Trengo answered {call.method} {call.path} without a list of records (got keys: "
+            f"{', '.join(sorted(map(str, answer))[:5]) or 'none'})",
+            reason="TRENGO_BAD_RESPONSE",
+        )
+    return data
+
+
+def has_next_page(answer: dict[str, Any]) -> bool:
+    links = answer.get("links")
+    if isinstance(links, dict) and links.get("next"):
+        return True
+    meta = answer.get("meta")
+    if isinstance(meta, dict):
+        current, last = meta.get("current_page"), meta.get("last_page")
+        return isinstance(current, int) and isinstance(last, int) and current < last
+    return False
+
+
+def record_id(call: Call, answer: dict[str, Any]) -> int:
+    """The ``id`` of a created or updated record."""
+    value = answer.get("id")
+    if not _is_id(value):
+        data = answer.get("data")  # some Trengo answers wrap the record
+        value = data.get("id") if isinstance(data, dict) else None
+    if not _is_id(value):
+        raise OutcomeUnknown(f"Trengo answered {call.method} {call.path} without an id")
+    return int(value)  # type: ignore[arg-type]
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from sidecar.simulator import SimulatorControl, SimulatorThread
+from tests.harness import TOKEN, SidecarThread, sidecar_config
+from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread(tokens=[TOKEN]) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def control(sim: SimulatorThread) -> SimulatorControl:
+    """The simulator, emptied for this test: what it records is what this test caused."""
+    sim.control.reset()
+    sim.control.configure(rate_limit_per_minute=0, tokens=[TOKEN])
+    return sim.control
+
+
+@pytest.fixture
+def make_sidecar(sim: SimulatorThread, control: SimulatorControl) -> Iterator[Callable[..., SidecarThread]]:
+    started: list[SidecarThread] = []
+
+    def make(**overrides: Any) -> SidecarThread:
+        thread = SidecarThread(sidecar_config(sim.base_url, **overrides)).__enter__()
+        started.append(thread)
+        return thread
+
+    yield make
+    for thread in started:
+        thread.stop()
+
+
+@pytest.fixture
+def sidecar(make_sidecar: Callable[..., SidecarThread]) -> SidecarThread:
+    return make_sidecar()
+
+
+@pytest.fixture
+def stub(sidecar: SidecarThread) -> Iterator[pb_grpc.TrengoSidecarStub]:
+    channel = grpc.insecure_channel(sidecar.address)
+    yield pb_grpc.TrengoSidecarStub(channel)
+    channel.close()
