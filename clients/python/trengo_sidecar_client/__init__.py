@@ -1,0 +1,20 @@
+"""A typed Python client (blocking and asyncio) for the Trengo sidecar's gRPC API."""
+
+from .client import AsyncTrengoSidecarClient, TrengoSidecarClient
+from .errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    RateLimited,
+    SidecarError,
+    Unauthenticated,
+    Unavailable,
+)
+from .result import Action, DeliveryResult, TrengoCall
+
+__all__ = [
+    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryResult", "FailedPrecondition",
+    "InvalidArgument", "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient",
+    "Unauthenticated", "Unavailable",
+]

@@ -1,0 +1,77 @@
+"""Plain Python values to request messages, and result messages back to dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+
+from .result import Action, DeliveryResult, TrengoCall
+
+CHANNEL_ID = "trengoChannelId"
+CONTACT_ID = "trengoContactId"
+
+
+def to_struct(data: Mapping[str, Any] | None, what: str) -> struct_pb2.Struct | None:
+    """A JSON-like mapping as a google.protobuf.Struct (numbers become doubles, as in JSON)."""
+    if data is None:
+        return None
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what} must be a mapping, not {type(data).__name__}")
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(data)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise TypeError(f"{what} is not JSON-like: {exc}") from exc
+    return struct
+
+
+def with_fields(data: Any, **fields: Any) -> Any:
+    """data with the fields that are not None set; data unchanged when there are none."""
+    given = {key: value for key, value in fields.items() if value is not None}
+    if not given:
+        return data
+    if data is not None and not isinstance(data, Mapping):
+        raise TypeError(f"cannot add {sorted(given)} to traits of type {type(data).__name__}")
+    return {**(data or {}), **given}
+
+
+def external_ids(channel_id: int | str | None, contact_id: int | str | None) -> list[pb.ExternalId]:
+    pairs = ((CHANNEL_ID, channel_id), (CONTACT_ID, contact_id))
+    return [pb.ExternalId(type=kind, id=str(value)) for kind, value in pairs if value is not None]
+
+
+def action_of(value: pb.Action.ValueType) -> Action:
+    try:
+        return Action(pb.Action.Name(value).removeprefix("ACTION_").lower())
+    except ValueError:  # a value newer than this client
+        return Action.UNSPECIFIED
+
+
+def to_result(message: pb.DeliveryResult, request_id: str | None) -> DeliveryResult:
+    return DeliveryResult(
+        action=action_of(message.action),
+        contact_id=message.contact_id,
+        ticket_id=message.ticket_id,
+        channel_id=message.channel_id,
+        requests=tuple(
+            TrengoCall(method=r.method, url=r.url, body_json=r.body_json, status_code=r.status_code,
+                       attempts=r.attempts, duration_ms=r.duration_ms, headers=dict(r.headers))
+            for r in message.requests
+        ),
+        dry_run=message.dry_run,
+        contact_cache_hit=message.contact_cache_hit,
+        replayed=message.replayed,
+        message_id=message.message_id,
+        request_id=request_id,
+    )
+
+
+def request_id(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "x-request-id":
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None

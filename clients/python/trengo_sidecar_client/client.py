@@ -1,0 +1,155 @@
+"""TrengoSidecarClient (blocking) and AsyncTrengoSidecarClient (grpc.aio): the same methods."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Self
+
+import grpc
+
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+from . import _convert as cv
+from .errors import from_rpc_error
+from .result import DeliveryResult
+
+Json = Mapping[str, Any]
+Id = int | str
+
+
+def _identify(email: str | None, phone: str | None, name: str | None, traits: Json | None,
+              context: Json | None, user_id: str, anonymous_id: str, channel_id: Id | None,
+              contact_id: Id | None, message_id: str, dry_run: bool) -> pb.IdentifyRequest:
+    return pb.IdentifyRequest(
+        user_id=user_id, anonymous_id=anonymous_id,
+        traits=cv.to_struct(cv.with_fields(traits, email=email, phone=phone, name=name), "traits"),
+        context=cv.to_struct(context, "context"), external_ids=cv.external_ids(channel_id, contact_id),
+        message_id=message_id, dry_run=dry_run)
+
+
+def _track(event: str, email: str | None, phone: str | None, properties: Json | None, context: Json | None,
+           user_id: str, anonymous_id: str, channel_id: Id | None, contact_id: Id | None, message_id: str,
+           dry_run: bool) -> pb.TrackRequest:
+    traits = cv.with_fields((context or {}).get("traits"), email=email, phone=phone)
+    if traits is not None:
+        context = {**(context or {}), "traits": traits}
+    return pb.TrackRequest(
+        user_id=user_id, anonymous_id=anonymous_id, event=event,
+        properties=cv.to_struct(properties, "properties"), context=cv.to_struct(context, "context"),
+        external_ids=cv.external_ids(channel_id, contact_id), message_id=message_id, dry_run=dry_run)
+
+
+class _Options:
+    def __init__(self, target: str, auth_token: str | None, timeout: float | None) -> None:
+        self.target = target
+        self.timeout = timeout  # seconds per call, unless a call gives its own; None = no deadline
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else ()
+
+    def _kwargs(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+
+
+class TrengoSidecarClient(_Options):
+    """A blocking client. Failures raise `SidecarError` subclasses (see errors.py)."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, auth_token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, timeout: float | None = 10.0) -> None:
+        super().__init__(target, auth_token, timeout)
+        self._channel = (grpc.secure_channel(target, credentials) if credentials is not None
+                         else grpc.insecure_channel(target))
+        self._stub = pb_grpc.TrengoSidecarStub(self._channel)
+
+    def identify(self, *, email: str | None = None, phone: str | None = None, name: str | None = None,
+                 traits: Json | None = None, context: Json | None = None, user_id: str = "",
+                 anonymous_id: str = "", channel_id: Id | None = None, contact_id: Id | None = None,
+                 message_id: str = "", dry_run: bool = False, timeout: float | None = None) -> DeliveryResult:
+        """Create the person's Trengo contact, or update its name."""
+        request = _identify(email, phone, name, traits, context, user_id, anonymous_id, channel_id,
+                            contact_id, message_id, dry_run)
+        return self._call(self._stub.Identify, request, timeout)
+
+    def track(self, event: str, *, email: str | None = None, phone: str | None = None,
+              properties: Json | None = None, context: Json | None = None, user_id: str = "",
+              anonymous_id: str = "", channel_id: Id | None = None, contact_id: Id | None = None,
+              message_id: str = "", dry_run: bool = False, timeout: float | None = None) -> DeliveryResult:
+        """Open a Trengo ticket for an existing contact; `event` must be a key of eventTemplateMap."""
+        request = _track(event, email, phone, properties, context, user_id, anonymous_id, channel_id,
+                         contact_id, message_id, dry_run)
+        return self._call(self._stub.Track, request, timeout)
+
+    def send_event(self, event: Json, *, dry_run: bool = False,
+                   timeout: float | None = None) -> DeliveryResult:
+        """Deliver a RudderStack/Segment-spec event (its JSON as a dict), unchanged."""
+        request = pb.SendEventRequest(event=cv.to_struct(event, "event"), dry_run=dry_run)
+        return self._call(self._stub.SendEvent, request, timeout)
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> DeliveryResult:
+        try:
+            response, call = method.with_call(request, **self._kwargs(timeout))
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return cv.to_result(response, cv.request_id(call.initial_metadata()))
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AsyncTrengoSidecarClient(_Options):
+    """The asyncio client (grpc.aio); create it inside the event loop that uses it."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", *, auth_token: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None, timeout: float | None = 10.0) -> None:
+        super().__init__(target, auth_token, timeout)
+        self._channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
+                         else grpc.aio.insecure_channel(target))
+        self._stub = pb_grpc.TrengoSidecarStub(self._channel)
+
+    async def identify(self, *, email: str | None = None, phone: str | None = None, name: str | None = None,
+                       traits: Json | None = None, context: Json | None = None, user_id: str = "",
+                       anonymous_id: str = "", channel_id: Id | None = None, contact_id: Id | None = None,
+                       message_id: str = "", dry_run: bool = False,
+                       timeout: float | None = None) -> DeliveryResult:
+        """Create the person's Trengo contact, or update its name."""
+        request = _identify(email, phone, name, traits, context, user_id, anonymous_id, channel_id,
+                            contact_id, message_id, dry_run)
+        return await self._call(self._stub.Identify, request, timeout)
+
+    async def track(self, event: str, *, email: str | None = None, phone: str | None = None,
+                    properties: Json | None = None, context: Json | None = None, user_id: str = "",
+                    anonymous_id: str = "", channel_id: Id | None = None, contact_id: Id | None = None,
+                    message_id: str = "", dry_run: bool = False,
+                    timeout: float | None = None) -> DeliveryResult:
+        """Open a Trengo ticket for an existing contact; `event` must be a key of eventTemplateMap."""
+        request = _track(event, email, phone, properties, context, user_id, anonymous_id, channel_id,
+                         contact_id, message_id, dry_run)
+        return await self._call(self._stub.Track, request, timeout)
+
+    async def send_event(self, event: Json, *, dry_run: bool = False,
+                         timeout: float | None = None) -> DeliveryResult:
+        """Deliver a RudderStack/Segment-spec event (its JSON as a dict), unchanged."""
+        request = pb.SendEventRequest(event=cv.to_struct(event, "event"), dry_run=dry_run)
+        return await self._call(self._stub.SendEvent, request, timeout)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> DeliveryResult:
+        call = method(request, **self._kwargs(timeout))
+        try:
+            response = await call
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        return cv.to_result(response, cv.request_id(await call.initial_metadata()))
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,51 @@
+"""What a call returns: plain frozen dataclasses, no protobuf types."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Action(StrEnum):
+    """What the sidecar did (or, for a dry run, would do) in Trengo."""
+
+    UNSPECIFIED = "unspecified"
+    CREATE_CONTACT = "create_contact"
+    UPDATE_CONTACT = "update_contact"
+    CREATE_TICKET = "create_ticket"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class TrengoCall:
+    """One HTTP call to Trengo (for a dry run, also a write it would send: attempts == 0)."""
+
+    method: str
+    url: str
+    body_json: str = ""
+    status_code: int = 0
+    attempts: int = 0
+    duration_ms: float = 0.0
+    headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def body(self) -> Any:
+        """The JSON body, parsed; None when there was none."""
+        return json.loads(self.body_json) if self.body_json else None
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    action: Action
+    contact_id: int = 0  # 0 when unknown (a dry run's contact to be created)
+    ticket_id: int = 0  # the ticket a track opened; 0 otherwise
+    channel_id: int = 0
+    requests: tuple[TrengoCall, ...] = ()
+    dry_run: bool = False
+    contact_cache_hit: bool = False
+    replayed: bool = False  # the stored result of an earlier call with the same message_id
+    message_id: str = ""
+    request_id: str | None = None  # the sidecar's x-request-id for this call, for its logs
