@@ -1,0 +1,191 @@
+'use strict';
+// A promise client of the Trengo sidecar. The contract is loaded at run time from
+// protos/trengo/sidecar/v1/sidecar.proto: nothing is generated.
+
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
+
+const PROTO_DIR = path.resolve(__dirname, '../../../protos');
+const RPC_PROTO_DIR = path.resolve(__dirname, '../protos'); // vendored google/rpc/*.proto
+
+// google/protobuf/struct.proto resolves from the copies bundled in protobufjs.
+const definition = protoLoader.loadSync('trengo/sidecar/v1/sidecar.proto', {
+  includeDirs: [PROTO_DIR],
+  longs: Number, // contact and ticket ids are int64; Trengo's stay far below 2^53
+  enums: String, // action: 'ACTION_CREATE_CONTACT', ...
+  defaults: true,
+  oneofs: true,
+});
+const { TrengoSidecar } = grpc.loadPackageDefinition(definition).trengo.sidecar.v1;
+
+const rpcRoot = new protobuf.Root();
+rpcRoot.resolvePath = (_origin, target) => path.join(RPC_PROTO_DIR, target);
+rpcRoot.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto']);
+const Status = rpcRoot.lookupType('google.rpc.Status');
+const DETAILS = Object.fromEntries(['ErrorInfo', 'RetryInfo', 'BadRequest'].map(
+  (name) => [`google.rpc.${name}`, rpcRoot.lookupType(`google.rpc.${name}`)]));
+
+const CODE_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
+const REQUEST_FIELDS = {
+  Identify: ['userId', 'anonymousId', 'traits', 'context', 'externalIds', 'messageId', 'dryRun'],
+  Track: ['userId', 'anonymousId', 'event', 'properties', 'context', 'externalIds', 'messageId', 'dryRun'],
+};
+
+/** A plain JSON-like JS value as a google.protobuf.Value (JSON.stringify's rules). */
+function toValue(value) {
+  if (value !== null && typeof value === 'object' && typeof value.toJSON === 'function') value = value.toJSON();
+  if (value === null || value === undefined) return { nullValue: 'NULL_VALUE' };
+  switch (typeof value) {
+    case 'number': return Number.isFinite(value) ? { numberValue: value } : { nullValue: 'NULL_VALUE' };
+    case 'string': return { stringValue: value };
+    case 'boolean': return { boolValue: value };
+    case 'object':
+      return Array.isArray(value)
+        ? { listValue: { values: value.map(toValue) } }
+        : { structValue: toStruct(value) };
+    default: throw new TypeError(`a ${typeof value} cannot be sent in a google.protobuf.Struct`);
+  }
+}
+
+/** A plain JS object as a google.protobuf.Struct; undefined stays undefined (field not set). */
+function toStruct(object) {
+  if (object === undefined || object === null) return undefined;
+  if (typeof object !== 'object' || Array.isArray(object)) {
+    throw new TypeError(`expected a plain object for a google.protobuf.Struct, got ${JSON.stringify(object)}`);
+  }
+  const fields = {};
+  for (const [key, value] of Object.entries(object)) {
+    if (value !== undefined) fields[key] = toValue(value);
+  }
+  return { fields };
+}
+
+/** A google.protobuf.Value (decoded, or as toValue builds it) as a plain JS value. */
+function fromValue(value) {
+  const kind = value && (value.kind || Object.keys(value).find((key) => value[key] !== undefined));
+  switch (kind) {
+    case 'numberValue': return value.numberValue;
+    case 'stringValue': return value.stringValue;
+    case 'boolValue': return value.boolValue;
+    case 'structValue': return fromStruct(value.structValue);
+    case 'listValue': return (value.listValue.values || []).map(fromValue);
+    default: return null;
+  }
+}
+
+function fromStruct(struct) {
+  if (!struct) return undefined;
+  return Object.fromEntries(Object.entries(struct.fields || {}).map(([k, v]) => [k, fromValue(v)]));
+}
+
+/** A failed call: gRPC code, ErrorInfo reason, BadRequest field, RetryInfo delay. */
+class TrengoSidecarError extends Error {
+  constructor(grpcError) {
+    const codeName = CODE_NAMES[grpcError.code] || 'UNKNOWN';
+    super(`${codeName}: ${grpcError.details || grpcError.message}`, { cause: grpcError });
+    this.name = 'TrengoSidecarError';
+    this.code = grpcError.code;
+    this.codeName = codeName;
+    this.details = grpcError.details || '';
+    this.reason = null; // ErrorInfo.reason, e.g. 'EVENT_NOT_MAPPED'; null when the sidecar sent none
+    this.domain = null;
+    this.errorMetadata = {};
+    this.field = null; // BadRequest: the request field at fault
+    this.retryDelayMs = null; // RetryInfo: wait this long, then the same call can succeed
+    for (const detail of decodeDetails(grpcError.metadata)) {
+      if (detail.type === 'google.rpc.ErrorInfo') {
+        this.reason = detail.reason;
+        this.domain = detail.domain;
+        this.errorMetadata = detail.metadata || {};
+      } else if (detail.type === 'google.rpc.BadRequest') {
+        this.field = detail.fieldViolations?.[0]?.field ?? null;
+      } else if (detail.type === 'google.rpc.RetryInfo') {
+        const delay = detail.retryDelay || {};
+        this.retryDelayMs = (delay.seconds || 0) * 1000 + (delay.nanos || 0) / 1e6;
+      }
+    }
+    // Trengo (or the sidecar) is briefly unavailable or rate limited. A write whose outcome is
+    // unknown is not retryable blindly: resend it only with the same messageId.
+    this.retryable = this.retryDelayMs !== null || codeName === 'RESOURCE_EXHAUSTED'
+      || (codeName === 'UNAVAILABLE' && this.reason !== 'TRENGO_OUTCOME_UNKNOWN');
+  }
+}
+
+/** The details of the google.rpc.Status in the grpc-status-details-bin trailer, decoded. */
+function decodeDetails(metadata) {
+  const [bin] = metadata ? metadata.get('grpc-status-details-bin') : [];
+  if (!bin) return [];
+  try {
+    return Status.decode(bin).details.flatMap((any) => {
+      const url = any.type_url ?? any.typeUrl ?? ''; // protobufjs's bundled Any keeps snake_case
+      const type = url.slice(url.lastIndexOf('/') + 1);
+      if (!DETAILS[type]) return [];
+      return [{ type, ...DETAILS[type].toObject(DETAILS[type].decode(any.value), { longs: Number }) }];
+    });
+  } catch {
+    return []; // a corrupt trailer must not hide the gRPC code and message
+  }
+}
+
+function checkFields(method, request) {
+  if (request === null || typeof request !== 'object') throw new TypeError(`${method} takes an object`);
+  const unknown = Object.keys(request).filter((key) => !REQUEST_FIELDS[method].includes(key));
+  if (unknown.length) {
+    throw new TypeError(`${method}: unknown field(s) ${unknown.join(', ')}; known: ${REQUEST_FIELDS[method].join(', ')}`);
+  }
+}
+
+class TrengoSidecarClient {
+  /**
+   * @param {string} address host:port of the sidecar
+   * @param {{authToken?: string, credentials?: grpc.ChannelCredentials, channelOptions?: object}} options
+   */
+  constructor(address, { authToken, credentials, channelOptions } = {}) {
+    this.authToken = authToken;
+    this.stub = new TrengoSidecar(address, credentials || grpc.credentials.createInsecure(), channelOptions);
+  }
+
+  /** Create or update the Trengo contact of a person; traits and context are plain objects. */
+  identify(request = {}, callOptions = {}) {
+    return this.#call('Identify', () => {
+      checkFields('Identify', request);
+      return { ...request, traits: toStruct(request.traits), context: toStruct(request.context) };
+    }, callOptions);
+  }
+
+  /** Open a Trengo ticket; properties and context are plain objects. */
+  track(request = {}, callOptions = {}) {
+    return this.#call('Track', () => {
+      checkFields('Track', request);
+      return { ...request, properties: toStruct(request.properties), context: toStruct(request.context) };
+    }, callOptions);
+  }
+
+  /** Deliver a RudderStack/Segment-spec event, as its plain JSON object. */
+  sendEvent(event, { dryRun = false, ...callOptions } = {}) {
+    return this.#call('SendEvent', () => ({ event: toStruct(event), dryRun }), callOptions);
+  }
+
+  close() {
+    this.stub.close();
+  }
+
+  /** callOptions: deadlineMs (default none), requestId (sent as x-request-id). */
+  #call(method, buildRequest, { deadlineMs, requestId } = {}) {
+    return new Promise((resolve, reject) => {
+      const request = buildRequest(); // a TypeError here rejects the promise
+      const metadata = new grpc.Metadata();
+      if (this.authToken) metadata.set('authorization', `Bearer ${this.authToken}`);
+      if (requestId) metadata.set('x-request-id', requestId);
+      const options = deadlineMs ? { deadline: new Date(Date.now() + deadlineMs) } : {};
+      this.stub[method](request, metadata, options, (error, result) => {
+        if (error) reject(new TrengoSidecarError(error));
+        else resolve(result);
+      });
+    });
+  }
+}
+
+module.exports = { TrengoSidecarClient, TrengoSidecarError, toStruct, fromStruct, grpc, TrengoSidecar };
