@@ -1,0 +1,74 @@
+# syntax=docker/dockerfile:1
+# trengo-sidecar: a gRPC sidecar that delivers customer events to Trengo.
+#
+#   docker build -t trengo-sidecar .
+#   docker run --rm -p 50051:50051 -p 9090:9090 \
+#     -e TRENGO_API_TOKEN_FILE=/run/secrets/trengo -v "$PWD/token:/run/secrets/trengo:ro" \
+#     -e TRENGO_CHANNEL_ID=12345 trengo-sidecar
+#
+# Two stages. The builder generates the Python stubs from protos/ (the exact
+# command of the Makefile's `proto` target; tests/test_manifests.py checks they
+# stay the same) and installs the package into /opt/venv. The runtime stage is
+# a clean python:3.11-slim with that venv only: no compiler, no grpcio-tools,
+# no source tree. No secret is baked in: the Trengo token comes at run time
+# (TRENGO_API_TOKEN_FILE, a mounted file, or TRENGO_API_TOKEN).
+#
+# Health: the server implements grpc.health.v1 (for "" and
+# "trengo.sidecar.v1.TrengoSidecar"); Kubernetes probes it natively with
+# `grpc: {port: 50051}` (see deploy/kubernetes/), so no probe binary is shipped.
+
+FROM python:3.11-slim AS builder
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# Code generators, in their own venv: they never reach the runtime image.
+RUN python -m venv /opt/tools \
+ && /opt/tools/bin/pip install "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
+
+WORKDIR /src
+COPY protos/ protos/
+# Same command as `make proto`, with $(BIN) = /opt/tools/bin.
+RUN /opt/tools/bin/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \
+      --plugin=protoc-gen-mypy=/opt/tools/bin/protoc-gen-mypy --mypy_out=. \
+      --plugin=protoc-gen-mypy_grpc=/opt/tools/bin/protoc-gen-mypy_grpc --mypy_grpc_out=. \
+      protos/trengo/sidecar/v1/sidecar.proto \
+ && touch trengo/__init__.py trengo/sidecar/__init__.py trengo/sidecar/v1/__init__.py
+
+# No README.md: it is only the package's long description, and setuptools builds without it.
+COPY pyproject.toml ./
+COPY sidecar/ sidecar/
+# The stubs import grpcio and protobuf at the versions that generated them (a
+# newer protoc's code refuses an older runtime), so pin the app's to the tools'.
+# Smoke check at the end: -I, so the installed package is imported, not ./sidecar.
+RUN /opt/tools/bin/pip freeze | grep -iE '^(grpcio|protobuf)==' > /tmp/constraints.txt \
+ && python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --constraint /tmp/constraints.txt . \
+ && /opt/venv/bin/trengo-sidecar --help > /dev/null \
+ && /opt/venv/bin/python -I -c "import trengo.sidecar.v1.sidecar_pb2_grpc, sidecar.server"
+
+
+FROM python:3.11-slim
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+RUN groupadd --system --gid 10001 sidecar \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin sidecar
+
+# Same path as in the builder: the venv's scripts point at /opt/venv/bin/python.
+COPY --from=builder /opt/venv /opt/venv
+
+# Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
+USER 10001:10001
+
+# 50051: gRPC (TrengoSidecar, grpc.health.v1, reflection); 9090: Prometheus /metrics.
+EXPOSE 50051 9090
+
+ENTRYPOINT ["trengo-sidecar"]
+# 0.0.0.0, not the default 127.0.0.1: outside a pod's loopback (docker -p,
+# kubelet's gRPC probes) the port must be reachable on the container's address.
+CMD ["--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9090", "--log-format", "json"]
