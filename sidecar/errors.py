@@ -67,11 +67,6 @@ class ResourceExhausted(SidecarError):
     reason = "RATE_LIMITED"
 
 
-class DeadlineExceeded(SidecarError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
-    reason = "DEADLINE_EXCEEDED"
-
-
 class Unauthenticated(SidecarError):
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "CALLER_UNAUTHENTICATED"
