@@ -3,92 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from . import events
+from .answers import deliver_error, to_result, to_status
+from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
 from .delivery import Delivery, Outcome
-from .errors import DOMAIN, InvalidArgument, SidecarError, Unauthenticated
+from .errors import InvalidArgument, SidecarError
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
+from .stream import OrderedByKey
 from .trengo import TrengoClient
 
 log = logging.getLogger("sidecar")
 SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
-ACTIONS = {
-    "create_contact": pb.ACTION_CREATE_CONTACT,
-    "update_contact": pb.ACTION_UPDATE_CONTACT,
-    "create_ticket": pb.ACTION_CREATE_TICKET,
-    "none": pb.ACTION_NONE,
-}
-
-
-def to_result(outcome: Outcome) -> pb.DeliveryResult:
-    return pb.DeliveryResult(
-        action=ACTIONS[outcome.action],
-        contact_id=outcome.contact_id,
-        ticket_id=outcome.ticket_id,
-        channel_id=outcome.channel_id,
-        requests=[
-            pb.TrengoRequest(
-                method=c.method,
-                url=c.url,
-                body_json=c.body_json,
-                status_code=c.status_code,
-                attempts=c.attempts,
-                duration_ms=c.duration_ms,
-                headers=c.headers,
-            )
-            for c in outcome.calls
-        ],
-        dry_run=outcome.dry_run,
-        contact_cache_hit=outcome.contact_cache_hit,
-        replayed=outcome.replayed,
-        message_id=outcome.message_id,
-    )
-
-
-def to_status(error: SidecarError) -> grpc.Status:
-    """A rich gRPC status: ErrorInfo always, BadRequest naming the field, RetryInfo where a retry helps."""
-    details = [error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)]
-    if error.field:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
-                ]
-            )
-        )
-    if error.retry_after is not None:
-        delay = duration_pb2.Duration()
-        delay.FromNanoseconds(int(error.retry_after * 1e9))
-        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    packed = []
-    for detail in details:
-        box = any_pb2.Any()
-        box.Pack(detail)
-        packed.append(box)
-    status = status_pb2.Status(code=error.code.value[0], message=error.message, details=packed)
-    return rpc_status.to_status(status)
 
 
 class Undecodable:
@@ -108,13 +52,24 @@ def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+def _undecodable(request: Undecodable) -> InvalidArgument:
+    return InvalidArgument(
+        f"the request could not be decoded ({request.problem}): nested deeper than protobuf allows?",
+        field="request",
+    )
+
+
 def _decoded(request: Any) -> Any:
     if isinstance(request, Undecodable):
-        raise InvalidArgument(
-            f"the request could not be decoded ({request.problem}): nested deeper than protobuf allows?",
-            field="request",
-        )
+        raise _undecodable(request)
     return request
+
+
+_PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
+    "identify": ("Identify", events.from_identify),
+    "track": ("Track", events.from_track),
+    "send_event": ("SendEvent", events.from_send_event),
+}
 
 
 class Servicer(pb_grpc.TrengoSidecarServicer):
@@ -136,29 +91,75 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
     ) -> pb.DeliveryResult:
         return await self._handle("SendEvent", context, lambda: events.from_send_event(_decoded(request)))
 
+    async def Deliver(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeliverResponse]:
+        request_id = _request_id(context)
+        await context.send_initial_metadata((("x-request-id", request_id),))
+
+        def prepare(item: Any) -> tuple[str, Callable[[], Awaitable[pb.DeliverResponse]]]:
+            """Parse now (to know whose event it is); deliver when that person's previous event is done."""
+            try:
+                which = _decoded(item).WhichOneof("event")
+                if which is None:
+                    raise InvalidArgument("one of identify, track or send_event is required", field="event")
+                method, parse = _PARSERS[which]
+                event = parse(getattr(item, which))
+            except SidecarError as exc:
+                answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=deliver_error(exc))
+                return f"invalid:{id(item)}", lambda: _ready(answer)
+            key = event.user_id or event.anonymous_id or event.email or event.phone or f"anonymous:{id(item)}"
+            return key, lambda: self._answer(item.id, method, event, context, request_id)
+
+        async for answer in OrderedByKey(prepare).run(requests):
+            yield answer
+
+    async def _answer(
+        self, id_: str, method: str, event: events.Event, context: grpc.aio.ServicerContext, request_id: str
+    ) -> pb.DeliverResponse:
+        deadline = Deadline.after(
+            min(self.config.default_deadline_seconds, self._deadline(context).remaining())
+        )
+        try:
+            outcome = await self._run(method, lambda: event, deadline, request_id)
+        except SidecarError as exc:
+            return pb.DeliverResponse(id=id_, error=deliver_error(exc))
+        return pb.DeliverResponse(id=id_, result=to_result(outcome))
+
     async def _handle(
         self, method: str, context: grpc.aio.ServicerContext, parse: Callable[[], events.Event]
     ) -> pb.DeliveryResult:
-        started = time.monotonic()
         request_id = _request_id(context)
         await context.send_initial_metadata((("x-request-id", request_id),))
+        try:
+            return to_result(await self._run(method, parse, self._deadline(context), request_id))
+        except SidecarError as exc:
+            status = to_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise  # abort raises; never reached
+        except Exception:
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id {request_id})")
+            raise
+
+    async def _run(
+        self, method: str, parse: Callable[[], events.Event], deadline: Deadline, request_id: str
+    ) -> Outcome:
+        """Parse and deliver one event, with its log line and metrics."""
+        started = time.monotonic()
         code, outcome, error, event = "OK", None, None, None
         try:
             event = parse()
-            outcome = await self.delivery.deliver(event, self._deadline(context))
-            return to_result(outcome)
+            outcome = await self.delivery.deliver(event, deadline)
+            return outcome
         except SidecarError as exc:
             error, code = exc, exc.code.name
-            status = to_status(exc)
-            await context.abort(status.code, status.details, status.trailing_metadata)
-            raise  # abort raises; this line is never reached
+            raise
         except asyncio.CancelledError:
             code = "CANCELLED"
             raise
         except Exception:
             code = "INTERNAL"
             log.exception("rpc %s request_id=%s failed unexpectedly", method, request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id {request_id})")
             raise
         finally:
             seconds = time.monotonic() - started
@@ -172,6 +173,10 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             return Deadline.after(self.config.default_deadline_seconds)
         # Answer a little before the caller gives up, so it hears why.
         return Deadline.after(remaining - min(0.25, remaining * 0.1))
+
+
+async def _ready(answer: pb.DeliverResponse) -> pb.DeliverResponse:
+    return answer
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -218,45 +223,6 @@ def _log_rpc(
     )
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Callers must send ``authorization: Bearer <authToken>``; health and reflection stay open."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            status = to_status(Unauthenticated("send metadata 'authorization: Bearer <authToken>'"))
-            await context.abort(status.code, status.details, status.trailing_metadata)
-
-        self._deny = deny
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if not details.method.startswith(f"/{SERVICE}/"):
-            return await continuation(details)
-        sent = dict(details.invocation_metadata or ()).get("authorization", "")
-        given = sent.encode() if isinstance(sent, str) else sent
-        if hmac.compare_digest(given, self._expected):
-            return await continuation(details)
-        handler = await continuation(details)
-        if handler is None:  # no such method: let grpc answer UNIMPLEMENTED
-            return handler
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._deny,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._deny,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
 class Sidecar:
     """The running sidecar: gRPC server, Trengo client, delivery, health."""
 
@@ -272,7 +238,7 @@ class Sidecar:
         self.delivery = Delivery(config, self.client)
         self.servicer = Servicer(config, self.delivery)
         self.health = health.aio.HealthServicer()
-        interceptors = [AuthInterceptor(config.auth_token.reveal())] if config.auth_token else []
+        interceptors = [AuthInterceptor(config.auth_token.reveal(), SERVICE)] if config.auth_token else []
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -291,22 +257,25 @@ class Sidecar:
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         """The generated registration, with deserializers that turn a decode error into INVALID_ARGUMENT."""
-        methods = {
+        unary = {
             "Identify": (self.servicer.Identify, pb.IdentifyRequest),
             "Track": (self.servicer.Track, pb.TrackRequest),
             "SendEvent": (self.servicer.SendEvent, pb.SendEventRequest),
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                name: grpc.unary_unary_rpc_method_handler(
-                    handler,
-                    request_deserializer=_tolerant(request_type),
-                    response_serializer=pb.DeliveryResult.SerializeToString,
-                )
-                for name, (handler, request_type) in methods.items()
-            },
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                handler,
+                request_deserializer=_tolerant(request_type),
+                response_serializer=pb.DeliveryResult.SerializeToString,
+            )
+            for name, (handler, request_type) in unary.items()
+        }
+        handlers["Deliver"] = grpc.stream_stream_rpc_method_handler(
+            self.servicer.Deliver,
+            request_deserializer=_tolerant(pb.DeliverRequest),
+            response_serializer=pb.DeliverResponse.SerializeToString,
         )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     async def start(self) -> int:
         """Bind and start; returns the port bound (0 for a unix socket)."""
