@@ -93,8 +93,12 @@ def _number(x: float) -> str:
     return "-" + out if x < 0 else out
 
 
-def js_string(value: Any, _depth: int = 0) -> str:
+def js_string(value: Any) -> str:
     """JavaScript's ``String(value)`` for JSON-like values (None is ``null``)."""
+    return _js_string(value, 0)
+
+
+def _js_string(value: Any, depth: int) -> str:
     if isinstance(value, str):
         return value
     if value is None or isinstance(value, bool):
@@ -107,7 +111,7 @@ def js_string(value: Any, _depth: int = 0) -> str:
     if isinstance(value, Mapping):
         return "[object Object]"
     if isinstance(value, list | tuple):
-        return "" if _depth > 200 else ",".join("" if v is None else js_string(v, _depth + 1) for v in value)
+        return "" if depth > 200 else ",".join("" if v is None else _js_string(v, depth + 1) for v in value)
     return str(value)
 
 
@@ -128,8 +132,6 @@ def properties_string(properties: Mapping[str, Any]) -> str:
 
 def _prop(obj: Any, key: str) -> Any:
     """runtime.lookupProperty: own properties only (dict keys, list/string indices and length)."""
-    if isinstance(obj, dict):
-        return obj.get(key)
     if isinstance(obj, Mapping):
         return obj.get(key)
     if isinstance(obj, list | tuple):
@@ -575,7 +577,7 @@ def _eval(e: _Expr, ctx: Any, depths: tuple[Any, ...], data: dict[str, Any]) -> 
         for _ in range(e.depth):
             cur = cur.get("_parent") if isinstance(cur, dict) else None
         for part in e.parts:
-            if not _truthy(cur) and not isinstance(cur, list | tuple):
+            if not _truthy(cur):
                 return cur
             cur = _prop(cur, part)
         return cur
