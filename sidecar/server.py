@@ -218,9 +218,7 @@ def _log_rpc(
         if error is not None and code not in ("INVALID_ARGUMENT", "NOT_FOUND")
         else logging.INFO
     )
-    log.log(
-        level, "rpc %s %s", method, code, extra={"fields": {k: v for k, v in fields.items() if v is not None}}
-    )
+    log.log(level, "handled", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
 
 class Sidecar:
