@@ -42,11 +42,14 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# buf breaking compares the contract with main, or on main with the commit before.
+BUF_BASE ?= $(shell [ "$$(git rev-parse --abbrev-ref HEAD 2>/dev/null)" = main ] && echo HEAD~1 || echo main)
 buf: node
 	$(BUF) lint
-	@if git rev-parse --verify --quiet main >/dev/null && git cat-file -e main:buf.yaml 2>/dev/null; then \
-	  $(BUF) breaking --against '.git#branch=main'; \
-	else echo "buf breaking: no buf.yaml on main yet, nothing to compare"; fi
+	@if git cat-file -e $(BUF_BASE):buf.yaml 2>/dev/null; then \
+	  echo "buf breaking --against .git#ref=$(BUF_BASE)"; \
+	  $(BUF) breaking --against '.git#ref=$(BUF_BASE)'; \
+	else echo "buf breaking: $(BUF_BASE) has no buf.yaml, nothing to compare"; fi
 
 lint: install
 	$(BIN)/ruff check sidecar tests clients/python
