@@ -204,15 +204,17 @@ class Delivery:
                     raise
                 self.contacts.discard(key)  # deleted in Trengo behind our back: look it up again
                 run.cache_hit = False
-        if event.dry_run:
-            return await self._upsert_dry(run, ident)
-        upsert, shared = await self._flights.run(("upsert", key), lambda: self._upsert(run, ident, key))
+        if event.dry_run:  # a dry run must not share a real run's writes, nor lend it its own
+            upsert, shared = await self._upsert(run, ident), False
+        else:
+            upsert, shared = await self._flights.run(("upsert", key), lambda: self._upsert(run, ident))
         if shared and event.name and event.name != upsert.name:
             await self._write(run, tf.update_contact(upsert.contact_id, event.name))
             return run.outcome("update_contact", upsert.contact_id)
         return run.outcome(upsert.action if not shared else "none", upsert.contact_id)
 
-    async def _upsert(self, run: _Run, ident: str, key: str) -> _Upsert:
+    async def _upsert(self, run: _Run, ident: str) -> _Upsert:
+        """Search, then update the one match or create the contact (a dry run: contact id 0)."""
         found = await self._search(run, ident)
         name = run.event.name
         if found is None:
@@ -221,16 +223,6 @@ class Delivery:
             return _Upsert(found, "none", None)
         await self._write(run, tf.update_contact(found, name))
         return _Upsert(found, "update_contact", name)
-
-    async def _upsert_dry(self, run: _Run, ident: str) -> Outcome:
-        found = await self._search(run, ident)
-        if found is None:
-            await self._write(run, tf.create_contact(run.channel_id, ident, run.event.name))
-            return run.outcome("create_contact")
-        if not run.event.name:
-            return run.outcome("none", found)
-        await self._write(run, tf.update_contact(found, run.event.name))
-        return run.outcome("update_contact", found)
 
     async def _update_known(self, run: _Run, contact_id: int, ident: str | None) -> Outcome:
         """Identify with a trengoContactId: no search, update the name if there is one."""
@@ -249,14 +241,17 @@ class Delivery:
     async def _create(self, run: _Run, ident: str) -> int:
         call = tf.create_contact(run.channel_id, ident, run.event.name)
         try:
-            answer = await self._write(run, call)
+            return await self._create_once(run, call, ident)
         except OutcomeUnknown:
-            # The answer was lost; unlike a ticket, a contact can be looked for.
+            # The answer was lost or unreadable; unlike a ticket, a contact can be looked for.
             found = await self._search(run, ident)
             if found is not None:
                 return found
-            answer = await self._write(run, call)
-        if answer is None:
+            return await self._create_once(run, call, ident)
+
+    async def _create_once(self, run: _Run, call: tf.Call, ident: str) -> int:
+        answer = await self._write(run, call)
+        if answer is None:  # a dry run
             return 0
         contact_id = record_id(call, answer)
         self._remember(run, ident, contact_id)
