@@ -54,13 +54,14 @@ class RateLimiter:
         return waited
 
     async def _wait_for_slot(self, deadline: Deadline) -> None:
-        if len(self._sent) == self._sent.maxlen:
-            free_at = self._sent[0] + WINDOW_SECONDS
-            delay = free_at - time.monotonic()
+        # A loop, not one sleep: a 429 that arrives meanwhile (penalise) moves the slot further away.
+        while len(self._sent) == self._sent.maxlen:
+            delay = self._sent[0] + WINDOW_SECONDS - time.monotonic()
+            if delay <= 0:
+                break
             if delay > deadline.remaining():
                 raise self._exhausted(delay)
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await asyncio.sleep(delay)
         self._sent.append(time.monotonic())
 
     def _exhausted(self, retry_after: float | None = None) -> ResourceExhausted:

@@ -7,15 +7,22 @@ in trengo.py.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 import httpx
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# The longest wait a 429 can impose. Trengo counts per minute, so its honest hints are at most 60 s
+# (a proxy in front may ask for a few minutes; if it meant more, the next 429 says so again). Garbage
+# such as "1e12" or "inf" would otherwise hold every call on the token, through RateLimiter.penalise,
+# for as long as it says: until a restart.
+MAX_RETRY_AFTER_SECONDS = 300.0
 # Failures that happen before a byte of the request reaches Trengo: always safe to resend.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -32,8 +39,15 @@ class RetryPolicy:
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds Trengo asks us to wait: Retry-After (seconds or HTTP date), else X-RateLimit-Reset."""
-    now = time.time() if now is None else now
+    """Seconds Trengo asks us to wait (at most MAX_RETRY_AFTER_SECONDS), or None for no usable hint."""
+    seconds = _hinted(headers, time.time() if now is None else now)
+    if seconds is None or not math.isfinite(seconds):  # "nan" / "inf" are not hints
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
+
+
+def _hinted(headers: Mapping[str, str], now: float) -> float | None:
+    """Retry-After (seconds or HTTP date), else X-RateLimit-Reset."""
     value = headers.get("retry-after")
     if value:
         seconds = _seconds_or_date(value.strip(), now)
@@ -52,10 +66,15 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
 
 def _seconds_or_date(value: str, now: float) -> float | None:
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError):
+        when = parsedate_to_datetime(value)
+        if when.tzinfo is None:  # "-0000": an HTTP date is always GMT, never the local time
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, when.timestamp() - now)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None

@@ -24,6 +24,7 @@ from .retry import NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
 from .transform import Call
 
 MASKED = "Bearer ****"
+BAD_RESPONSE_RETRY_SECONDS = 1.0  # RetryInfo for a read answered 200 with the wrong shape
 
 
 @dataclass(slots=True)
@@ -70,6 +71,7 @@ class TrengoClient:
         self.timeout = timeout
         self.policy = policy or RetryPolicy()
         self.limiter = limiter or RateLimiter(0, 1)
+        self._token = token
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers={
@@ -111,11 +113,17 @@ class TrengoClient:
         while True:
             record.attempts += 1
             await self.limiter.acquire(deadline)
+            sent_at = time.monotonic()
             error, wait = await self._attempt(call, deadline, record)
             if error is None:
                 return wait  # the parsed answer
-            if record.attempts >= self.policy.max_attempts or wait >= deadline.remaining():
-                error.retry_after = error.retry_after or (wait if wait > 0 else None)
+            # The next try must have time to be answered: as long as this one took, and a little more
+            # for jitter. A write sent too late to hear back turns a plain failure into an unknown
+            # outcome (and a try that cannot finish in time only spends the rate limit).
+            needed = wait + 1.25 * (time.monotonic() - sent_at) + 0.05
+            if record.attempts >= self.policy.max_attempts or needed >= deadline.remaining():
+                if error.retry_after is None:  # a hint of 0 s from Trengo stays a hint
+                    error.retry_after = wait if wait > 0 else None
                 raise error
             if self.observer:
                 self.observer.retried(call, error.reason)
@@ -135,10 +143,15 @@ class TrengoClient:
             self._observe(call, 0, sent_at)
             record.status_code = 0
             return self._transport_error(call, exc), self.policy.backoff(record.attempts)
+        except httpx.DecodingError:
+            # An answer came whose body cannot be decoded (a bogus Content-Encoding): garbled, not a crash.
+            self._observe(call, 0, sent_at)
+            record.status_code = 0
+            return self._garbled(call, record)
         self._observe(call, response.status_code, sent_at)
         record.status_code = response.status_code
         if response.is_success:
-            return None, self._parse(call, response)
+            return self._parse(call, response, record)
         return self._status_error(call, response, record)
 
     def _observe(self, call: Call, status: int, sent_at: float) -> None:
@@ -177,38 +190,59 @@ class TrengoClient:
                 record=record,
             )
         raise TrengoError(
-            f"Trengo rejected {what} ({status}): {_describe(response)}",
+            f"Trengo rejected {what} ({status}): {_describe(response, self._token.reveal())}",
             status=status,
             reason="TRENGO_REJECTED",
             record=record,
         )
 
-    def _parse(self, call: Call, response: httpx.Response) -> Any:
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
+    def _parse(
+        self, call: Call, response: httpx.Response, record: CallRecord
+    ) -> tuple[SidecarError | None, Any]:
+        """(None, the JSON object) of a 2xx; a garbled answer to a read is retried like a 5xx."""
+        data = _json(response)
         if isinstance(data, dict):
-            return data
+            return None, data
+        return self._garbled(call, record)
+
+    def _garbled(self, call: Call, record: CallRecord) -> tuple[SidecarError, float]:
+        """A 2xx whose body is not a JSON object: the outcome of a write is unknown; a read is retried."""
         message = f"Trengo answered {call.method} {call.path} with a body that is not a JSON object"
         if call.is_write:
             raise OutcomeUnknown(message + "; the write may or may not have happened")
-        raise Unavailable(message, reason="TRENGO_BAD_RESPONSE")
+        # A read can be sent again safely, and a garbled answer (a proxy's error page, a cut-off
+        # body) is usually transient: retry it, so that when it persists the caller gets RetryInfo.
+        return Unavailable(message, reason="TRENGO_BAD_RESPONSE"), self.policy.backoff(record.attempts)
 
 
-def _describe(response: httpx.Response) -> str:
-    """Trengo's own words for a 4xx: its message and the fields it names."""
+def _json(response: httpx.Response) -> Any:
+    """The parsed body, or None when it is not JSON (RecursionError: nested past Python's limit)."""
     try:
-        data = response.json()
-    except ValueError:
-        return response.text[:200] or response.reason_phrase
-    if not isinstance(data, dict):
-        return str(data)[:200]
-    parts = [str(data.get("message") or response.reason_phrase)]
-    errors = data.get("errors")
-    if isinstance(errors, dict):
-        parts += [f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errors.items()]
-    return "; ".join(parts)[:500]
+        return response.json()
+    except (ValueError, RecursionError):
+        return None
+
+
+def _describe(response: httpx.Response, token: str) -> str:
+    """Trengo's own words for a 4xx: its message and the fields it names.
+
+    Never our token: a proxy or debug page that echoes the request's headers back must not hand it
+    on to the caller and the logs (scrubbed before cutting, so no prefix of it survives either).
+    """
+    data = _json(response)
+    if data is None:
+        text, limit = response.text or response.reason_phrase, 200
+    elif not isinstance(data, dict):
+        text, limit = str(data), 200
+    else:
+        parts = [str(data.get("message") or response.reason_phrase)]
+        errors = data.get("errors")
+        if isinstance(errors, dict):
+            parts += [
+                f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errors.items()
+            ]
+        text, limit = "; ".join(parts), 500
+    return (text.replace(token, "****") if token else text)[:limit]
 
 
 def contact_list(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]]:
@@ -219,6 +253,9 @@ def contact_list(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]]:
             f"Trengo answered {call.method} {call.path} without a list of records (got keys: "
             f"{', '.join(sorted(map(str, answer))[:5]) or 'none'})",
             reason="TRENGO_BAD_RESPONSE",
+            # Seen from Trengo's search as a passing failure ({"error": "Request failed"}): the
+            # contract promises RetryInfo where the same call can succeed.
+            retry_after=BAD_RESPONSE_RETRY_SECONDS,
         )
     return data
 
