@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -125,6 +126,7 @@ _KEYS: dict[str, tuple[str, str]] = {
 }
 _SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken"}
 ENV_VARS = {env: key for key, (_, env) in _KEYS.items()}
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def load_config(
@@ -188,7 +190,16 @@ def _read_secret(key: str, path: Any) -> str:
         raise ConfigError(key, f"cannot read the secret file: {exc.strerror}") from None
     if not value:
         raise ConfigError(key, "the secret file is empty")
-    return value
+    if "\n" in value:
+        raise ConfigError(key, "the secret file holds more than one line; it must hold only the token")
+    return _header_value(key, value)
+
+
+def _header_value(key: str, token: str) -> str:
+    """A token travels in an Authorization header: printable ASCII, no blanks (never quote it back)."""
+    if token and not _TOKEN.fullmatch(token):
+        raise ConfigError(key, "must be printable ASCII without spaces or control characters")
+    return token
 
 
 _INTS = {f.name for f in fields(Config) if f.type == "int"}
@@ -198,7 +209,7 @@ _FLOATS = {f.name for f in fields(Config) if f.type == "float"}
 def _parse(key: str, value: Any) -> Any:
     attr = _KEYS[key][0]
     if attr in ("api_token", "auth_token"):
-        return Secret(_text(key, value).strip())
+        return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
     if attr == "enable_dedup":

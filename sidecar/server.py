@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
 from .delivery import Delivery, Outcome
-from .errors import InvalidArgument, SidecarError
+from .errors import InvalidArgument, SidecarError, Unavailable
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 from .stream import OrderedByKey
@@ -72,10 +73,42 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
 }
 
 
+class InFlight:
+    """The calls in progress, so shutdown can wait for them while health still answers NOT_SERVING.
+
+    grpc's own server.stop(grace) closes the listener at once, so a readiness
+    probe during the drain would see "connection refused" instead of NOT_SERVING.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        if self.closing:
+            raise Unavailable("the sidecar is shutting down; retry shortly", retry_after=1.0)
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+
+
 class Servicer(pb_grpc.TrengoSidecarServicer):
     def __init__(self, config: Config, delivery: Delivery) -> None:
         self.config = config
         self.delivery = delivery
+        self.in_flight = InFlight()
         self.observer: Any = None  # metrics hook: rpc(method, code_name, seconds)
 
     async def Identify(
@@ -111,8 +144,13 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             key = event.user_id or event.anonymous_id or event.email or event.phone or f"anonymous:{id(item)}"
             return key, lambda: self._answer(item.id, method, event, context, request_id)
 
-        async for answer in OrderedByKey(prepare).run(requests):
-            yield answer
+        try:
+            with self.in_flight.track():
+                async for answer in OrderedByKey(prepare).run(requests):
+                    yield answer
+        except Unavailable as exc:  # shutting down
+            status = to_status(exc)
+            await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _answer(
         self, id_: str, method: str, event: events.Event, context: grpc.aio.ServicerContext, request_id: str
@@ -132,7 +170,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         request_id = _request_id(context)
         await context.send_initial_metadata((("x-request-id", request_id),))
         try:
-            return to_result(await self._run(method, parse, self._deadline(context), request_id))
+            with self.in_flight.track():
+                return to_result(await self._run(method, parse, self._deadline(context), request_id))
         except SidecarError as exc:
             status = to_status(exc)
             await context.abort(status.code, status.details, status.trailing_metadata)
@@ -286,19 +325,28 @@ class Sidecar:
     def _bind(self, address: str) -> int:
         c = self.config
         if not c.tls_cert_file:
-            return self.server.add_insecure_port(address)
+            port = self.server.add_insecure_port(address)
+        else:
+            port = self.server.add_secure_port(address, self._credentials())
+        return 0 if address.startswith("unix:") else port  # grpc answers 1 for a socket file
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        c = self.config
         ca = Path(c.tls_client_ca_file).read_bytes() if c.tls_client_ca_file else None
-        credentials = grpc.ssl_server_credentials(
+        return grpc.ssl_server_credentials(
             [(Path(c.tls_key_file).read_bytes(), Path(c.tls_cert_file).read_bytes())],
             root_certificates=ca,
             require_client_auth=ca is not None,
         )
-        return self.server.add_secure_port(address, credentials)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop taking calls (health NOT_SERVING first), let those in flight finish, close Trengo."""
+        """Health NOT_SERVING and new calls refused; calls in flight get the grace period; close Trengo."""
+        grace = self.config.shutdown_grace_seconds if grace is None else grace
+        ends = time.monotonic() + grace
+        self.servicer.in_flight.closing = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.shutdown_grace_seconds if grace is None else grace)
+        await self.servicer.in_flight.wait_idle(grace)
+        await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.client.aclose()
 
     async def serve_until_signal(self) -> None:
