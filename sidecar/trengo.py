@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -24,6 +25,10 @@ from .retry import NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
 from .transform import Call
 
 MASKED = "Bearer ****"
+JSON_BODY = {"Content-Type": "application/json"}
+# Trengo allows 2 calls a second per token, so a few connections carry it; a larger httpx pool only
+# costs CPU in httpcore's per-request bookkeeping (64 connections: 402 posts/s at 32 in flight, 16: 894).
+POOL_SIZE = 16
 BAD_RESPONSE_RETRY_SECONDS = 1.0  # RetryInfo for a read answered 200 with the wrong shape
 
 
@@ -64,7 +69,7 @@ class TrengoClient:
         timeout: float = 10.0,
         policy: RetryPolicy | None = None,
         limiter: RateLimiter | None = None,
-        max_connections: int = 64,
+        max_connections: int = POOL_SIZE,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -88,7 +93,9 @@ class TrengoClient:
         await self._http.aclose()
 
     def url(self, call: Call) -> str:
-        return str(httpx.URL(self.base_url + call.path, params=call.params or None))
+        # quote, not quote_plus: a phone's "+" must arrive as "+" (%2B), and a space as a space (%20).
+        query = "?" + urlencode(call.params, quote_via=quote) if call.params else ""
+        return self.base_url + call.path + query
 
     def record(self, call: Call, dry_run: bool = False) -> CallRecord:
         body = (
@@ -136,8 +143,13 @@ class TrengoClient:
         timeout = min(self.timeout, deadline.remaining())
         sent_at = time.monotonic()
         try:
+            # The record already holds the URL and the encoded body: send those, not a second encoding.
             response = await self._http.request(
-                call.method, call.path, params=call.params or None, json=call.body, timeout=timeout
+                call.method,
+                record.url,
+                content=record.body_json or None,
+                timeout=timeout,
+                headers=JSON_BODY if call.body is not None else None,
             )
         except httpx.TransportError as exc:
             self._observe(call, 0, sent_at)
