@@ -30,7 +30,7 @@ CONTACT_ID_TYPE = "trengoContactId"
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _PHONE = re.compile(r"\+?[0-9][0-9 ().\-]{4,30}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
 
 
 EventKind = Literal["identify", "track"]
