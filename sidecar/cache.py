@@ -85,6 +85,11 @@ class SingleFlight(Generic[K]):
         running = self._running.get(key)
         return asyncio.shield(running) if running is not None else None
 
+    def cancel_all(self) -> None:
+        """At shutdown: work whose callers are gone must not outlive the event loop."""
+        for running in list(self._running.values()):
+            running.cancel()
+
     def _finished(self, key: K, task: asyncio.Future[Any]) -> None:
         self._running.pop(key, None)
         if not task.cancelled():

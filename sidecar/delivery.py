@@ -93,6 +93,10 @@ class Delivery:
         self._channels_listed_at = 0.0
         self.replays = 0  # results given back for a repeated message_id, for metrics
 
+    async def aclose(self) -> None:
+        self._flights.cancel_all()
+        await self.client.aclose()
+
     # --- entry point ---------------------------------------------------------------
 
     async def deliver(self, event: Event, deadline: Deadline) -> Outcome:

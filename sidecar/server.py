@@ -347,7 +347,7 @@ class Sidecar:
         await self.health.enter_graceful_shutdown()
         await self.servicer.in_flight.wait_idle(grace)
         await self.server.stop(max(0.0, ends - time.monotonic()))
-        await self.client.aclose()
+        await self.delivery.aclose()
 
     async def serve_until_signal(self) -> None:
         stop = asyncio.Event()
