@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import aiohttp
@@ -27,7 +26,10 @@ from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from . import TOKEN
-from .scenarios import bounded, email, identify_request, track_request
+from .scenarios import bounded, email, identify_requests, track_requests
+
+HEADERS = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"}
+Sender = Callable[[int], Awaitable[None]]  # sends request number i (modulo its pool); raises if it failed
 
 
 @dataclass
@@ -70,6 +72,19 @@ class Point:
     def p99(self) -> float:
         return self.pct(99)
 
+    def record(self, sent: float, answered: float, start: float, end: float) -> None:
+        """One answer: its latency if sent after the warm-up, done if answered inside the window."""
+        self.answered += 1
+        if sent >= start:
+            self.latencies.append(answered - sent)
+        if start <= answered <= end:
+            self.done += 1
+
+    def fail(self, why: str) -> None:
+        """Counted, not fatal: the table says how many; the first one says why."""
+        self.errors += 1
+        self.first_error = self.first_error or why[:300]
+
 
 @dataclass
 class Pool:
@@ -82,9 +97,9 @@ class Pool:
 async def warm_pool(stub: pb_grpc.TrengoSidecarStub, tag: str, size: int) -> Pool:
     """Identify ``size`` new people, then one Track each: the sidecar caches them; we learn the bodies."""
     addresses = [email(tag, i) for i in range(size)]
-    await bounded([partial(stub.Identify, identify_request(a, i)) for i, a in enumerate(addresses)], 16)
-    tracks = [track_request(a, i) for i, a in enumerate(addresses)]
-    results = await bounded([partial(stub.Track, t) for t in tracks], 16)
+    await bounded(stub.Identify, identify_requests(addresses), 16)
+    tracks = track_requests(addresses)
+    results = await bounded(stub.Track, tracks, 16)
     bodies = []
     for result in results:
         ticket = [r for r in result.requests if r.method == "POST" and r.url.endswith("/tickets")]
@@ -94,9 +109,7 @@ async def warm_pool(stub: pb_grpc.TrengoSidecarStub, tag: str, size: int) -> Poo
     return Pool(tracks, bodies)
 
 
-async def closed_loop(
-    mode: str, send: Callable[[int], Awaitable[None]], in_flight: int, seconds: float, warmup: float
-) -> Point:
+async def closed_loop(mode: str, send: Sender, in_flight: int, seconds: float, warmup: float) -> Point:
     """``in_flight`` workers, each sending its next request when the last is answered."""
     point = Point(mode, in_flight, seconds, 0, 0)
     start = time.perf_counter() + warmup
@@ -107,24 +120,18 @@ async def closed_loop(
         while (t0 := time.perf_counter()) < end:
             try:
                 await send(i)
-            except Exception as exc:  # counted, not fatal: the table says how many
-                point.errors += 1
-                point.first_error = point.first_error or f"{type(exc).__name__}: {exc}"[:300]
+            except Exception as exc:
+                point.fail(f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.001)
             else:
-                t1 = time.perf_counter()
-                point.answered += 1
-                if t0 >= start:
-                    point.latencies.append(t1 - t0)
-                if start <= t1 <= end:
-                    point.done += 1
+                point.record(t0, time.perf_counter(), start, end)
             i += in_flight
 
     await asyncio.gather(*(worker(k) for k in range(in_flight)))
     return point
 
 
-def unary_sender(stub: pb_grpc.TrengoSidecarStub, pool: Pool) -> Callable[[int], Awaitable[None]]:
+def unary_sender(stub: pb_grpc.TrengoSidecarStub, pool: Pool) -> Sender:
     tracks = pool.tracks
     size = len(tracks)
 
@@ -134,7 +141,7 @@ def unary_sender(stub: pb_grpc.TrengoSidecarStub, pool: Pool) -> Callable[[int],
     return send
 
 
-def health_sender(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[None]]:
+def health_sender(channel: grpc.aio.Channel) -> Sender:
     """grpc.health.v1 Check on the sidecar's own server: a gRPC round trip that does no work."""
     stub = health_pb2_grpc.HealthStub(channel)
     request = health_pb2.HealthCheckRequest(service="")
@@ -145,7 +152,7 @@ def health_sender(channel: grpc.aio.Channel) -> Callable[[int], Awaitable[None]]
     return send
 
 
-def raw_sender(http: httpx.AsyncClient, pool: Pool) -> Callable[[int], Awaitable[None]]:
+def raw_sender(http: httpx.AsyncClient, pool: Pool) -> Sender:
     bodies = pool.bodies
     size = len(bodies)
 
@@ -159,7 +166,7 @@ def raw_sender(http: httpx.AsyncClient, pool: Pool) -> Callable[[int], Awaitable
     return send
 
 
-def aiohttp_sender(session: aiohttp.ClientSession, pool: Pool) -> Callable[[int], Awaitable[None]]:
+def aiohttp_sender(session: aiohttp.ClientSession, pool: Pool) -> Sender:
     bodies = pool.bodies
     size = len(bodies)
 
@@ -177,7 +184,7 @@ def aiohttp_client(sim_url: str, in_flight: int) -> aiohttp.ClientSession:
     """The other HTTP client in the dependencies, as a ceiling: what the simulator can take."""
     return aiohttp.ClientSession(
         base_url=sim_url.rstrip("/") + "/",
-        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+        headers=HEADERS,
         connector=aiohttp.TCPConnector(limit=max(64, in_flight)),
         timeout=aiohttp.ClientTimeout(total=30),
     )
@@ -186,40 +193,12 @@ def aiohttp_client(sim_url: str, in_flight: int) -> aiohttp.ClientSession:
 def raw_client(sim_url: str, in_flight: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=sim_url,
-        headers={"Authorization": f"Bearer {TOKEN}", "Accept": "application/json"},
+        headers=HEADERS,
         # The sidecar's own pool size, so both sides pay the same httpcore bookkeeping.
         limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
         timeout=30,
         trust_env=False,
     )
-
-
-def stream_available() -> bool:
-    """The generated stubs have the Deliver RPC (make proto after the proto gained it)."""
-    return hasattr(pb, "DeliverRequest") and hasattr(pb_grpc.TrengoSidecarStub(_NoChannel()), "Deliver")
-
-
-class _NoChannel:
-    """Enough of a grpc.Channel for the generated stub's constructor, to see which RPCs it has."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return lambda *args, **kwargs: None
-
-
-async def probe_stream(stub: pb_grpc.TrengoSidecarStub, pool: Pool) -> str:
-    """'' when the running sidecar serves Deliver, else why not (UNIMPLEMENTED until it is registered)."""
-    try:
-        call = stub.Deliver()
-        await call.write(pb.DeliverRequest(id="probe", track=pool.tracks[0]))
-        await call.done_writing()
-        answer = await asyncio.wait_for(call.read(), 10)
-        if answer is grpc.aio.EOF:
-            return "the Deliver stream ended without an answer"
-        if answer.id != "probe" or answer.WhichOneof("outcome") != "result":
-            return f"unexpected Deliver answer: {answer}"
-        return ""
-    except grpc.aio.AioRpcError as exc:
-        return f"Deliver: {exc.code().name} {exc.details()}"
 
 
 async def stream_loop(
@@ -250,22 +229,18 @@ async def stream_loop(
             t1 = time.perf_counter()
             t0 = sent[answer.id].popleft()
             slots.release()
-            point.answered += 1
-            if answer.WhichOneof("outcome") != "result":
-                point.errors += 1
-                point.first_error = point.first_error or str(answer.error)[:300]
-                continue
-            if t0 >= start:
-                point.latencies.append(t1 - t0)
-            if start <= t1 <= end:
-                point.done += 1
+            if answer.WhichOneof("outcome") == "result":
+                point.record(t0, t1, start, end)
+            else:
+                point.answered += 1
+                point.fail(str(answer.error))
 
     try:
         async with asyncio.TaskGroup() as tasks:  # one failing cancels the other
             tasks.create_task(writer())
             tasks.create_task(reader())
     except* grpc.aio.AioRpcError as failed:
-        exc = failed.exceptions[0]
-        point.errors += 1
-        point.first_error = f"stream failed: {exc}"[:300]
+        if not point.answered:  # no stream to measure (a sidecar without Deliver, say): stop the run
+            raise RuntimeError(f"Deliver failed before any answer: {failed.exceptions[0]}") from None
+        point.fail(f"stream failed: {failed.exceptions[0]}")
     return point

@@ -11,11 +11,14 @@ import gc
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sidecar.cache import TTLCache
 
 FIRST_ID = 90_002_431_001  # the simulator's first contact id: above 2**31 on purpose
+Marks = list[tuple[int, int, int]]  # (keys inserted so far, len(cache), bytes traced)
+Put = Callable[[Any, str, int], None]  # (cache, key, id): one insertion
 
 
 @dataclass
@@ -24,7 +27,7 @@ class MemoryRow:
     entries: int
     total_bytes: int
     inserted: int = 0  # keys inserted in all (for the bound check)
-    after: list[tuple[int, int, int]] = field(default_factory=list)  # (inserted, len, bytes)
+    after: Marks = field(default_factory=list)  # checkpoints, on the bound row only
 
     @property
     def per_entry(self) -> float:
@@ -39,16 +42,14 @@ def key(n: int) -> str:
     return f"e:user{n:06d}@example.com"
 
 
-def _measure(
-    make: Callable[[], Any], put: Callable[[Any, str, int], None], count: int, checkpoints: int = 1
-) -> tuple[Any, list[tuple[int, int, int]]]:
+def _measure(make: Callable[[], Any], put: Put, count: int, checkpoints: int) -> Marks:
     """Build a cache, insert ``count`` distinct keys; traced bytes held after each checkpoint."""
     gc.collect()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         cache = make()
-        marks: list[tuple[int, int, int]] = []
+        marks: Marks = []
         step = count // checkpoints
         for n in range(count):
             put(cache, key(n), FIRST_ID + n)
@@ -57,47 +58,41 @@ def _measure(
                 marks.append((n + 1, len(cache), tracemalloc.get_traced_memory()[0] - base))
     finally:
         tracemalloc.stop()
-    return cache, marks
+    return marks
 
 
-def sidecar_cache(size: int) -> MemoryRow:
-    _, marks = _measure(lambda: TTLCache(size, 3600), lambda c, k, v: c.set(k, v), size)
-    return MemoryRow("sidecar.cache.TTLCache", marks[-1][1], marks[-1][2])
+def _row(name: str, make: Callable[[], Any], put: Put, size: int, factor: int = 1) -> MemoryRow:
+    """``factor`` times ``size`` new keys, a checkpoint after each ``size``.
+
+    Only a row of several rounds keeps its checkpoints: the report reads them as the bound check.
+    """
+    marks = _measure(make, put, size * factor, factor)
+    _, entries, used = marks[-1]
+    if factor == 1:
+        return MemoryRow(name, entries, used)
+    return MemoryRow(name, entries, used, size * factor, marks)
 
 
-def sidecar_cache_bound(size: int, factor: int = 3) -> MemoryRow:
-    """A stream of new identifiers: ``factor`` times the bound inserted; size and memory stay put."""
-    _, marks = _measure(lambda: TTLCache(size, 3600), lambda c, k, v: c.set(k, v), size * factor, factor)
-    return MemoryRow("sidecar.cache.TTLCache (bound)", marks[-1][1], marks[-1][2], size * factor, marks)
+def _set(cache: Any, k: str, v: int) -> None:
+    cache.set(k, v)
 
 
-def cachetools_cache(size: int) -> MemoryRow | None:
-    """The same with cachetools.TTLCache, if installed (optional: not a dependency of the sidecar)."""
-    try:
-        import cachetools
-    except ImportError:
-        return None
-
-    def put(cache: Any, k: str, v: int) -> None:
-        cache[k] = v
-
-    _, marks = _measure(lambda: cachetools.TTLCache(size, 3600), put, size)
-    return MemoryRow(f"cachetools.TTLCache {cachetools.__version__} (comparison)", marks[-1][1], marks[-1][2])
-
-
-def plain_dict(size: int) -> MemoryRow:
-    """The floor: a plain dict of the same keys and ids, no expiry."""
-
-    def put(cache: Any, k: str, v: int) -> None:
-        cache[k] = v
-
-    _, marks = _measure(dict, put, size)
-    return MemoryRow("dict (floor: no expiry, no LRU)", marks[-1][1], marks[-1][2])
+def _setitem(cache: Any, k: str, v: int) -> None:
+    cache[k] = v
 
 
 def run(size: int = 100_000) -> list[MemoryRow]:
-    rows = [sidecar_cache(size), sidecar_cache_bound(size), plain_dict(size)]
-    other = cachetools_cache(size)
-    if other is not None:
-        rows.append(other)
+    ours = partial(TTLCache, size, 3600)
+    rows = [
+        _row("sidecar.cache.TTLCache", ours, _set, size),
+        # A stream of new identifiers, three times the bound: its size and memory should stay put.
+        _row("sidecar.cache.TTLCache (bound)", ours, _set, size, factor=3),
+        _row("dict (floor: no expiry, no LRU)", dict, _setitem, size),
+    ]
+    try:  # a comparison where installed, not a dependency of the sidecar
+        import cachetools
+    except ImportError:
+        return rows
+    name = f"cachetools.TTLCache {cachetools.__version__} (comparison)"
+    rows.append(_row(name, lambda: cachetools.TTLCache(size, 3600), _setitem, size))
     return rows

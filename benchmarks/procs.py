@@ -66,10 +66,6 @@ class Process:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far, from /proc; 0 when unknown."""
-        return cpu_seconds(self.pid)
-
     def rss_mb(self) -> float:
         """Resident memory (VmRSS) of the process, from /proc; 0 when unknown."""
         try:
@@ -95,6 +91,7 @@ class Process:
 
 
 def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc; 0 when unknown."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
@@ -110,6 +107,11 @@ class CpuMeter:
 
     def read(self) -> tuple[float, float, float]:
         client, sidecar, simulator = (cpu_seconds(pid) for pid in self._pids)
+        return client, sidecar, simulator
+
+    def since(self, before: tuple[float, float, float]) -> tuple[float, float, float]:
+        """CPU seconds used since ``before`` (an earlier read)."""
+        client, sidecar, simulator = (b - a for a, b in zip(before, self.read(), strict=True))
         return client, sidecar, simulator
 
 

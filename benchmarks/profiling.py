@@ -66,23 +66,32 @@ def _package(path: str, name: str = "") -> str:
         return "socket syscalls"
     if "importlib" in path:
         return "import machinery"
-    for needle, name in PACKAGES:
+    for needle, package in PACKAGES:
         if needle in path:
-            return name
+            return package
     return "other"
 
 
-def _name(frame: Any) -> str:
-    path = frame.file_path or ""
+def _ours(path: str) -> str:
+    """``sidecar/...`` for a file of this repository's sidecar package, else ''."""
     if "/sidecar/" in path and "/site-packages/" not in path:
-        short = "sidecar/" + path.split("/sidecar/", 1)[1]
-    elif "/site-packages/" in path:
-        short = path.split("/site-packages/", 1)[1]
-    else:
-        short = "/".join(Path(path).parts[-2:]) if path.endswith("__init__.py") else Path(path).name
+        return "sidecar/" + path.split("/sidecar/", 1)[1]
+    return ""
+
+
+def _name(frame: Any) -> str:
+    """``file:Class.function``, the file as short as still tells it apart."""
     owner = getattr(frame, "class_name", None)
     qualified = f"{owner}.{frame.function}" if owner else frame.function
-    return f"{short}:{qualified}"
+    return f"{_short(frame.file_path or '')}:{qualified}"
+
+
+def _short(path: str) -> str:
+    if ours := _ours(path):
+        return ours
+    if "/site-packages/" in path:
+        return path.split("/site-packages/", 1)[1]
+    return "/".join(Path(path).parts[-2:]) if path.endswith("__init__.py") else Path(path).name
 
 
 # What the issue asks to look for: (label, file prefix, ":function" suffix); inclusive shares.
@@ -133,8 +142,8 @@ def summarise(session_path: Path, text_path: Path, calls: int, in_flight: int, t
                     idle += frame.time
                 else:
                     by_package[_package(path, parent)] += frame.time
-                    if "/sidecar/" in path and "/site-packages/" not in path:
-                        by_module["sidecar/" + path.split("/sidecar/", 1)[1]] += frame.time
+                    if module := _ours(path):
+                        by_module[module] += frame.time
             return
         name = _name(frame)
         if name not in above:  # a recursive function counts once per stack
@@ -149,20 +158,23 @@ def summarise(session_path: Path, text_path: Path, calls: int, in_flight: int, t
         walk(root, frozenset(), False, "", "")
     total = root.time if root is not None else 0.0
     busy = max(total - idle, 1e-9)
-    ours = [(n, t / busy) for n, t in inclusive.items() if n.startswith("sidecar/") and "__main__" not in n]
-    functions = sorted(ours, key=lambda x: -x[1])[:top]
-    packages = sorted(((n, t / busy) for n, t in by_package.items()), key=lambda x: -x[1])
+    ours = {n: t for n, t in inclusive.items() if n.startswith("sidecar/") and "__main__" not in n}
+    functions = _shares(ours, busy)[:top]
     spots = []
     for label, prefix, suffix in WATCH:
         share = sum(t for n, t in inclusive.items() if n.startswith(prefix) and n.endswith(suffix)) / busy
         spots.append((label, share))
-    modules = sorted(((n, t / busy) for n, t in by_module.items()), key=lambda x: -x[1])
+    packages, modules = _shares(by_package, busy), _shares(by_module, busy)
     return Profile(in_flight, session_path, text_path, busy, idle, calls, functions, packages, spots, modules)
 
 
+def _shares(seconds: dict[str, float], busy: float) -> list[tuple[str, float]]:
+    """(name, share of the busy time), largest first."""
+    return sorted(((name, t / busy) for name, t in seconds.items()), key=lambda x: -x[1])
+
+
 async def _drive(target: str, seconds: float, in_flight: int, pool_size: int, stream: bool) -> int:
-    channel = grpc.aio.insecure_channel(target)
-    try:
+    async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.TrengoSidecarStub(channel)
         pool = await load.warm_pool(stub, f"prof{uuid.uuid4().hex[:6]}", pool_size)  # set-up: ~4% of samples
         if stream:
@@ -170,8 +182,6 @@ async def _drive(target: str, seconds: float, in_flight: int, pool_size: int, st
         else:
             point = await load.closed_loop("sidecar", load.unary_sender(stub, pool), in_flight, seconds, 0.2)
         return point.done
-    finally:
-        await channel.close()
 
 
 def run(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
-from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import httpx
@@ -24,6 +24,9 @@ from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from . import EVENT
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def struct(data: dict[str, Any]) -> struct_pb2.Struct:
@@ -88,14 +91,23 @@ def is_channel_listing(entry: dict[str, Any]) -> bool:
     return entry["method"] == "GET" and entry["path"].endswith("/channels")
 
 
-async def bounded(jobs: Iterable[Callable[[], Awaitable[Any]]], concurrency: int) -> list[Any]:
+def identify_requests(addresses: list[str], name: str = "") -> list[pb.IdentifyRequest]:
+    return [identify_request(a, n, name) for n, a in enumerate(addresses)]
+
+
+def track_requests(addresses: list[str]) -> list[pb.TrackRequest]:
+    return [track_request(a, n) for n, a in enumerate(addresses)]
+
+
+async def bounded(call: Callable[[T], Awaitable[R]], items: Iterable[T], concurrency: int) -> list[R]:
+    """``call`` on every item, ``concurrency`` at a time; the answers in the items' order."""
     slots = asyncio.Semaphore(concurrency)
 
-    async def one(job: Callable[[], Awaitable[Any]]) -> Any:
+    async def one(item: T) -> R:
         async with slots:
-            return await job()
+            return await call(item)
 
-    return await asyncio.gather(*(one(job) for job in jobs))
+    return await asyncio.gather(*(one(item) for item in items))
 
 
 async def calls_per_event(
@@ -103,58 +115,13 @@ async def calls_per_event(
 ) -> list[CallsRow]:
     """Run the call-count scenarios against a running sidecar (``target``) and simulator."""
     tag = tag or uuid.uuid4().hex[:8]
-    counter = SimCounter(sim_url)
-    channel = grpc.aio.insecure_channel(target)
-    stub = pb_grpc.TrengoSidecarStub(channel)
-    rows: list[CallsRow] = []
-    listings = 0  # GET /channels over every event this phase sent, set-up included
-    events = 0
-
-    async def measured(stage: Callable[[], Awaitable[int]], run: Callable[[], Awaitable[int]]) -> int:
-        """Reset the simulator, set the stage, run; returns Trengo calls made by ``run`` alone."""
-        nonlocal listings, events
-        await counter.reset()
-        events += await stage()
-        before = len(await counter.requests())
-        events += await run()
-        log = await counter.requests()
-        listings += sum(map(is_channel_listing, log))
-        return len(log) - before
-
-    def identify_all(addresses: list[str], name: str = "") -> Callable[[], Awaitable[int]]:
-        async def go() -> int:
-            requests = [identify_request(a, i, name) for i, a in enumerate(addresses)]
-            await bounded([partial(stub.Identify, r) for r in requests], concurrency)
-            return len(addresses)
-
-        return go
-
-    def track_all(addresses: list[str]) -> Callable[[], Awaitable[int]]:
-        async def go() -> int:
-            requests = [track_request(a, i) for i, a in enumerate(addresses)]
-            await bounded([partial(stub.Track, r) for r in requests], concurrency)
-            return len(addresses)
-
-        return go
-
-    async def nothing() -> int:
-        return 0
-
-    try:
+    async with grpc.aio.insecure_channel(target) as channel, aclosing(SimCounter(sim_url)) as counter:
+        session = Session(pb_grpc.TrengoSidecarStub(channel), counter, concurrency)
         # A fresh sidecar lists the channels once, on its first event: counted in the last row only.
         new = [email(f"{tag}.new", i) for i in range(people)]
         warm_up = [email(f"{tag}.warmup", 0)]
-
-        async def identify_then_track() -> int:
-            async def person(i: int, address: str) -> None:
-                await stub.Identify(identify_request(address, i))
-                await stub.Track(track_request(address, i))
-
-            await bounded([partial(person, i, a) for i, a in enumerate(new)], concurrency)
-            return 2 * people
-
-        calls = await measured(identify_all(warm_up), identify_then_track)
-        rows.append(
+        calls = await session.calls(session.identify(warm_up), session.identify_then_track(new))
+        rows = [
             CallsRow(
                 "new_identify_track",
                 "new person: identify, then track",
@@ -164,39 +131,68 @@ async def calls_per_event(
                 4.0,
                 "<= 3.0",
             )
-        )
+        ]
 
         fresh = [email(f"{tag}.fresh", i) for i in range(people)]
-        calls = await measured(nothing, identify_all(fresh))
+        calls = await session.calls(session.identify(fresh))
         rows.append(CallsRow("new_identify", "new person: identify (dedup on)", "event", people, calls, 2.0))
 
         warm = [email(f"{tag}.warm", i) for i in range(people)]
-        calls = await measured(identify_all(warm), track_all(warm))
+        calls = await session.calls(session.identify(warm), session.track(warm))
         rows.append(
             CallsRow("warm_track", "warm: track (contact seen before)", "event", people, calls, 2.0, "1.0")
         )
 
         again = [email(f"{tag}.again", i) for i in range(people)]
-        calls = await measured(identify_all(again), identify_all(again, name="Renamed Customer"))
+        calls = await session.calls(session.identify(again), session.identify(again, "Renamed Customer"))
         rows.append(
             CallsRow("warm_identify", "warm: identify, dedup, with name", "event", people, calls, 2.0, "1.0")
         )
 
         many = [email(f"{tag}.many", i) for i in range(people * 5)]
-        await measured(nothing, identify_all(many))
-        rows.append(
-            CallsRow(
-                "channels",
-                f"channel look-ups ({events} events, {len(set(new + fresh + warm + again + many))} people, "
-                "cold start included)",
-                "event",
-                events,
-                listings,
-                0.0,
-                "~0",
-            )
-        )
-    finally:
-        await channel.close()
-        await counter.aclose()
+        await session.calls(session.identify(many))
+        everyone = len(set(new + fresh + warm + again + many))
+        scenario = f"channel look-ups ({session.events} events, {everyone} people, cold start included)"
+        rows.append(CallsRow("channels", scenario, "event", session.events, session.listings, 0.0, "~0"))
     return rows
+
+
+class Session:
+    """Scenarios on one sidecar: the Trengo calls each one made, and the channel listings over all."""
+
+    def __init__(self, stub: pb_grpc.TrengoSidecarStub, counter: SimCounter, concurrency: int) -> None:
+        self.stub = stub
+        self.counter = counter
+        self.concurrency = concurrency
+        self.events = 0  # every event sent, set-up included
+        self.listings = 0  # GET /channels over those events
+
+    async def calls(self, *steps: Awaitable[int]) -> int:
+        """Reset the simulator, run the steps in turn; returns the Trengo calls made by the last alone."""
+        await self.counter.reset()
+        *stage, run = steps
+        for step in stage:
+            self.events += await step
+        before = len(await self.counter.requests())
+        self.events += await run
+        log = await self.counter.requests()
+        self.listings += sum(map(is_channel_listing, log))
+        return len(log) - before
+
+    async def identify(self, addresses: list[str], name: str = "") -> int:
+        await bounded(self.stub.Identify, identify_requests(addresses, name), self.concurrency)
+        return len(addresses)
+
+    async def track(self, addresses: list[str]) -> int:
+        await bounded(self.stub.Track, track_requests(addresses), self.concurrency)
+        return len(addresses)
+
+    async def identify_then_track(self, addresses: list[str]) -> int:
+        """Each person identified, then tracked (people side by side, each one's two calls in turn)."""
+
+        async def person(i: int) -> None:
+            await self.stub.Identify(identify_request(addresses[i], i))
+            await self.stub.Track(track_request(addresses[i], i))
+
+        await bounded(person, range(len(addresses)), self.concurrency)
+        return 2 * len(addresses)
