@@ -310,8 +310,8 @@ def _external_ids(entries: list[tuple[Any, Any, str]]) -> tuple[int | None, int 
 def _positive_id(raw: Any, where: str) -> int:
     if isinstance(raw, int) and not isinstance(raw, bool):
         number = raw
-    elif isinstance(raw, str) and raw.strip().isdigit() and raw.strip().isascii():
-        number = int(raw.strip())
+    elif isinstance(raw, str) and raw.strip().isdigit() and raw.strip().isascii() and len(raw.strip()) <= 19:
+        number = int(raw.strip())  # 19 digits: past that, int() is slow or refuses, and it is over 2^63
     else:
         raise InvalidArgument(f"{where} must be a positive integer id, not {str(raw)[:40]!r}", field=where)
     if not 0 < number < 2**63:

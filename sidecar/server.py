@@ -141,6 +141,10 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             except SidecarError as exc:
                 answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=deliver_error(exc))
                 return f"invalid:{id(item)}", lambda: _ready(answer)
+            except Exception:
+                log.exception("Deliver request_id=%s: an event could not be read", request_id)
+                answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=_internal(request_id))
+                return f"invalid:{id(item)}", lambda: _ready(answer)
             key = event.user_id or event.anonymous_id or event.email or event.phone or f"anonymous:{id(item)}"
             return key, lambda: self._answer(item.id, method, event, context, request_id)
 
@@ -162,6 +166,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             outcome = await self._run(method, lambda: event, deadline, request_id)
         except SidecarError as exc:
             return pb.DeliverResponse(id=id_, error=deliver_error(exc))
+        except Exception:  # _run logged it; the stream answers it and goes on
+            return pb.DeliverResponse(id=id_, error=_internal(request_id))
         return pb.DeliverResponse(id=id_, result=to_result(outcome))
 
     async def _handle(
@@ -212,6 +218,12 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             return Deadline.after(self.config.default_deadline_seconds)
         # Answer a little before the caller gives up, so it hears why.
         return Deadline.after(remaining - min(0.25, remaining * 0.1))
+
+
+def _internal(request_id: str) -> pb.DeliverError:
+    return pb.DeliverError(
+        code=grpc.StatusCode.INTERNAL.value[0], message=f"internal error (request_id {request_id})"
+    )
 
 
 async def _ready(answer: pb.DeliverResponse) -> pb.DeliverResponse:

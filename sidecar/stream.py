@@ -2,9 +2,10 @@
 
 Each event is chained behind the previous event of the same person (its
 key), so a person's identify lands before their track; events of other
-people do not wait. A semaphore bounds the events in flight per stream,
-which also stops reading the request stream when the sidecar is busy
-(gRPC flow control then pushes back on the sender).
+people do not wait. A semaphore bounds the events per stream that are in
+flight or answered but not yet sent back: a slot is freed only when its
+answer has been handed to gRPC, so a sender that does not read its answers
+stops being read (gRPC flow control then pushes back on it).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ class OrderedByKey(Generic[R, A]):
         prepare: Callable[[R], tuple[str, Callable[[], Awaitable[A]]]],
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
-        """``prepare`` turns a request into (its person's key, the work that answers it)."""
+        """``prepare`` turns a request into (its person's key, the work that answers it).
+
+        The work must answer every request, failures included: it never raises.
+        """
         self._prepare = prepare
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tails: dict[str, asyncio.Task[None]] = {}
@@ -38,6 +42,7 @@ class OrderedByKey(Generic[R, A]):
         try:
             while (answer := await self._answers.get()) is not None:
                 yield answer
+                self._slots.release()
             await reader  # re-raises a failure of the request stream
         finally:
             reader.cancel()
@@ -61,9 +66,11 @@ class OrderedByKey(Generic[R, A]):
         if before is not None:
             await asyncio.wait([before])  # the same person's previous event first, whatever its result
         try:
-            self._answers.put_nowait(await work())
-        finally:
-            self._slots.release()
+            answer = await work()
+        except BaseException:
+            self._slots.release()  # no answer will be sent back for this slot
+            raise
+        self._answers.put_nowait(answer)
 
     def _finished(self, key: str, task: asyncio.Task[None]) -> None:
         if self._tails.get(key) is task:
