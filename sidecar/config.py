@@ -125,6 +125,9 @@ _KEYS: dict[str, tuple[str, str]] = {
     "logLevel": ("log_level", "SIDECAR_LOG_LEVEL"),
 }
 _SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken"}
+_ALTERNATIVE = {**_SECRET_FILE_KEYS, **{v: k for k, v in _SECRET_FILE_KEYS.items()}}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_RATE_LIMIT_PER_MINUTE = 100_000  # the limiter keeps one timestamp per allowed call
 ENV_VARS = {env: key for key, (_, env) in _KEYS.items()}
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 
@@ -136,14 +139,24 @@ def load_config(
 ) -> Config:
     """Merge file, environment and flag values (by file key) and validate them."""
     raw: dict[str, Any] = {}
-    if path:
-        raw.update(_read_file(Path(path)))
     env = os.environ if env is None else env
-    for var, key in ENV_VARS.items():
-        if env.get(var, "") != "":
-            raw[key] = env[var]
-    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    sources = (
+        _read_file(Path(path)) if path else {},
+        {key: env[var] for var, key in ENV_VARS.items() if env.get(var, "") != ""},
+        {k: v for k, v in (overrides or {}).items() if v is not None},
+    )
+    for source in sources:
+        _check_alternatives(source)
+        for key in source:  # a token from a later source replaces a token file from an earlier one
+            raw.pop(_ALTERNATIVE.get(key, ""), None)
+        raw.update(source)
     return build_config(raw)
+
+
+def _check_alternatives(source: Mapping[str, Any]) -> None:
+    for file_key, key in _SECRET_FILE_KEYS.items():
+        if key in source and file_key in source:
+            raise ConfigError(key, f"give {key} or {file_key}, not both")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -170,6 +183,7 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise ConfigError(unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    _check_alternatives(raw)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key in _SECRET_FILE_KEYS:
@@ -287,6 +301,12 @@ def _check(c: Config) -> None:
         raise ConfigError("apiToken", "is required (or apiTokenFile / TRENGO_API_TOKEN_FILE)")
     if not c.base_url.startswith(("http://", "https://")):
         raise ConfigError("baseUrl", "must be an http:// or https:// URL")
+    if c.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError("logLevel", f"must be one of {', '.join(LOG_LEVELS)}")
+    if c.rate_limit_per_minute > MAX_RATE_LIMIT_PER_MINUTE:
+        raise ConfigError(
+            "rateLimitPerMinute", f"must be at most {MAX_RATE_LIMIT_PER_MINUTE} (0 turns it off)"
+        )
     if c.log_format not in LOG_FORMATS:
         raise ConfigError("logFormat", f"must be one of {', '.join(LOG_FORMATS)}")
     positive = {

@@ -95,3 +95,15 @@ def test_bad_config_names_the_key(raw, key):
 def test_empty_template_means_no_subject_but_event_is_mapped():
     config = build_config({**BASE, "eventTemplateMap": [{"from": "A", "to": ""}]})
     assert config.event_templates["A"].source == ""
+
+
+def test_a_later_source_token_replaces_an_earlier_token_file(tmp_path: Path):
+    secret = tmp_path / "token"
+    secret.write_text("from-file")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"apiTokenFile: {secret}\nchannelId: 1\n")
+    assert load_config(path, env={}).api_token.reveal() == "from-file"
+    assert load_config(path, env={"TRENGO_API_TOKEN": "from-env"}).api_token.reveal() == "from-env"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={"TRENGO_API_TOKEN": "a", "TRENGO_API_TOKEN_FILE": str(secret)})
+    assert caught.value.key == "apiToken"
