@@ -81,7 +81,7 @@ def test_token_never_shows_in_repr():
         ({**BASE, "rateLimitPerMinute": -1}, "rateLimitPerMinute"),
         ({**BASE, "apiTokn": "x"}, "apiTokn"),
         ({**BASE, "tlsCertFile": "/nope.pem"}, "tlsCertFile"),
-        ({**BASE, "apiTokenFile": "/no/such/file"}, "apiTokenFile"),
+        ({"channelId": 1, "apiTokenFile": "/no/such/file"}, "apiTokenFile"),
         ({**BASE, "logFormat": "xml"}, "logFormat"),
     ],
 )
