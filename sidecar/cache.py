@@ -51,39 +51,44 @@ class TTLCache(Generic[K, V]):
     def discard(self, key: K) -> None:
         self._data.pop(key, None)
 
-    def clear(self) -> None:
-        self._data.clear()
+
+class FlightTimeout(Exception):
+    """This caller's time ran out while the shared run goes on (for the others)."""
 
 
 class SingleFlight(Generic[K]):
     """Concurrent calls for one key share one run: one search and one create for a new person.
 
     The first caller runs the work in its own task; later callers for the
-    same key await its result (or its exception). If the first caller is
-    cancelled (its client went away), the others are not: the work is
-    shielded and finishes for them.
+    same key wait for its result (or its exception). Each caller waits only
+    as long as its own timeout allows; the run itself goes on for the others,
+    even if the caller that started it went away.
     """
 
     def __init__(self) -> None:
         self._running: dict[K, asyncio.Future[Any]] = {}
 
-    def __len__(self) -> int:
-        return len(self._running)
+    async def run(self, key: K, work: Callable[[], Awaitable[T]], timeout: float | None) -> tuple[T, bool]:
+        """Run ``work`` once for ``key``; returns (result, whether this caller shared another's run).
 
-    async def run(self, key: K, work: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Run ``work`` once for ``key``; returns (result, whether this caller shared another's run)."""
+        ``timeout`` bounds how long a caller that shares another's run waits for it.
+        """
         running = self._running.get(key)
         if running is not None:
-            return await asyncio.shield(running), True
+            return await _wait(running, timeout), True
         task = asyncio.ensure_future(work())
         self._running[key] = task
         task.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(task), False
+        # No timeout for the caller that started it: the work itself is bounded by that caller's deadline,
+        # and its own answer (say, an unknown outcome) says more than "out of time".
+        return await _wait(task, None), False
 
-    def pending(self, key: K) -> asyncio.Future[Any] | None:
-        """The run in flight for ``key``, if any, to await without starting one."""
+    async def join(self, key: K, timeout: float | None) -> tuple[Any, bool]:
+        """Wait for the run in flight for ``key``, starting none: (its result, whether there was one)."""
         running = self._running.get(key)
-        return asyncio.shield(running) if running is not None else None
+        if running is None:
+            return None, False
+        return await _wait(running, timeout), True
 
     def cancel_all(self) -> None:
         """At shutdown: work whose callers are gone must not outlive the event loop."""
@@ -94,3 +99,11 @@ class SingleFlight(Generic[K]):
         self._running.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved here, so an error nobody awaited is not logged as lost
+
+
+async def _wait(running: asyncio.Future[T], timeout: float | None) -> T:
+    # asyncio.wait, unlike wait_for, never cancels what it waits for: the run is shared.
+    done, _ = await asyncio.wait({running}, timeout=timeout)
+    if not done:
+        raise FlightTimeout
+    return running.result()

@@ -9,14 +9,15 @@ costs one Trengo call; the reference destination spends two.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from . import transform as tf
-from .cache import SingleFlight, TTLCache
+from .cache import FlightTimeout, SingleFlight, TTLCache
 from .config import Config
 from .deadline import Deadline
-from .errors import FailedPrecondition, NotFound, SidecarError
+from .errors import FailedPrecondition, NotFound, SidecarError, Unavailable
 from .events import Event
 from .trengo import (
     CallRecord,
@@ -28,6 +29,7 @@ from .trengo import (
     record_id,
 )
 
+T = TypeVar("T")
 MAX_CHANNEL_PAGES = 40  # 1,000 channels: more than any Trengo account we have seen
 CHANNEL_RELIST_SECONDS = 30.0
 
@@ -85,12 +87,14 @@ class Delivery:
         self.contacts: TTLCache[str, int] = TTLCache(
             config.contact_cache_size, config.contact_cache_ttl_seconds
         )
-        self.channels: TTLCache[str, dict[int, str]] = TTLCache(1, config.channel_cache_ttl_seconds)
+        # the channel list: id -> Trengo type, with the time.monotonic() it was fetched
+        self.channels: TTLCache[str, tuple[dict[int, str], float]] = TTLCache(
+            1, config.channel_cache_ttl_seconds
+        )
         self.results: TTLCache[str, Outcome | SidecarError] = TTLCache(
             config.idempotency_cache_size, config.idempotency_window_seconds
         )
         self._flights: SingleFlight[tuple[str, str]] = SingleFlight()
-        self._channels_listed_at = 0.0
         self.replays = 0  # results given back for a repeated message_id, for metrics
 
     async def aclose(self) -> None:
@@ -105,8 +109,8 @@ class Delivery:
             return await self._deliver(event, deadline)
         stored = self.results.get(event.message_id)
         if stored is None:
-            result, shared = await self._flights.run(
-                ("message", event.message_id), lambda: self._remembered(event, deadline)
+            result, shared = await self._shared(
+                ("message", event.message_id), lambda: self._remembered(event, deadline), deadline
             )
             if not shared:
                 return result
@@ -123,7 +127,7 @@ class Delivery:
             # Sending again could write twice: the same message_id gets this answer until the window ends.
             self.results.set(event.message_id, exc)
             raise
-        self.results.set(event.message_id, outcome)
+        self.results.set(event.message_id, replace(outcome, calls=[]))  # a replay lists no calls
         return outcome
 
     async def _deliver(self, event: Event, deadline: Deadline) -> Outcome:
@@ -159,12 +163,13 @@ class Delivery:
     async def _channel_types(self, run: _Run) -> dict[int, str]:
         """Channel id -> Trengo type, from the cache or one (shared) listing."""
         cached = self.channels.get("all")
-        stale = time.monotonic() - self._channels_listed_at > CHANNEL_RELIST_SECONDS
-        # A channel created since the last listing shows up on a fresh one; at most every
-        # CHANNEL_RELIST_SECONDS, so events naming a wrong channel cannot burn the rate limit.
-        if cached is not None and (run.channel_id in cached or not stale):
-            return cached
-        listed, _ = await self._flights.run(("channels", ""), lambda: self._list_channels(run))
+        if cached is not None:
+            types, listed_at = cached
+            # A channel created since the last listing shows up on a fresh one; at most every
+            # CHANNEL_RELIST_SECONDS, so events naming a wrong channel cannot burn the rate limit.
+            if run.channel_id in types or time.monotonic() - listed_at < CHANNEL_RELIST_SECONDS:
+                return types
+        listed, _ = await self._shared(("channels", ""), lambda: self._list_channels(run), run.deadline)
         return listed
 
     async def _list_channels(self, run: _Run) -> dict[int, str]:
@@ -175,22 +180,16 @@ class Delivery:
             types.update({c["id"]: str(c.get("type") or "") for c in contact_list(call, answer)})
             if not has_next_page(answer):
                 break
-        self.channels.set("all", types)
-        self._channels_listed_at = time.monotonic()
+        self.channels.set("all", (types, time.monotonic()))
         return types
 
     # --- identify ------------------------------------------------------------------
 
     async def _identify(self, run: _Run) -> Outcome:
         event = run.event
-        ident = (
-            tf.identifier(event, run.kind)
-            if event.contact_id is None
-            else (event.email if run.kind == "email" else event.phone)
-        )
         if event.contact_id is not None:
-            return await self._update_known(run, event.contact_id, ident)
-        assert ident is not None
+            return await self._update_known(run, event.contact_id, tf.identifier_or_none(event, run.kind))
+        ident = tf.identifier(event, run.kind)
         if not self.config.enable_dedup:
             contact_id = await self._create(run, ident)
             return run.outcome("create_contact", contact_id)
@@ -211,7 +210,9 @@ class Delivery:
         if event.dry_run:  # a dry run must not share a real run's writes, nor lend it its own
             upsert, shared = await self._upsert(run, ident), False
         else:
-            upsert, shared = await self._flights.run(("upsert", key), lambda: self._upsert(run, ident))
+            upsert, shared = await self._shared(
+                ("upsert", key), lambda: self._upsert(run, ident), run.deadline
+            )
         if shared and event.name and event.name != upsert.name:
             await self._write(run, tf.update_contact(upsert.contact_id, event.name))
             return run.outcome("update_contact", upsert.contact_id)
@@ -230,8 +231,6 @@ class Delivery:
 
     async def _update_known(self, run: _Run, contact_id: int, ident: str | None) -> Outcome:
         """Identify with a trengoContactId: no search, update the name if there is one."""
-        if ident:
-            self._remember(run, ident, contact_id)
         if not run.event.name:
             return run.outcome("none", contact_id)
         try:
@@ -240,6 +239,8 @@ class Delivery:
             if exc.status == 404:
                 raise NotFound(f"trengoContactId {contact_id} does not exist in Trengo") from None
             raise
+        if ident and not run.event.dry_run:  # Trengo just confirmed the id: the next event skips the search
+            self._remember(run, ident, contact_id)
         return run.outcome("update_contact", contact_id)
 
     async def _create(self, run: _Run, ident: str) -> int:
@@ -289,11 +290,11 @@ class Delivery:
         if cached is not None:
             run.cache_hit = True
             return cached
-        upserting = self._flights.pending(("upsert", key))
-        if upserting is not None:  # an identify for this person is creating the contact right now
-            upsert: _Upsert = await upserting
-            return upsert.contact_id
-        found, _ = await self._flights.run(("find", key), lambda: self._search(run, ident))
+        # An identify for this person may be creating the contact right now: use its answer.
+        upsert, upserting = await self._joined(("upsert", key), run.deadline)
+        if upserting:
+            return int(upsert.contact_id)
+        found, _ = await self._shared(("find", key), lambda: self._search(run, ident), run.deadline)
         if found is None:
             raise NotFound(
                 f"no Trengo contact has this {run.kind}: send an identify first, or pass a trengoContactId",
@@ -324,5 +325,27 @@ class Delivery:
         answer: dict[str, Any] = await self.client.send(call, run.deadline, run.calls)
         return answer
 
+    async def _shared(
+        self, key: tuple[str, str], work: Callable[[], Awaitable[T]], deadline: Deadline
+    ) -> tuple[T, bool]:
+        """Single flight, waited for no longer than this call's deadline."""
+        try:
+            return await self._flights.run(key, work, deadline.remaining())
+        except FlightTimeout:
+            raise _busy() from None
+
+    async def _joined(self, key: tuple[str, str], deadline: Deadline) -> tuple[Any, bool]:
+        try:
+            return await self._flights.join(key, deadline.remaining())
+        except FlightTimeout:
+            raise _busy() from None
+
     def _remember(self, run: _Run, ident: str, contact_id: int) -> None:
         self.contacts.set(tf.cache_key(ident, run.kind), contact_id)
+
+
+def _busy() -> Unavailable:
+    return Unavailable(
+        "a concurrent call for the same person or message_id did not finish before this call's deadline",
+        retry_after=1.0,
+    )

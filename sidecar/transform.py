@@ -39,6 +39,11 @@ class Call:
     def is_write(self) -> bool:
         return self.method != "GET"
 
+    @property
+    def unsafe_to_resend(self) -> bool:
+        """A create: sent twice, it may write twice (Trengo has no idempotency key). Updates may be resent."""
+        return self.method == "POST"
+
 
 def channel_kind(channel_type: str) -> Kind | None:
     """What a channel identifies contacts by, from its Trengo type; None if neither."""
@@ -70,9 +75,14 @@ def identifier_kind(configured: str, channel_id: int, channel_type: str | None) 
     return learned
 
 
+def identifier_or_none(event: Event, kind: Kind) -> str | None:
+    """The event's email or phone, whichever the channel's kind needs, if it has one."""
+    return event.email if kind == "email" else event.phone
+
+
 def identifier(event: Event, kind: Kind, prefix: str = "") -> str:
-    """The event's email or phone, whichever the channel's kind needs."""
-    value = event.email if kind == "email" else event.phone
+    """The event's email or phone, whichever the channel's kind needs; INVALID_ARGUMENT without."""
+    value = identifier_or_none(event, kind)
     if not value:
         raise InvalidArgument(
             f"the channel identifies contacts by {kind}: give {prefix}traits.{kind}, "
