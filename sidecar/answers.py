@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -77,3 +79,10 @@ def deliver_error(error: SidecarError) -> pb.DeliverError:
         field=error.field or "",
         retry_after_seconds=error.retry_after or 0.0,
     )
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: SidecarError) -> NoReturn:
+    """End the call with the error's rich status (raises, as grpc's abort does)."""
+    status = to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("grpc's abort returned")  # abort always raises; this tells the type checker

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from .answers import to_status
+from .answers import abort_with
 from .errors import Unauthenticated
 
 
@@ -20,8 +20,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            status = to_status(Unauthenticated("send metadata 'authorization: Bearer <authToken>'"))
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await abort_with(context, Unauthenticated("send metadata 'authorization: Bearer <authToken>'"))
 
         self._deny = deny
 

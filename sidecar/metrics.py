@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
@@ -73,8 +73,6 @@ class SidecarMetrics:
         self.trengo_retries = Counter(
             f"{PREFIX}_trengo_retries", "Trengo calls tried again, by endpoint template and the "
             "reason of the failed attempt.", ("endpoint", "reason"), registry=registry)
-        # Counted here only while Delivery has no counter of its own (see ReadCollector).
-        self.replays_seen = 0
 
     # --- Servicer.observer ---------------------------------------------------------------
 
@@ -101,9 +99,8 @@ class ReadCollector(Collector):
     scrape needs.
     """
 
-    def __init__(self, sidecar: Sidecar, metrics: SidecarMetrics) -> None:
+    def __init__(self, sidecar: Sidecar) -> None:
         self._sidecar = sidecar
-        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         delivery = self._sidecar.delivery
@@ -127,27 +124,9 @@ class ReadCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_rate_limit_queue_depth", "Trengo calls waiting for a "
                                 "rate-limit slot now.", value=limiter.waiting)
 
-        replays = getattr(delivery, "replays", None)
         yield CounterMetricFamily(
             f"{PREFIX}_idempotent_replays", "Results given back again for a repeated message_id "
-            "(replayed=true), without calling Trengo.",
-            value=replays if isinstance(replays, int) else self._metrics.replays_seen)
-
-
-def _count_replays(sidecar: Sidecar, metrics: SidecarMetrics) -> None:
-    """Until Delivery counts replays itself (``delivery.replays``), count them from what deliver returns."""
-    delivery = sidecar.delivery
-    if hasattr(delivery, "replays"):
-        return
-    deliver: Callable[..., Any] = delivery.deliver
-
-    async def counting_deliver(*args: Any, **kwargs: Any) -> Any:
-        outcome = await deliver(*args, **kwargs)
-        if getattr(outcome, "replayed", False):
-            metrics.replays_seen += 1
-        return outcome
-
-    delivery.deliver = counting_deliver  # type: ignore[method-assign]
+            "(replayed=true), without calling Trengo.", value=delivery.replays)
 
 
 def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegistry:
@@ -160,8 +139,7 @@ def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegis
     metrics = SidecarMetrics(registry)
     sidecar.servicer.observer = metrics
     sidecar.client.observer = metrics
-    _count_replays(sidecar, metrics)
-    registry.register(ReadCollector(sidecar, metrics))
+    registry.register(ReadCollector(sidecar))
     if process:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)

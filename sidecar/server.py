@@ -21,7 +21,7 @@ from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 from . import events
-from .answers import deliver_error, to_result, to_status
+from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
@@ -89,7 +89,9 @@ class InFlight:
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
         if self.closing:
-            raise Unavailable("the sidecar is shutting down; retry shortly", retry_after=1.0)
+            raise Unavailable(
+                "the sidecar is shutting down; retry shortly", reason="SIDECAR_SHUTTING_DOWN", retry_after=1.0
+            )
         self.count += 1
         self._idle.clear()
         try:
@@ -153,8 +155,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
                 async for answer in OrderedByKey(prepare).run(requests):
                     yield answer
         except Unavailable as exc:  # shutting down
-            status = to_status(exc)
-            await context.abort(status.code, status.details, status.trailing_metadata)
+            await abort_with(context, exc)
 
     async def _answer(
         self, id_: str, method: str, event: events.Event, context: grpc.aio.ServicerContext, request_id: str
@@ -179,9 +180,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             with self.in_flight.track():
                 return to_result(await self._run(method, parse, self._deadline(context), request_id))
         except SidecarError as exc:
-            status = to_status(exc)
-            await context.abort(status.code, status.details, status.trailing_metadata)
-            raise  # abort raises; never reached
+            await abort_with(context, exc)
         except Exception:
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request_id {request_id})")
             raise
