@@ -5,22 +5,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PROTO := protos/trengo/sidecar/v1/sidecar.proto
-STAMP := .stamps
+STUBS := trengo/sidecar/v1/sidecar_pb2.py
 NODE_DIR := clients/node
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
 .PHONY: install proto run test lint test-python node buf bench clean
 
-install: $(STAMP)/venv
+install: $(VENV)/.installed $(STUBS)
 
-# The venv, the generated stubs and the package (editable), all from scratch.
-$(STAMP)/venv: pyproject.toml clients/python/pyproject.toml $(PROTO)
+# The venv, the generated stubs and the package (editable), all from scratch. The stamp lives
+# inside the venv, so a deleted .venv is rebuilt rather than trusted.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
 	$(MAKE) --no-print-directory proto
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e clients/python
-	@mkdir -p $(STAMP) && touch $@
+	@touch $@
+
+$(STUBS): $(PROTO) | $(VENV)/.installed
+	$(MAKE) --no-print-directory proto
 
 # Python stubs (with .pyi for mypy) into trengo/sidecar/v1/, ignored by git.
 proto:
@@ -30,7 +34,7 @@ proto:
 	touch trengo/__init__.py trengo/sidecar/__init__.py trengo/sidecar/v1/__init__.py
 
 run: install
-	@if [ -z "$$TRENGO_API_TOKEN$$TRENGO_API_TOKEN_FILE" ]; then \
+	@if [ -z "$$TRENGO_API_TOKEN$$TRENGO_API_TOKEN_FILE$(CONFIG)" ]; then \
 	  exec $(BIN)/python -m sidecar.simulator.demo; \
 	else \
 	  exec $(BIN)/trengo-sidecar $(if $(CONFIG),--config $(CONFIG)); \
@@ -42,8 +46,9 @@ $(NODE_DIR)/node_modules/.package-lock.json: $(NODE_DIR)/package.json $(NODE_DIR
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
-# buf breaking compares the contract with main, or on main with the commit before.
-BUF_BASE ?= $(shell [ "$$(git rev-parse --abbrev-ref HEAD 2>/dev/null)" = main ] && echo HEAD~1 || echo main)
+# buf breaking compares the contract with main (or origin/main), or on main with the commit before.
+BUF_BASE ?= $(shell if [ "$$(git rev-parse --abbrev-ref HEAD 2>/dev/null)" = main ]; then echo HEAD~1; \
+  elif git rev-parse -q --verify main >/dev/null; then echo main; else echo origin/main; fi)
 buf: node
 	$(BUF) lint
 	@if git cat-file -e $(BUF_BASE):buf.yaml 2>/dev/null; then \
@@ -52,7 +57,7 @@ buf: node
 	else echo "buf breaking: $(BUF_BASE) has no buf.yaml, nothing to compare"; fi
 
 lint: install
-	$(BIN)/ruff check sidecar tests clients/python
+	$(BIN)/ruff check sidecar tests clients/python benchmarks
 	$(BIN)/mypy
 
 test-python: install node
@@ -64,4 +69,4 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(STAMP) trengo $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) trengo $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
