@@ -18,6 +18,10 @@ from email.utils import parsedate_to_datetime
 import httpx
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A gateway's answer for Trengo's lost (502) or late (504) one: Trengo may have done the work, so these
+# are retried only where a resend is safe. 408, 429 and 503 say the request was not processed; they
+# and 500 (Trengo's own answer, not a gateway's) are retried for every call.
+LOST_ANSWER_STATUS = frozenset({502, 504})
 # The longest wait a 429 can impose. Trengo counts per minute, so its honest hints are at most 60 s
 # (a proxy in front may ask for a few minutes; if it meant more, the next 429 says so again). Garbage
 # such as "1e12" or "inf" would otherwise hold every call on the token, through RateLimiter.penalise,

@@ -21,7 +21,7 @@ from .config import Secret
 from .deadline import Deadline
 from .errors import FailedPrecondition, ResourceExhausted, SidecarError, Unavailable
 from .ratelimit import RateLimiter
-from .retry import NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
+from .retry import LOST_ANSWER_STATUS, NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
 from .transform import Call
 
 MASKED = "Bearer ****"
@@ -30,6 +30,11 @@ JSON_BODY = {"Content-Type": "application/json"}
 # costs CPU in httpcore's per-request bookkeeping (64 connections: 402 posts/s at 32 in flight, 16: 894).
 POOL_SIZE = 16
 BAD_RESPONSE_RETRY_SECONDS = 1.0  # RetryInfo for a read answered 200 with the wrong shape
+# A create (POST) is not sent with less time than this left before the deadline: if its answer came
+# too late, a plain failure would become an unknown outcome, remembered under the message_id for the
+# idempotency window. Refused unsent, it is a clean UNAVAILABLE that the caller may simply retry.
+MIN_WRITE_SECONDS = 0.25
+TOO_LATE_RETRY_SECONDS = 0.1  # RetryInfo for such a refusal: a retry with a fresh deadline can go at once
 
 
 @dataclass(slots=True)
@@ -46,18 +51,39 @@ class CallRecord:
 
 
 class TrengoError(FailedPrecondition):
-    """Trengo refused the request (4xx other than 429); carries the status for callers that recover."""
+    """Trengo refused the request (4xx other than 429); carries what callers that recover look at.
 
-    def __init__(self, message: str, *, status: int, reason: str, record: CallRecord) -> None:
+    ``fields``: the keys of Trengo's ``errors`` object (a 422 names the fields it rejects), else empty.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        reason: str,
+        record: CallRecord,
+        fields: frozenset[str] = frozenset(),
+    ) -> None:
         super().__init__(message, reason=reason)
         self.status = status
         self.record = record
+        self.fields = fields
 
 
 class OutcomeUnknown(Unavailable):
     """A write reached Trengo but its answer was lost: it may or may not have happened."""
 
     reason = "TRENGO_OUTCOME_UNKNOWN"
+
+
+class _Retry(Exception):
+    """An attempt failed and another may succeed: the error to report if none does, the wait before it."""
+
+    def __init__(self, error: SidecarError, wait: float) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.wait = wait
 
 
 class TrengoClient:
@@ -75,6 +101,9 @@ class TrengoClient:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.policy = policy or RetryPolicy()
+        # An attempt never waits longer than ``timeout`` for its answer: a shorter timeout is then all the
+        # time a write needs, and a larger floor would refuse writes that could still be answered.
+        self.write_floor = min(MIN_WRITE_SECONDS, timeout)
         self.limiter = limiter or RateLimiter(0, 1)
         self._token = token
         self._http = httpx.AsyncClient(
@@ -120,14 +149,22 @@ class TrengoClient:
         while True:
             record.attempts += 1
             await self.limiter.acquire(deadline)
+            if call.unsafe_to_resend and deadline.remaining() < self.write_floor:
+                raise Unavailable(
+                    f"too little time left before the deadline to send {call.method} {call.path} "
+                    "and hear back; it was not sent",
+                    retry_after=TOO_LATE_RETRY_SECONDS,
+                )
             sent_at = time.monotonic()
-            error, wait = await self._attempt(call, deadline, record)
-            if error is None:
-                return wait  # the parsed answer
+            try:
+                return await self._attempt(call, deadline, record)
+            except _Retry as retry:
+                error, wait = retry.error, retry.wait
             # The next try must have time to be answered: as long as this one took, and a little more
-            # for jitter. A write sent too late to hear back turns a plain failure into an unknown
-            # outcome (and a try that cannot finish in time only spends the rate limit).
-            needed = wait + 1.25 * (time.monotonic() - sent_at) + 0.05
+            # for jitter (a write: at least the floor above). A try that cannot finish in time only
+            # spends the rate limit.
+            took = 1.25 * (time.monotonic() - sent_at) + 0.05
+            needed = wait + max(took, self.write_floor if call.unsafe_to_resend else 0.0)
             if record.attempts >= self.policy.max_attempts or needed >= deadline.remaining():
                 if error.retry_after is None:  # a hint of 0 s from Trengo stays a hint
                     error.retry_after = wait if wait > 0 else None
@@ -136,52 +173,61 @@ class TrengoClient:
                 self.observer.retried(call, error.reason)
             await asyncio.sleep(wait)
 
-    async def _attempt(
-        self, call: Call, deadline: Deadline, record: CallRecord
-    ) -> tuple[SidecarError | None, Any]:
-        """One try: (None, answer) on success, else (the error, seconds to wait before the next try)."""
-        timeout = min(self.timeout, deadline.remaining())
+    async def _attempt(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
+        """One try: the parsed answer, else raises _Retry (another try may succeed) or the final error.
+
+        The helpers below build the exception; this is the one place that raises it.
+        """
+        limit = min(self.timeout, deadline.remaining())
         sent_at = time.monotonic()
         try:
-            # The record already holds the URL and the encoded body: send those, not a second encoding.
-            response = await self._http.request(
-                call.method,
-                record.url,
-                content=record.body_json or None,
-                timeout=timeout,
-                headers=JSON_BODY if call.body is not None else None,
-            )
-        except httpx.TransportError as exc:
+            # httpx's timeout bounds each phase (connect, write, every read), not the exchange: a server
+            # trickling bytes would keep it going past the deadline. asyncio.timeout bounds the whole.
+            async with asyncio.timeout(limit):
+                # The record already holds the URL and the encoded body: send those, not a second encoding.
+                response = await self._http.request(
+                    call.method,
+                    record.url,
+                    content=record.body_json or None,
+                    timeout=limit,
+                    headers=JSON_BODY if call.body is not None else None,
+                )
+        except (httpx.TransportError, TimeoutError) as exc:  # TimeoutError: the deadline, mid-request
             self._observe(call, 0, sent_at)
             record.status_code = 0
-            return self._transport_error(call, exc), self.policy.backoff(record.attempts)
-        except httpx.DecodingError:
+            raise self._transport_error(call, exc, record) from exc
+        except httpx.DecodingError as exc:
             # An answer came whose body cannot be decoded (a bogus Content-Encoding): garbled, not a crash.
             self._observe(call, 0, sent_at)
             record.status_code = 0
-            return self._garbled(call, record)
+            raise self._garbled(call, record) from exc
         self._observe(call, response.status_code, sent_at)
         record.status_code = response.status_code
-        if response.is_success:
-            return self._parse(call, response, record)
-        return self._status_error(call, response, record)
+        if not response.is_success:
+            raise self._status_error(call, response, record)
+        data = _json(response)
+        if isinstance(data, dict):
+            return data
+        if not call.unsafe_to_resend and call.is_write:
+            return {}  # a 2xx to an update says it happened; nothing in its answer is needed
+        raise self._garbled(call, record)
 
     def _observe(self, call: Call, status: int, sent_at: float) -> None:
         if self.observer:
             self.observer.observe(call, status, time.monotonic() - sent_at)
 
-    def _transport_error(self, call: Call, exc: httpx.TransportError) -> SidecarError:
-        what = f"{call.method} {call.path}: {type(exc).__name__}"
-        if call.method == "POST" and not isinstance(exc, NOT_SENT):
+    def _transport_error(self, call: Call, exc: Exception, record: CallRecord) -> Exception:
+        cause = "no answer before the deadline" if type(exc) is TimeoutError else type(exc).__name__
+        what = f"{call.method} {call.path}: {cause}"
+        if call.unsafe_to_resend and not isinstance(exc, NOT_SENT):
             # The request may have been processed: sending it again could write twice.
-            raise OutcomeUnknown(
+            return OutcomeUnknown(
                 f"Trengo's answer to {what} was lost; the write may or may not have happened"
             )
-        return Unavailable(f"Trengo could not be reached ({what})")
+        error = Unavailable(f"Trengo could not be reached ({what})")
+        return _Retry(error, self.policy.backoff(record.attempts))
 
-    def _status_error(
-        self, call: Call, response: httpx.Response, record: CallRecord
-    ) -> tuple[SidecarError, float]:
+    def _status_error(self, call: Call, response: httpx.Response, record: CallRecord) -> Exception:
         status = response.status_code
         what = f"{call.method} {call.path}"
         if status == 429:
@@ -189,42 +235,44 @@ class TrengoClient:
             if wait is not None:
                 self.limiter.penalise(wait)
             wait = wait if wait is not None else self.policy.backoff(record.attempts)
-            return ResourceExhausted(f"Trengo's rate limit was hit ({what})", retry_after=wait), wait
+            return _Retry(ResourceExhausted(f"Trengo's rate limit was hit ({what})", retry_after=wait), wait)
+        if status in LOST_ANSWER_STATUS and call.unsafe_to_resend:
+            return OutcomeUnknown(
+                f"a gateway answered {status} to {what} in Trengo's place; the write may or may not have "
+                "happened"
+            )
         if status in RETRYABLE_STATUS:
             hinted = retry_after(response.headers)
             wait = hinted if hinted is not None else self.policy.backoff(record.attempts)
-            return Unavailable(f"Trengo answered {status} to {what}"), wait
+            return _Retry(Unavailable(f"Trengo answered {status} to {what}", retry_after=hinted), wait)
+        data = _json(response)
+        errors = data.get("errors") if isinstance(data, dict) else None
+        fields = frozenset(map(str, errors)) if isinstance(errors, dict) else frozenset()
         if status in (401, 403):
-            raise TrengoError(
+            return TrengoError(
                 f"Trengo refused the API token ({status} to {what}): check apiToken",
                 status=status,
                 reason="TRENGO_UNAUTHORIZED",
                 record=record,
+                fields=fields,
             )
-        raise TrengoError(
-            f"Trengo rejected {what} ({status}): {_describe(response, self._token.reveal())}",
+        return TrengoError(
+            f"Trengo rejected {what} ({status}): {_describe(response, data, self._token.reveal())}",
             status=status,
             reason="TRENGO_REJECTED",
             record=record,
+            fields=fields,
         )
 
-    def _parse(
-        self, call: Call, response: httpx.Response, record: CallRecord
-    ) -> tuple[SidecarError | None, Any]:
-        """(None, the JSON object) of a 2xx; a garbled answer to a read is retried like a 5xx."""
-        data = _json(response)
-        if isinstance(data, dict):
-            return None, data
-        return self._garbled(call, record)
-
-    def _garbled(self, call: Call, record: CallRecord) -> tuple[SidecarError, float]:
-        """A 2xx whose body is not a JSON object: the outcome of a write is unknown; a read is retried."""
+    def _garbled(self, call: Call, record: CallRecord) -> Exception:
+        """An answer whose body is unreadable: a create's outcome is unknown; anything else is retried."""
         message = f"Trengo answered {call.method} {call.path} with a body that is not a JSON object"
-        if call.is_write:
-            raise OutcomeUnknown(message + "; the write may or may not have happened")
-        # A read can be sent again safely, and a garbled answer (a proxy's error page, a cut-off
-        # body) is usually transient: retry it, so that when it persists the caller gets RetryInfo.
-        return Unavailable(message, reason="TRENGO_BAD_RESPONSE"), self.policy.backoff(record.attempts)
+        if call.unsafe_to_resend:
+            return OutcomeUnknown(message + "; the write may or may not have happened")
+        # A read or an update can be sent again safely, and a garbled answer (a proxy's error page, a
+        # cut-off body) is usually transient: retry it, so that when it persists the caller gets RetryInfo.
+        error = Unavailable(message, reason="TRENGO_BAD_RESPONSE")
+        return _Retry(error, self.policy.backoff(record.attempts))
 
 
 def _json(response: httpx.Response) -> Any:
@@ -235,13 +283,12 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def _describe(response: httpx.Response, token: str) -> str:
+def _describe(response: httpx.Response, data: Any, token: str) -> str:
     """Trengo's own words for a 4xx: its message and the fields it names.
 
     Never our token: a proxy or debug page that echoes the request's headers back must not hand it
     on to the caller and the logs (scrubbed before cutting, so no prefix of it survives either).
     """
-    data = _json(response)
     if data is None:
         text, limit = response.text or response.reason_phrase, 200
     elif not isinstance(data, dict):

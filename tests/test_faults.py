@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -25,6 +28,8 @@ from sidecar import ratelimit
 from sidecar.deadline import Deadline
 from sidecar.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy, retry_after
 from sidecar.simulator import SimulatorControl
+from sidecar.transform import create_ticket
+from sidecar.trengo import CallRecord, TrengoError
 from tests.grpc_helpers import Failure, failure
 from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -124,21 +129,72 @@ def test_a_burst_of_503s_then_success_opens_exactly_one_ticket(stub, control, an
 
 
 @pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
-def test_retryable_statuses_are_retried_on_reads_and_writes(stub, control, status):
+def test_retryable_statuses_are_retried_on_reads_and_updates(stub, control, ann, status):
     control.add_fault(method="GET", path=SEARCH, status=status)
-    control.add_fault(method="POST", path=CREATE, status=status)
-    result = stub.Identify(identify(name="Ann"), timeout=5)
+    control.add_fault(method="PUT", status=status)
+    result = stub.Identify(identify(name="Ann Lee"), timeout=5)
     assert statuses(control, SEARCH, "GET") == [status, 200]
+    assert statuses(control, f"{API}/contacts/", "PUT") == [status, 200]
+    assert result.action == pb.ACTION_UPDATE_CONTACT
+    assert [(c["id"], c["name"]) for c in control.contacts()] == [(ann["id"], "Ann Lee")]
+
+
+@pytest.mark.parametrize("status", [408, 500, 503])
+def test_statuses_that_say_nothing_was_written_are_retried_on_creates(stub, control, status):
+    control.add_fault(method="POST", path=CREATE, status=status)
+    control.add_fault(method="POST", path=TICKETS, status=status)
+    contact = stub.Identify(identify(name="Ann"), timeout=5)
+    ticket = stub.Track(track(), timeout=5)
     assert statuses(control, CREATE, "POST") == [status, 201]
+    assert statuses(control, TICKETS, "POST") == [status, 201]
+    assert [c["id"] for c in control.contacts()] == [contact.contact_id]
+    assert [t["id"] for t in control.tickets()] == [ticket.ticket_id]
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateways_502_or_504_to_a_ticket_is_outcome_unknown_and_never_resent(stub, control, ann, status):
+    """A gateway's 502/504 is a lost answer: Trengo may have opened the ticket behind it."""
+    headers = {"Retry-After": "1"}  # a hint to come back changes nothing: a resend could write twice
+    control.add_fault(method="POST", path=TICKETS, status=status, headers=headers, after=True)
+    f = fails(lambda: stub.Track(track(message_id="m-gateway"), timeout=5))
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_OUTCOME_UNKNOWN", f
+    assert f.retry_delay is None
+    again = fails(lambda: stub.Track(track(message_id="m-gateway"), timeout=5))
+    assert (again.code, again.reason, again.retry_delay) == (f.code, f.reason, None)
+    assert statuses(control, TICKETS, "POST") == [status]
+    assert len(control.tickets()) == 1  # written by Trengo once, never a second time
+
+
+@pytest.mark.parametrize("written", [True, False], ids=["written", "not-written"])
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateways_502_or_504_to_a_contact_create_is_reconciled_by_a_search(stub, control, status, written):
+    control.add_fault(method="POST", path=CREATE, status=status, after=written)
+    result = stub.Identify(identify(name="Ann"), timeout=5)
     [contact] = control.contacts()
-    assert contact["id"] == result.contact_id
+    assert result.contact_id == contact["id"] and result.action == pb.ACTION_CREATE_CONTACT
+    assert statuses(control, SEARCH, "GET") == [200, 200]  # the second: is the contact there?
+    assert statuses(control, CREATE, "POST") == ([status] if written else [status, 201])
 
 
 def test_a_5xx_with_an_html_body_is_retried_like_any_5xx(stub, control, ann):
-    control.add_fault(method="POST", path=TICKETS, status=502, body="<html><h1>502 Bad Gateway</h1></html>")
+    control.add_fault(method="POST", path=TICKETS, status=503, body="<html><h1>503 Unavailable</h1></html>")
+    control.add_fault(method="GET", path=SEARCH, status=502, body="<html><h1>502 Bad Gateway</h1></html>")
     result = stub.Track(track(), timeout=5)
-    assert statuses(control, TICKETS, "POST") == [502, 201]
+    assert statuses(control, SEARCH, "GET") == [502, 200]
+    assert statuses(control, TICKETS, "POST") == [503, 201]
     assert [t["id"] for t in control.tickets()] == [result.ticket_id]
+
+
+@pytest.mark.parametrize("hint", ["0", "2"])
+def test_a_5xx_retry_after_is_the_callers_retry_info_even_when_it_is_0(start, control, hint):
+    stub = start(maxAttempts=3)
+    control.add_fault(method="GET", path=SEARCH, status=503, headers={"Retry-After": hint}, count=-1)
+    f = fails(lambda: stub.Identify(identify(), timeout=1))
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_UNAVAILABLE", f
+    assert f.retry_delay == float(hint)
+    # Retry-After: 0 is retried at once up to maxAttempts; 2 s does not fit in the deadline.
+    assert statuses(control, SEARCH, "GET") == [503] * (3 if hint == "0" else 1)
+    assert not control.requests(method="POST")
 
 
 def test_the_attempt_limit_bounds_retries(start, control):
@@ -167,6 +223,30 @@ def test_a_refused_token_is_not_retried(stub, control, status):
     f = fails(lambda: stub.Identify(identify(), timeout=5))
     assert f.code == grpc.StatusCode.FAILED_PRECONDITION and f.reason == "TRENGO_UNAUTHORIZED"
     assert [s for _, _, s in calls(control)] == [status]
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        (None, {"contact_id"}),  # the simulator's own 422, as Trengo words it
+        (
+            {"message": "no", "errors": {"subject": ["too long"], "channel_id": ["bad"]}},
+            {"subject", "channel_id"},
+        ),
+        ({"message": "no", "errors": ["contact_id"]}, set()),
+        ("contact_id is invalid", set()),
+    ],
+)
+def test_a_rejection_names_the_fields_of_trengos_errors_object(make_sidecar, control, body, fields):
+    sidecar = make_sidecar()
+    if body is not None:
+        control.add_fault(method="POST", path=TICKETS, status=422, body=body)
+    records: list[CallRecord] = []
+    call = create_ticket(123456, EMAIL_CHANNEL, None)
+    with pytest.raises(TrengoError) as caught:
+        sidecar.call(sidecar.sidecar.client.send(call, Deadline.after(5), records))
+    assert caught.value.status == 422 and caught.value.fields == fields
+    assert statuses(control, TICKETS, "POST") == [422] and control.tickets() == []
 
 
 def test_trengos_own_422_on_an_unknown_contact_is_not_retried(stub, control):
@@ -503,6 +583,23 @@ def test_a_write_answered_with_a_bogus_content_encoding_is_outcome_unknown(stub,
     assert len(control.requests(path_prefix=TICKETS, method="POST")) == 1 and len(control.tickets()) == 1
 
 
+def test_an_update_answered_2xx_with_a_garbled_body_happened_and_is_not_resent(stub, control, ann):
+    control.add_fault(method="PUT", status=200, body="<html>ok</html>", after=True)
+    result = stub.Identify(identify(name="Ann Lee", message_id="m-put"), timeout=5)
+    assert result.action == pb.ACTION_UPDATE_CONTACT and result.contact_id == ann["id"]
+    assert statuses(control, f"{API}/contacts/", "PUT") == [200]
+    assert [c["name"] for c in control.contacts()] == ["Ann Lee"]
+
+
+def test_an_update_answered_with_a_bogus_content_encoding_is_retried(stub, control, ann):
+    # Unreadable before its status is known to mean anything: an update is simply sent again.
+    control.add_fault(method="PUT", status=200, body="not gzip", headers={"Content-Encoding": "gzip"})
+    result = stub.Identify(identify(name="Ann Lee"), timeout=5)
+    assert result.action == pb.ACTION_UPDATE_CONTACT
+    assert statuses(control, f"{API}/contacts/", "PUT") == [200, 200]
+    assert [c["name"] for c in control.contacts()] == ["Ann Lee"]
+
+
 def test_json_nested_past_pythons_limit_is_a_bad_answer_not_a_crash(stub, control, ann):
     control.add_fault(method="GET", path=SEARCH, status=200, body="[" * 100_000)
     control.add_fault(method="POST", path=TICKETS, status=422, body='{"a":' * 100_000)
@@ -544,6 +641,102 @@ def test_a_slow_ticket_write_is_outcome_unknown_and_written_at_most_once(stub, c
     assert again.reason == "TRENGO_OUTCOME_UNKNOWN"
     assert len(control.requests(path_prefix=TICKETS, method="POST")) == 1
     assert len(control.tickets()) == 1  # Trengo finished the write after the sidecar gave up
+
+
+@contextmanager
+def trickling_proxy(upstream: str, method: str, path: str, gap: float = 0.05) -> Iterator[str]:
+    """A proxy in front of the simulator that sends its answers to ``method path`` one byte every ``gap``
+    seconds: every read is quick, so no per-read timeout fires, but the answer takes many seconds.
+
+    Yields the base URL to give the sidecar; the simulator still records every request.
+    """
+    origin = upstream.removesuffix(API)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            keep = ("authorization", "accept", "content-type")
+            headers = {k: v for k, v in self.headers.items() if k.lower() in keep}
+            answer = httpx.request(self.command, origin + self.path, headers=headers, content=body)
+            self.send_response(answer.status_code)
+            self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if not (self.command == method and self.path.startswith(path)):
+                self.wfile.write(answer.content)
+                return
+            try:
+                for byte in answer.content:
+                    self.wfile.write(bytes([byte]))
+                    time.sleep(gap)
+            except OSError:
+                pass  # the sidecar gave up on the answer and closed the connection
+
+        do_GET = do_POST = do_PUT = forward
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}{API}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_read_answered_a_byte_at_a_time_is_unavailable_before_the_deadline(sim, make_sidecar, control):
+    with trickling_proxy(sim.base_url, "GET", SEARCH) as base_url:
+        channel, stub = make_sidecar(baseUrl=base_url).stub()
+        with channel:
+            started = time.monotonic()
+            f = fails(lambda: stub.Identify(identify(), timeout=1.0))
+            took = time.monotonic() - started
+    # Its own answer, before the deadline (httpx's timeouts alone let it run for the whole trickle).
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_UNAVAILABLE", f
+    assert f.retry_delay is not None and took < 1.0
+    assert statuses(control, SEARCH, "GET") == [200]  # answered by Trengo, in full, too slowly
+    assert not control.requests(method="POST") and control.contacts() == []
+
+
+def test_a_ticket_answered_a_byte_at_a_time_is_outcome_unknown_before_the_deadline(
+    sim, make_sidecar, control, ann
+):
+    with trickling_proxy(sim.base_url, "POST", TICKETS) as base_url:
+        channel, stub = make_sidecar(baseUrl=base_url).stub()
+        with channel:
+            started = time.monotonic()
+            f = fails(lambda: stub.Track(track(message_id="m-trickle"), timeout=1.0))
+            took = time.monotonic() - started
+            again = fails(lambda: stub.Track(track(message_id="m-trickle"), timeout=5))
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_OUTCOME_UNKNOWN", f
+    assert f.retry_delay is None and took < 1.0
+    assert again.reason == "TRENGO_OUTCOME_UNKNOWN"
+    assert statuses(control, TICKETS, "POST") == [201]
+    assert len(control.tickets()) == 1  # Trengo wrote it; the sidecar never sent it again
+
+
+def test_a_ticket_is_not_sent_with_too_little_time_left_to_hear_back(stub, control, ann):
+    """A slow search leaves less than MIN_WRITE_SECONDS: the POST is not sent, so the caller gets a
+    clean UNAVAILABLE it can retry, not an unknown outcome remembered under its message_id."""
+    # timeout 1.0: the sidecar's deadline is 0.9 s, and the search leaves less than 0.25 s of it (the
+    # rest of the work and the gRPC hop may take up to 0.25 s before the search itself times out).
+    control.add_fault(method="GET", path=SEARCH, delay=0.65)
+    f = fails(lambda: stub.Track(track(message_id="m-late"), timeout=1.0))
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_UNAVAILABLE", f
+    assert f.retry_delay is not None and "not sent" in f.message
+    settle(control)
+    assert statuses(control, SEARCH, "GET") == [200]
+    assert not control.requests(path_prefix=TICKETS, method="POST")
+    result = stub.Track(track(message_id="m-late"), timeout=5)
+    assert not result.replayed
+    assert statuses(control, TICKETS, "POST") == [201]
+    assert [t["id"] for t in control.tickets()] == [result.ticket_id]
 
 
 # --- malformed answers -----------------------------------------------------------------------------------
