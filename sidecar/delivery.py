@@ -276,7 +276,7 @@ class Delivery:
         try:
             ticket_id = await self._ticket(run, contact_id, subject)
         except TrengoError as exc:
-            if not (run.cache_hit and exc.status == 422):
+            if not (run.cache_hit and exc.status == 422 and "contact_id" in exc.fields):
                 raise
             # Trengo no longer knows the cached contact: drop it, search once more, retry.
             self.contacts.discard(key)

@@ -60,3 +60,19 @@ def test_a_trengo_contact_id_is_cached_only_once_trengo_confirms_it(stub, contro
     assert result.contact_id == contact["id"] and not result.contact_cache_hit
     # the wrong id was tried once (by the call that named it), never again from the cache
     assert len(control.requests(path_prefix="/api/v2/contacts/424242", method="PUT")) == 1
+
+
+def test_a_ticket_422_about_another_field_is_not_taken_for_a_stale_contact(stub, control):
+    contact = stub.Identify(identify(name="Ann"))
+    body = {"message": "The given data was invalid.", "errors": {"subject": ["The subject is too long."]}}
+    control.add_fault(method="POST", path="/api/v2/tickets", status=422, body=body)
+    track = pb.TrackRequest(event="Checked Out", context=struct({"traits": {"email": "ann@example.com"}}))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Track(track)
+    f = failure(caught.value)
+    assert f.code == grpc.StatusCode.FAILED_PRECONDITION and f.reason == "TRENGO_REJECTED"
+    assert "subject" in f.message
+    # no second search and no second POST: the cached contact was not doubted
+    assert len(control.requests(path_prefix=SEARCH, method="GET")) == 1
+    assert len(control.requests(path_prefix="/api/v2/tickets", method="POST")) == 1
+    assert stub.Track(track).contact_id == contact.contact_id  # still cached, still right
