@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.harness import TOKEN, SidecarThread, sidecar_config
+from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_config
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 
@@ -30,6 +30,7 @@ def make_sidecar(sim: SimulatorThread, control: SimulatorControl) -> Iterator[Ca
     started: list[SidecarThread] = []
 
     def make(**overrides: Any) -> SidecarThread:
+        """A sidecar against the simulator; an override of None drops that key from the config."""
         thread = SidecarThread(sidecar_config(sim.base_url, **overrides)).__enter__()
         started.append(thread)
         return thread
@@ -49,3 +50,9 @@ def stub(sidecar: SidecarThread) -> Iterator[pb_grpc.TrengoSidecarStub]:
     channel = grpc.insecure_channel(sidecar.address)
     yield pb_grpc.TrengoSidecarStub(channel)
     channel.close()
+
+
+@pytest.fixture
+def ann(control: SimulatorControl) -> dict[str, Any]:
+    """Ann's contact on the email channel, already in the simulator."""
+    return control.add_contact(name="Ann", identifier="ann@example.com", channel_id=EMAIL_CHANNEL)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any
 
 import grpc
+from google.protobuf import json_format, struct_pb2
 
 from sidecar.config import build_config
 from sidecar.server import Sidecar
@@ -25,8 +28,31 @@ TEMPLATES = [
 ]
 
 
+def struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
+    """A plain dict as a google.protobuf.Struct (traits, properties, context, a RudderStack event)."""
+    return json_format.ParseDict(data, struct_pb2.Struct())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a sidecar CLI subprocess: this one without TRENGO_*/SIDECAR_* (a developer's
+    shell must not change the config under test), unbuffered, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRENGO_", "SIDECAR_"))}
+    return {**env, "PYTHONUNBUFFERED": "1", **extra}
+
+
 def sidecar_config(base_url: str, **overrides: Any) -> dict[str, Any]:
-    """A config (file keys) for tests: the simulator, no rate limit, fast retries."""
+    """A config (file keys) for tests: the simulator, no rate limit, fast retries.
+
+    An override of None drops the key (``apiToken=None`` with ``apiTokenFile=...``).
+    """
     raw: dict[str, Any] = {
         "apiToken": TOKEN,
         "baseUrl": base_url,
@@ -41,7 +67,7 @@ def sidecar_config(base_url: str, **overrides: Any) -> dict[str, Any]:
         "shutdownGraceSeconds": 1,
     }
     raw.update(overrides)
-    return raw
+    return {key: value for key, value in raw.items() if value is not None}
 
 
 class SidecarThread:

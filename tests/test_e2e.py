@@ -11,16 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.grpc_helpers import failure
-from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL
+from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def identify(email: str = "ann@example.com", **traits: Any) -> pb.IdentifyRequest:
@@ -58,7 +53,6 @@ def test_identify_new_person_searches_then_creates(stub, control):
 
 def test_second_identify_is_one_call_from_the_cache(stub, control):
     first = stub.Identify(identify(name="Ann"))
-    control.reset_requests() if hasattr(control, "reset_requests") else None
     before = len(control.requests())
     second = stub.Identify(identify(name="Ann Lee"))
     assert second.action == pb.ACTION_UPDATE_CONTACT and second.contact_cache_hit
@@ -177,6 +171,9 @@ def test_send_event_takes_rudderstack_json_unchanged(stub, control):
     track_event = {"type": "track", "event": "Product Purchased", "properties": {"email": "bob@example.com"}}
     ticket = stub.SendEvent(pb.SendEventRequest(event=struct(track_event)))
     assert ticket.action == pb.ACTION_CREATE_TICKET and ticket.contact_id == created.contact_id
+    [stored] = control.tickets()
+    assert stored["id"] == ticket.ticket_id and stored["contact_id"] == created.contact_id
+    assert stored["subject"] == "Product Purchased from our store"
 
 
 @pytest.mark.parametrize(
@@ -244,6 +241,8 @@ def test_trengo_contact_id_skips_the_search(stub, control):
     assert api_calls(control) == [("GET", "/channels"), ("PUT", f"/contacts/{contact['id']}")]
     ticket = stub.Track(pb.TrackRequest(event="Checked Out", external_ids=ext))
     assert ticket.contact_id == contact["id"]
+    [stored] = control.tickets()
+    assert stored["id"] == ticket.ticket_id and stored["contact_id"] == contact["id"]
     assert not control.requests(path_prefix="/api/v2/contacts", method="GET")
 
 

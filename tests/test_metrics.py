@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,21 +14,16 @@ import grpc
 import httpx
 import pytest
 import yaml
-from google.protobuf import json_format, struct_pb2
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.metrics import ENDPOINTS, MetricsServer, endpoint, install_metrics, start_metrics
-from tests.harness import EMAIL_CHANNEL, TOKEN
+from tests.harness import EMAIL_CHANNEL, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def identify(email: str = "ann@example.com", message_id: str = "", **traits: Any) -> pb.IdentifyRequest:
@@ -42,8 +35,11 @@ def track(event: str = "Product Purchased", email: str = "ann@example.com") -> p
 
 
 def parse(text: str) -> Samples:
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -69,18 +65,21 @@ def metered(make_sidecar: Any) -> Iterator[tuple[pb_grpc.TrengoSidecarStub, Metr
     server.close()
 
 
-@pytest.mark.parametrize(("path", "template"), [
-    ("/contacts", "/contacts"),
-    ("/contacts/123", "/contacts/{id}"),
-    ("/channels", "/channels"),
-    ("/channels/405980/contacts", "/channels/{id}/contacts"),
-    ("/tickets", "/tickets"),
-    ("/tickets/", "/tickets"),
-    ("/contacts?term=ann@example.com", "/contacts"),
-    ("/contacts/ann@example.com", "other"),
-    ("/unknown/path", "other"),
-    ("", "other"),
-])
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/contacts", "/contacts"),
+        ("/contacts/123", "/contacts/{id}"),
+        ("/channels", "/channels"),
+        ("/channels/405980/contacts", "/channels/{id}/contacts"),
+        ("/tickets", "/tickets"),
+        ("/tickets/", "/tickets"),
+        ("/contacts?term=ann@example.com", "/contacts"),
+        ("/contacts/ann@example.com", "other"),
+        ("/unknown/path", "other"),
+        ("", "other"),
+    ],
+)
 def test_endpoint_templates_are_a_small_fixed_set(path, template):
     assert endpoint(path) == template
 
@@ -111,8 +110,15 @@ def test_rpcs_trengo_requests_and_caches_are_counted(metered, control):
     assert value(samples, requests, endpoint="/contacts/{id}", method="PUT", status="200") == 1
     assert value(samples, requests, endpoint="/tickets", method="POST", status="201") == 1
     assert sum(v for (name, _), v in samples.items() if name == requests) == len(control.requests()) == 5
-    assert value(samples, "trengo_sidecar_trengo_request_duration_seconds_count",
-                 endpoint="/tickets", method="POST") == 1
+    assert (
+        value(
+            samples,
+            "trengo_sidecar_trengo_request_duration_seconds_count",
+            endpoint="/tickets",
+            method="POST",
+        )
+        == 1
+    )
 
     # The contact and channel were looked up once each, then found in the cache twice (Identify, Track).
     assert value(samples, "trengo_sidecar_cache_hits_total", cache="contacts") == 2
@@ -170,27 +176,39 @@ def test_each_sidecar_has_its_own_registry(make_sidecar, control):
     assert value(idle_samples, "trengo_sidecar_cache_misses_total", cache="contacts") == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_the_cli_serves_metrics_and_stops_cleanly_on_sigterm(sim, control, tmp_path):
     config = tmp_path / "sidecar.yaml"
-    config.write_text(yaml.safe_dump({
-        "apiToken": TOKEN, "baseUrl": sim.base_url, "channelId": EMAIL_CHANNEL,
-        "rateLimitPerMinute": 0, "shutdownGraceSeconds": 1,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiToken": TOKEN,
+                "baseUrl": sim.base_url,
+                "channelId": EMAIL_CHANNEL,
+                "rateLimitPerMinute": 0,
+                "shutdownGraceSeconds": 1,
+            }
+        )
+    )
     grpc_port, metrics_port = free_port(), free_port()
-    python = ROOT / ".venv" / "bin" / "python"
     log = tmp_path / "sidecar.log"
     with log.open("wb") as err:
         process = subprocess.Popen(
-            [str(python if python.exists() else sys.executable), "-m", "sidecar", "--config", str(config),
-             "--metrics-listen", f"127.0.0.1:{metrics_port}", "--listen", f"127.0.0.1:{grpc_port}"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "--config",
+                str(config),
+                "--metrics-listen",
+                f"127.0.0.1:{metrics_port}",
+                "--listen",
+                f"127.0.0.1:{grpc_port}",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=cli_env(),
+        )
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         deadline = time.monotonic() + 20
@@ -207,8 +225,16 @@ def test_the_cli_serves_metrics_and_stops_cleanly_on_sigterm(sim, control, tmp_p
             pb_grpc.TrengoSidecarStub(channel).Identify(identify(name="Ann"), timeout=10)
         text, samples = scrape(url)
         assert value(samples, "trengo_sidecar_rpcs_total", method="Identify", code="OK") == 1
-        assert value(samples, "trengo_sidecar_trengo_requests_total",
-                     endpoint="/channels/{id}/contacts", method="POST", status="201") == 1
+        assert (
+            value(
+                samples,
+                "trengo_sidecar_trengo_requests_total",
+                endpoint="/channels/{id}/contacts",
+                method="POST",
+                status="201",
+            )
+            == 1
+        )
         assert TOKEN not in text
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0, log.read_text()

@@ -23,7 +23,7 @@ from trengo_sidecar_client import (
     Unavailable,
 )
 
-from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL
+from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, free_port
 
 
 @pytest.fixture
@@ -33,8 +33,12 @@ def client(sidecar):
 
 
 def test_identify_creates_the_contact_and_returns_a_frozen_result(client, control):
-    result = client.identify(email="ann@example.com", traits={"firstName": "Ann", "lastName": "Lee"},
-                             user_id="u1", message_id="m-1")
+    result = client.identify(
+        email="ann@example.com",
+        traits={"firstName": "Ann", "lastName": "Lee"},
+        user_id="u1",
+        message_id="m-1",
+    )
     assert isinstance(result, DeliveryResult) and result.action is Action.CREATE_CONTACT
     assert result.action == "create_contact" and result.channel_id == EMAIL_CHANNEL
     assert result.message_id == "m-1" and not result.dry_run and not result.replayed
@@ -68,21 +72,30 @@ def test_channel_and_contact_ids_become_external_ids(client, control):
     before = len(control.requests())
     ticket = client.track("Checked Out", contact_id=existing["id"])
     assert ticket.contact_id == existing["id"] and ticket.action is Action.CREATE_TICKET
+    [stored] = control.tickets()
+    assert stored["id"] == ticket.ticket_id and stored["contact_id"] == existing["id"]
     assert [r["method"] for r in control.requests()[before:]] == ["POST"]  # no search
 
 
 def test_send_event_takes_rudderstack_json(client, control):
-    created = client.send_event({
-        "type": "identify", "userId": "u1", "messageId": "m-9",
-        "context": {"traits": {"email": "bob@example.com", "firstName": "Bob"}},
-        "traits": {"lastName": "Stone"},
-    })
+    created = client.send_event(
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "m-9",
+            "context": {"traits": {"email": "bob@example.com", "firstName": "Bob"}},
+            "traits": {"lastName": "Stone"},
+        }
+    )
     assert created.action is Action.CREATE_CONTACT and created.message_id == "m-9"
     assert control.contacts()[0]["name"] == "Bob Stone"
-    ticket = client.send_event({"type": "track", "event": "Product Purchased",
-                                "properties": {"email": "bob@example.com"}})
+    ticket = client.send_event(
+        {"type": "track", "event": "Product Purchased", "properties": {"email": "bob@example.com"}}
+    )
     assert ticket.action is Action.CREATE_TICKET and ticket.contact_id == created.contact_id
-    assert control.tickets()[0]["subject"] == "Product Purchased from our store"
+    [stored] = control.tickets()
+    assert stored["id"] == ticket.ticket_id and stored["contact_id"] == created.contact_id
+    assert stored["subject"] == "Product Purchased from our store"
 
 
 def test_dry_run_lists_the_write_but_sends_none(client, control):
@@ -100,11 +113,14 @@ def test_message_id_replays_the_first_result(client, control):
     assert len(control.requests(method="POST")) == 1
 
 
-@pytest.mark.parametrize(("kwargs", "reason", "field"), [
-    ({"name": "No identifier"}, "MISSING_IDENTIFIER", "traits.email"),
-    ({"email": "not an email"}, "INVALID_EVENT", "traits.email"),
-    ({"email": "a@b.io", "context": {"traits": "x"}}, "INVALID_EVENT", "context.traits"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "reason", "field"),
+    [
+        ({"name": "No identifier"}, "MISSING_IDENTIFIER", "traits.email"),
+        ({"email": "not an email"}, "INVALID_EVENT", "traits.email"),
+        ({"email": "a@b.io", "context": {"traits": "x"}}, "INVALID_EVENT", "context.traits"),
+    ],
+)
 def test_invalid_identify_is_invalid_argument_naming_the_field(client, control, kwargs, reason, field):
     with pytest.raises(InvalidArgument) as caught:
         client.identify(**kwargs)
@@ -154,10 +170,8 @@ def test_trengo_down_is_unavailable_and_retryable(make_sidecar, control):
 
 
 def test_no_sidecar_listening_is_unavailable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with TrengoSidecarClient(f"127.0.0.1:{port}", timeout=2) as c, pytest.raises(Unavailable) as caught:
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with TrengoSidecarClient(address, timeout=2) as c, pytest.raises(Unavailable) as caught:
         c.identify(email="ann@example.com")
     assert caught.value.reason is None and caught.value.retryable
 
@@ -166,8 +180,10 @@ def test_timeout_is_deadline_exceeded():
     with socket.socket() as silent:  # accepts TCP (the backlog) but never speaks HTTP/2
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        with TrengoSidecarClient(f"127.0.0.1:{silent.getsockname()[1]}") as c, \
-                pytest.raises(DeadlineExceeded) as caught:
+        with (
+            TrengoSidecarClient(f"127.0.0.1:{silent.getsockname()[1]}") as c,
+            pytest.raises(DeadlineExceeded) as caught,
+        ):
             c.identify(email="ann@example.com", timeout=0.3)
     assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not caught.value.retryable
 
@@ -183,14 +199,17 @@ def test_auth_token_is_sent_as_bearer_metadata(make_sidecar, control):
         assert c.identify(email="ann@example.com").action is Action.CREATE_CONTACT
 
 
-@pytest.mark.parametrize(("code", "reason", "delay", "retryable"), [
-    (grpc.StatusCode.UNAVAILABLE, "TRENGO_UNAVAILABLE", None, True),
-    (grpc.StatusCode.UNAVAILABLE, "TRENGO_OUTCOME_UNKNOWN", None, False),
-    (grpc.StatusCode.UNAVAILABLE, "TRENGO_OUTCOME_UNKNOWN", 1.0, False),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 1.0, True),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", None, False),
-    (grpc.StatusCode.FAILED_PRECONDITION, "DUPLICATE_CONTACTS", None, False),
-])
+@pytest.mark.parametrize(
+    ("code", "reason", "delay", "retryable"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, "TRENGO_UNAVAILABLE", None, True),
+        (grpc.StatusCode.UNAVAILABLE, "TRENGO_OUTCOME_UNKNOWN", None, False),
+        (grpc.StatusCode.UNAVAILABLE, "TRENGO_OUTCOME_UNKNOWN", 1.0, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 1.0, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", None, False),
+        (grpc.StatusCode.FAILED_PRECONDITION, "DUPLICATE_CONTACTS", None, False),
+    ],
+)
 def test_retryable(code, reason, delay, retryable):
     assert SidecarError(code, reason, "m", retry_delay=delay).retryable is retryable
 
@@ -202,8 +221,9 @@ def test_async_client_does_the_same(sidecar, control):
             assert created.action is Action.CREATE_CONTACT and created.request_id
             ticket = await c.track("Added to cart", email="ann@example.com", properties={"revenue": 5})
             assert ticket.action is Action.CREATE_TICKET and ticket.contact_cache_hit
-            sent = await c.send_event({"type": "track", "event": "Checked Out",
-                                       "context": {"traits": {"email": "ann@example.com"}}})
+            sent = await c.send_event(
+                {"type": "track", "event": "Checked Out", "context": {"traits": {"email": "ann@example.com"}}}
+            )
             assert sent.contact_id == created.contact_id
             dry = await c.identify(email="new@example.com", dry_run=True)
             assert dry.dry_run and dry.requests[-1].attempts == 0

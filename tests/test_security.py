@@ -10,10 +10,10 @@ test time by the ``openssl`` CLI. Every test checks the simulator: a refused cal
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,27 +22,21 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
 from sidecar import logs
 from sidecar.config import Config, load_config
 from sidecar.metrics import install_metrics
-from sidecar.simulator import SimulatorControl, SimulatorThread
+from sidecar.simulator import SimulatorControl
 from tests.grpc_helpers import Failure, failure
-from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_config
+from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, cli_env, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
 SECRET = "tok-7f3a9c1e-only-in-the-file"  # an API token that only ever lives in a file
 CALLER_TOKEN = "caller-5b2d8e4f-secret"
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def identify(email: str = "ann@example.com", **traits: Any) -> pb.IdentifyRequest:
@@ -76,27 +70,11 @@ def token_file(tmp_path: Path, control: SimulatorControl) -> Path:
     return path
 
 
-@pytest.fixture
-def start(sim: SimulatorThread, control: SimulatorControl) -> Iterator[Callable[..., SidecarThread]]:
-    """start(**config): a sidecar from exactly this config (``apiToken=None`` drops the key)."""
-    started: list[SidecarThread] = []
-
-    def start(**overrides: Any) -> SidecarThread:
-        raw = {k: v for k, v in sidecar_config(sim.base_url, **overrides).items() if v is not None}
-        sidecar = SidecarThread(raw).__enter__()
-        started.append(sidecar)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        sidecar.stop()
-
-
 # --- the API token: files ---------------------------------------------------------------------------
 
 
-def test_the_api_token_is_read_from_apitokenfile(start, control, token_file):
-    sidecar = start(apiToken=None, apiTokenFile=str(token_file))
+def test_the_api_token_is_read_from_apitokenfile(make_sidecar, control, token_file):
+    sidecar = make_sidecar(apiToken=None, apiTokenFile=str(token_file))
     channel, stub = sidecar.stub()
     with channel:
         stub.Identify(identify(), timeout=5)
@@ -146,9 +124,9 @@ def test_a_token_file_with_two_lines_is_a_config_error(tmp_path):
 # --- the API token: never in logs, errors, dry runs, metrics ----------------------------------------------
 
 
-def test_the_api_token_is_in_no_log_record_no_error_and_no_dry_run(start, control, token_file, caplog):
+def test_the_api_token_is_in_no_log_record_no_error_and_no_dry_run(make_sidecar, control, token_file, caplog):
     caplog.set_level(logging.DEBUG)  # every logger, httpx and httpcore included, at their most verbose
-    sidecar = start(apiToken=None, apiTokenFile=str(token_file), maxAttempts=2, logLevel="DEBUG")
+    sidecar = make_sidecar(apiToken=None, apiTokenFile=str(token_file), maxAttempts=2, logLevel="DEBUG")
     channel, stub = sidecar.stub()
     seen: list[str] = []
     with channel:
@@ -190,9 +168,9 @@ def test_the_api_token_is_in_no_log_record_no_error_and_no_dry_run(start, contro
             assert SECRET not in formatter.format(record), record.name
 
 
-def test_a_token_trengo_refuses_appears_nowhere(start, control, caplog):
+def test_a_token_trengo_refuses_appears_nowhere(make_sidecar, control, caplog):
     caplog.set_level(logging.DEBUG)
-    sidecar = start(apiToken="wrong-0d9e-token-value")
+    sidecar = make_sidecar(apiToken="wrong-0d9e-token-value")
     channel, stub = sidecar.stub()
     with channel:
         f, error = fails(lambda: stub.Identify(identify(), timeout=5))
@@ -201,8 +179,8 @@ def test_a_token_trengo_refuses_appears_nowhere(start, control, caplog):
     assert not any("wrong-0d9e" in logs.JsonFormatter().format(r) for r in caplog.records)
 
 
-def test_the_api_token_is_not_in_the_metrics(start, control, token_file):
-    sidecar = start(apiToken=None, apiTokenFile=str(token_file), authToken=CALLER_TOKEN)
+def test_the_api_token_is_not_in_the_metrics(make_sidecar, control, token_file):
+    sidecar = make_sidecar(apiToken=None, apiTokenFile=str(token_file), authToken=CALLER_TOKEN)
     registry = install_metrics(sidecar.sidecar, process=False)
     channel, stub = sidecar.stub()
     with channel:
@@ -221,8 +199,8 @@ def test_check_config_prints_no_token(sim, tmp_path, token_file):
         )
     )  # fmt: skip
     done = subprocess.run(
-        [str(PYTHON), "-m", "sidecar", "--config", str(config), "--check-config"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "sidecar", "--config", str(config), "--check-config"],
+        cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "api_token" in done.stdout and "****" in done.stdout
@@ -246,17 +224,17 @@ def socket_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_unix_socket_listener_serves_calls(start, control, socket_dir):
+def test_a_unix_socket_listener_serves_calls(make_sidecar, control, socket_dir):
     path = socket_dir / "sidecar.sock"
-    start(listen=f"unix://{path}")
+    make_sidecar(listen=f"unix://{path}")
     assert path.is_socket()
     with grpc.insecure_channel(f"unix://{path}") as channel:
         result = pb_grpc.TrengoSidecarStub(channel).Identify(identify(), timeout=5)
     assert [c["id"] for c in control.contacts()] == [result.contact_id]
 
 
-def test_a_unix_socket_listener_reports_no_tcp_port(start, socket_dir):
-    assert start(listen=f"unix://{socket_dir / 'port.sock'}").port == 0
+def test_a_unix_socket_listener_reports_no_tcp_port(make_sidecar, socket_dir):
+    assert make_sidecar(listen=f"unix://{socket_dir / 'port.sock'}").port == 0
 
 
 def test_the_cli_listens_on_a_unix_socket_with_the_token_from_the_environment(
@@ -265,10 +243,9 @@ def test_the_cli_listens_on_a_unix_socket_with_the_token_from_the_environment(
     config = socket_dir / "sidecar.yaml"
     config.write_text(yaml.safe_dump({"baseUrl": sim.base_url, "channelId": EMAIL_CHANNEL}))
     path = socket_dir / "cli.sock"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRENGO_", "SIDECAR_"))}
-    env.update(TRENGO_API_TOKEN_FILE=str(token_file), PYTHONUNBUFFERED="1")
+    env = cli_env(TRENGO_API_TOKEN_FILE=str(token_file))
     process = subprocess.Popen(
-        [str(PYTHON), "-m", "sidecar", "--config", str(config), "--listen", f"unix://{path}"],
+        [sys.executable, "-m", "sidecar", "--config", str(config), "--listen", f"unix://{path}"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -291,8 +268,10 @@ def test_the_cli_listens_on_a_unix_socket_with_the_token_from_the_environment(
 
 
 @pytest.fixture
-def guarded(start: Callable[..., SidecarThread]) -> Iterator[tuple[grpc.Channel, pb_grpc.TrengoSidecarStub]]:
-    sidecar = start(authToken=CALLER_TOKEN)
+def guarded(
+    make_sidecar: Callable[..., SidecarThread],
+) -> Iterator[tuple[grpc.Channel, pb_grpc.TrengoSidecarStub]]:
+    sidecar = make_sidecar(authToken=CALLER_TOKEN)
     channel, stub = sidecar.stub()
     with channel:
         yield channel, stub
@@ -327,8 +306,6 @@ def test_without_the_auth_token_calls_are_unauthenticated(guarded, control, meta
 
 def test_the_deliver_stream_needs_the_auth_token_too(guarded, control):
     _, stub = guarded
-    if not hasattr(stub, "Deliver"):
-        pytest.skip("no Deliver stream in this contract")
     request = pb.DeliverRequest(id="1", identify=identify())
     f, _ = fails(lambda: list(stub.Deliver(iter([request]), timeout=5)))
     assert f.code == grpc.StatusCode.UNAUTHENTICATED, f
@@ -353,10 +330,10 @@ def test_health_stays_open_without_the_auth_token(guarded):
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_the_auth_token_can_come_from_a_file(start, control, tmp_path):
+def test_the_auth_token_can_come_from_a_file(make_sidecar, control, tmp_path):
     path = tmp_path / "caller-token"
     path.write_text(CALLER_TOKEN + "\n")
-    sidecar = start(authTokenFile=str(path))
+    sidecar = make_sidecar(authTokenFile=str(path))
     channel, stub = sidecar.stub()
     with channel:
         f, _ = fails(lambda: stub.Identify(identify(), timeout=5))
@@ -425,8 +402,8 @@ def secure_stub(
     return channel, pb_grpc.TrengoSidecarStub(channel)
 
 
-def test_tls_serves_callers_that_trust_its_ca_and_no_one_else(start, control, pki):
-    sidecar = start(tlsCertFile=str(pki / "server.crt"), tlsKeyFile=str(pki / "server.key"))
+def test_tls_serves_callers_that_trust_its_ca_and_no_one_else(make_sidecar, control, pki):
+    sidecar = make_sidecar(tlsCertFile=str(pki / "server.crt"), tlsKeyFile=str(pki / "server.key"))
     channel, stub = secure_stub(sidecar, pki)
     with channel:
         result = stub.Identify(identify(), timeout=5)
@@ -442,8 +419,8 @@ def test_tls_serves_callers_that_trust_its_ca_and_no_one_else(start, control, pk
     assert len(control.contacts()) == 1  # only the caller that spoke TLS to a trusted server got through
 
 
-def test_mtls_serves_only_clients_with_a_certificate_from_its_ca(start, control, pki):
-    sidecar = start(
+def test_mtls_serves_only_clients_with_a_certificate_from_its_ca(make_sidecar, control, pki):
+    sidecar = make_sidecar(
         tlsCertFile=str(pki / "server.crt"),
         tlsKeyFile=str(pki / "server.key"),
         tlsClientCaFile=str(pki / "ca.crt"),
@@ -460,8 +437,8 @@ def test_mtls_serves_only_clients_with_a_certificate_from_its_ca(start, control,
     assert [c["id"] for c in control.contacts()] == [result.contact_id]
 
 
-def test_mtls_and_the_auth_token_together(start, control, pki):
-    sidecar = start(
+def test_mtls_and_the_auth_token_together(make_sidecar, control, pki):
+    sidecar = make_sidecar(
         tlsCertFile=str(pki / "server.crt"),
         tlsKeyFile=str(pki / "server.key"),
         tlsClientCaFile=str(pki / "ca.crt"),

@@ -7,10 +7,9 @@ health NOT_SERVING first, lets the call finish within ``shutdownGraceSeconds``, 
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,34 +19,21 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN
+from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
 TICKETS = "/api/v2/tickets"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
-
-
 def track() -> pb.TrackRequest:
     return pb.TrackRequest(event="Checked Out", context=struct({"traits": {"email": "ann@example.com"}}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -97,11 +83,10 @@ def spawn(
         }  # fmt: skip
         config.write_text(yaml.safe_dump(raw))
         log = tmp_path / f"sidecar-{len(started)}.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TRENGO_", "SIDECAR_"))}
         with log.open("wb") as err:
             popen = subprocess.Popen(
-                [str(PYTHON), "-m", "sidecar", "--config", str(config)],
-                cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.DEVNULL, stderr=err,
+                [sys.executable, "-m", "sidecar", "--config", str(config)],
+                cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
         process = Process(popen, address, log)
         started.append(process)
@@ -114,11 +99,6 @@ def spawn(
         if process.popen.poll() is None:
             process.popen.kill()
             process.popen.wait()
-
-
-@pytest.fixture
-def ann(control: SimulatorControl) -> dict[str, Any]:
-    return control.add_contact(name="Ann", identifier="ann@example.com", channel_id=EMAIL_CHANNEL)
 
 
 def test_sigterm_lets_the_call_in_flight_finish_and_exits_0(spawn, control, ann):
@@ -137,7 +117,7 @@ def test_sigterm_lets_the_call_in_flight_finish_and_exits_0(spawn, control, ann)
 
 def test_health_goes_not_serving_before_the_call_in_flight_ends(spawn, control, ann):
     process = spawn(shutdownGraceSeconds=5)
-    control.add_fault(method="POST", path=TICKETS, delay=1.0)
+    control.add_fault(method="POST", path=TICKETS, delay=2.0)  # a drain wide enough for a slow SIGTERM
     with grpc.insecure_channel(process.address) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
         assert next(watch).status == SERVING
@@ -154,19 +134,26 @@ def test_health_goes_not_serving_before_the_call_in_flight_ends(spawn, control, 
 
 def test_a_health_check_during_the_drain_answers_not_serving(spawn, control, ann):
     process = spawn(shutdownGraceSeconds=5)
-    control.add_fault(method="POST", path=TICKETS, delay=1.0)
+    control.add_fault(method="POST", path=TICKETS, delay=2.0)  # a drain wide enough for a slow SIGTERM
     with grpc.insecure_channel(process.address) as channel:
         call = pb_grpc.TrengoSidecarStub(channel).Track.future(track(), timeout=10)
         wait_for(lambda: unanswered(control, TICKETS), "the ticket write to reach Trengo")
         process.popen.send_signal(signal.SIGTERM)
-        time.sleep(0.2)  # well inside the drain: the ticket write takes a second
-        answers: list[int] = []
+        before: list[int] = []  # SIGTERM is handled asynchronously: SERVING until then
+
+        def turned() -> bool:
+            before.append(process.health())
+            return before[-1] != SERVING
+
+        wait_for(turned, "health to stop answering SERVING", timeout=5)
+        assert unanswered(control, TICKETS), "the ticket write ended before health changed"
+        answers = before[-1:]  # every answer from the change on, while the ticket write is in flight
         while unanswered(control, TICKETS) and len(answers) < 5:
             answers.append(process.health())
             time.sleep(0.05)
         assert call.result().ticket_id > 0
     assert process.popen.wait(timeout=5) == 0, process.output()
-    assert answers and set(answers) == {NOT_SERVING}, answers
+    assert len(answers) > 1 and set(answers) == {NOT_SERVING}, answers
 
 
 def test_a_call_longer_than_the_grace_is_cut_off_and_the_process_still_exits_0(spawn, control):
