@@ -51,9 +51,18 @@ RUN /opt/tools/bin/pip freeze | grep -iE '^(grpcio|protobuf)==' > /tmp/constrain
 
 FROM python:3.11-slim
 
+# 0.0.0.0, not the default 127.0.0.1: outside a pod's loopback (docker -p,
+# kubelet's gRPC probes) the ports must be reachable on the container's address.
+# Environment, not CMD flags: flags beat the environment and the config file, so
+# they would hide `docker run -e SIDECAR_LISTEN=...`. These beat a --config
+# file's listen/metricsListen/logFormat too; `-e SIDECAR_LISTEN=` (empty) unsets
+# one so the file's value applies, and flags after the image name beat them all.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    SIDECAR_LISTEN=0.0.0.0:50051 \
+    SIDECAR_METRICS_LISTEN=0.0.0.0:9090 \
+    SIDECAR_LOG_FORMAT=json
 
 RUN groupadd --system --gid 10001 sidecar \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
@@ -69,6 +78,4 @@ USER 10001:10001
 EXPOSE 50051 9090
 
 ENTRYPOINT ["trengo-sidecar"]
-# 0.0.0.0, not the default 127.0.0.1: outside a pod's loopback (docker -p,
-# kubelet's gRPC probes) the port must be reachable on the container's address.
-CMD ["--listen", "0.0.0.0:50051", "--metrics-listen", "0.0.0.0:9090", "--log-format", "json"]
+CMD []

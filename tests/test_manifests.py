@@ -46,11 +46,13 @@ PLACEHOLDER = re.compile(r"REPLACE_WITH_[A-Z0-9_]+")
 # What a real credential looks like: a JWT, or a long unbroken run of token characters.
 REAL_LOOKING = re.compile(r"eyJ[A-Za-z0-9_-]{8,}|[A-Za-z0-9+=_-]{40,}")
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|API_?KEY|PRIVATE|CREDENTIAL", re.IGNORECASE)
-SECRET_FILE = re.compile(r"(^|/)(\.env|[^/]*\.(pem|key|p12|pfx)|[^/]*token[^/]*|\.git|\.venv)(/|$)",
-                         re.IGNORECASE)
+SECRET_FILE = re.compile(
+    r"(^|/)(\.env|[^/]*\.(pem|key|p12|pfx)|[^/]*token[^/]*|\.git|\.venv)(/|$)", re.IGNORECASE
+)
 
 
 # --------------------------------------------------------------------------- loading
+
 
 def _manifests() -> list[tuple[str, dict[str, Any]]]:
     found = []
@@ -115,7 +117,7 @@ def _mount_for(container: dict[str, Any], file: str) -> tuple[dict[str, Any], st
         prefix = mount["mountPath"].rstrip("/") + "/"
         if file.startswith(prefix):
             volume = next(v for v in _pod()["spec"]["volumes"] if v["name"] == mount["name"])
-            return volume, file[len(prefix):]
+            return volume, file[len(prefix) :]
     raise AssertionError(f"{file} is not on any volume mounted into {container['name']}")
 
 
@@ -166,6 +168,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # --------------------------------------------------------------------------- schemas
 
+
 def test_the_example_is_all_there() -> None:
     kinds = sorted(doc["kind"] for _, doc in MANIFESTS)
     assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "Secret"], kinds
@@ -173,8 +176,9 @@ def test_the_example_is_all_there() -> None:
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize(("doc"), [doc for _, doc in MANIFESTS],
-                         ids=[f"{file}:{doc.get('kind')}" for file, doc in MANIFESTS])
+@pytest.mark.parametrize(
+    ("doc"), [doc for _, doc in MANIFESTS], ids=[f"{file}:{doc.get('kind')}" for file, doc in MANIFESTS]
+)
 def test_manifest_matches_the_kubernetes_schema(doc: dict[str, Any], version: str, no_network: None) -> None:
     problem = ""
     try:
@@ -189,6 +193,7 @@ def test_manifest_matches_the_kubernetes_schema(doc: dict[str, Any], version: st
 
 
 # --------------------------------------------------------------------------- config
+
 
 def test_configmap_config_builds(tmp_path: Path) -> None:
     _, text = _configmap_text()
@@ -210,7 +215,7 @@ def test_the_sidecar_container_starts_with_a_valid_config(tmp_path: Path) -> Non
     _, text = _configmap_text()
     config_file = tmp_path / "config.yaml"
     config_file.write_text(text, encoding="utf-8")
-    env = _env(sidecar)
+    env = {**_dockerfile_env(), **_env(sidecar)}  # the image's ENV, then the container's
     token_path = env["TRENGO_API_TOKEN_FILE"]
     volume, inner = _mount_for(sidecar, token_path)
     assert "secret" in volume, "TRENGO_API_TOKEN_FILE must point into a mounted Secret"
@@ -220,8 +225,12 @@ def test_the_sidecar_container_starts_with_a_valid_config(tmp_path: Path) -> Non
     token.write_text("dummy-token", encoding="utf-8")
     env["TRENGO_API_TOKEN_FILE"] = str(token)
     # Same overrides as sidecar.__main__.main.
-    overrides = {"listen": args.listen, "metricsListen": args.metrics_listen,
-                 "logFormat": args.log_format, "logLevel": args.log_level}
+    overrides = {
+        "listen": args.listen,
+        "metricsListen": args.metrics_listen,
+        "logFormat": args.log_format,
+        "logLevel": args.log_level,
+    }
     config = load_config(config_file, env=env, overrides=overrides)
 
     host, port = config.listen.rsplit(":", 1)
@@ -238,8 +247,9 @@ def test_env_and_flags_exist_in_the_code() -> None:
     for name in _env(sidecar):
         assert name in ENV_VARS, f"{name} is not a variable sidecar.config reads"
     for item in sidecar.get("env", []):
-        assert item["name"] not in ("TRENGO_API_TOKEN", "SIDECAR_AUTH_TOKEN"), \
+        assert item["name"] not in ("TRENGO_API_TOKEN", "SIDECAR_AUTH_TOKEN"), (
             "pass tokens as files (*_FILE), not as env values"
+        )
     args = _sidecar_args()
     assert args.config and args.listen and args.metrics_listen
     assert not args.check_config
@@ -248,6 +258,7 @@ def test_env_and_flags_exist_in_the_code() -> None:
 
 
 # --------------------------------------------------------------------------- pod
+
 
 def test_probes_are_grpc_health_on_the_listen_port() -> None:
     sidecar = _sidecar()
@@ -292,8 +303,11 @@ def test_the_token_volume_is_readable_by_the_sidecar_only() -> None:
     assert volume["secret"].get("defaultMode") in (0o400, 0o440)
     # 0440 and fsGroup: the group the kubelet gives the files, so uid 10001 can read them.
     assert _pod()["spec"]["securityContext"].get("fsGroup") == RUNTIME_UID
-    mounted_in = [c["name"] for c in _containers()
-                  if any(m["name"] == volume["name"] for m in c.get("volumeMounts", []))]
+    mounted_in = [
+        c["name"]
+        for c in _containers()
+        if any(m["name"] == volume["name"] for m in c.get("volumeMounts", []))
+    ]
     assert mounted_in == [SIDECAR]
     for container in _containers():
         for mount in container.get("volumeMounts", []):
@@ -353,6 +367,7 @@ def test_no_real_looking_credential_is_committed() -> None:
 
 # --------------------------------------------------------------------------- Dockerfile
 
+
 def _instructions(text: str) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
     result: list[tuple[str, str]] = []
@@ -393,6 +408,17 @@ def _dockerfile_uid() -> int:
     return int(user)
 
 
+def _dockerfile_env() -> dict[str, str]:
+    """The runtime stage's ENV, as the container starts with it (``KEY=value`` form only)."""
+    env: dict[str, str] = {}
+    for args in (args for name, args in _stages()[-1] if name == "ENV"):
+        for item in shlex.split(args):
+            key, equals, value = item.partition("=")
+            assert equals, f"ENV {args}: write ENV KEY=value (the legacy ENV KEY value form is ambiguous)"
+            env[key] = value
+    return env
+
+
 def _commands(run: str) -> list[list[str]]:
     """A RUN line's shell commands (split on && and ;) as token lists."""
     return [shlex.split(part) for part in re.split(r"&&|;", run) if part.strip()]
@@ -420,13 +446,34 @@ def test_dockerfile_entrypoint_ports_and_cmd() -> None:
     runtime = _stages()[-1]
     assert set(_last(runtime, "EXPOSE").split()) == {str(GRPC_PORT), str(METRICS_PORT)}
     assert json.loads(_last(runtime, "ENTRYPOINT")) == [SIDECAR]
-    cmd = json.loads(_last(runtime, "CMD"))
-    assert cmd == ["--listen", f"0.0.0.0:{GRPC_PORT}", "--metrics-listen", f"0.0.0.0:{METRICS_PORT}",
-                   "--log-format", "json"]
-    try:
-        parse_args(cmd)
-    except SystemExit:
-        pytest.fail("the Dockerfile's CMD doesn't parse with sidecar.__main__.parse_args")
+    # No flags in CMD: flags beat the environment and the config file, so `docker run -e SIDECAR_...`
+    # and a --config file's listen/logFormat would be silently ignored. The defaults are ENV instead.
+    assert json.loads(_last(runtime, "CMD")) == []
+
+
+def test_dockerfile_env_listens_on_the_container_address_and_logs_json() -> None:
+    """The image's defaults are environment variables sidecar.config reads, and `docker run -e` wins."""
+    env = _dockerfile_env()
+    image = {name: value for name, value in env.items() if name.startswith(("SIDECAR_", "TRENGO_"))}
+    assert image == {
+        "SIDECAR_LISTEN": f"0.0.0.0:{GRPC_PORT}",
+        "SIDECAR_METRICS_LISTEN": f"0.0.0.0:{METRICS_PORT}",
+        "SIDECAR_LOG_FORMAT": "json",
+    }
+    for name in image:
+        assert name in ENV_VARS, f"ENV {name} is not a variable sidecar.config reads"
+    needed = {"TRENGO_API_TOKEN": "t", "TRENGO_CHANNEL_ID": "1"}
+    config = load_config(env={**env, **needed})
+    assert (config.listen, config.metrics_listen, config.log_format) == (
+        f"0.0.0.0:{GRPC_PORT}",
+        f"0.0.0.0:{METRICS_PORT}",
+        "json",
+    )
+    # docker run -e SIDECAR_LISTEN=... replaces the image's value; flags after the image name beat both.
+    ran = load_config(env={**env, **needed, "SIDECAR_LISTEN": "0.0.0.0:6000"})
+    assert ran.listen == "0.0.0.0:6000" and ran.log_format == "json"
+    flagged = load_config(env={**env, **needed}, overrides={"listen": "0.0.0.0:7000"})
+    assert flagged.listen == "0.0.0.0:7000"
 
 
 def test_dockerfile_bakes_in_no_secret_and_downloads_nothing() -> None:
@@ -446,8 +493,11 @@ def test_dockerfile_bakes_in_no_secret_and_downloads_nothing() -> None:
 
 
 def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
-                if line.strip() and not line.strip().startswith("#")]
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
     assert patterns[0] == "*", ".dockerignore should exclude everything, then allow what the build needs"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
     for name in allowed:
@@ -476,7 +526,7 @@ def _recipe(text: str, target: str) -> Iterator[str]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
     pending = ""
-    for line in lines[start + 1:]:
+    for line in lines[start + 1 :]:
         if not line.startswith("\t"):
             break
         if line.endswith("\\"):
