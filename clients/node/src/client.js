@@ -106,10 +106,12 @@ class TrengoSidecarError extends Error {
         this.retryDelayMs = (delay.seconds || 0) * 1000 + (delay.nanos || 0) / 1e6;
       }
     }
-    // Trengo (or the sidecar) is briefly unavailable or rate limited. A write whose outcome is
-    // unknown is not retryable blindly: resend it only with the same messageId.
-    this.retryable = this.retryDelayMs !== null || codeName === 'RESOURCE_EXHAUSTED'
-      || (codeName === 'UNAVAILABLE' && this.reason !== 'TRENGO_OUTCOME_UNKNOWN');
+    // The same rule as the Python client. UNAVAILABLE: Trengo (or the sidecar) is briefly away,
+    // except a write whose outcome is unknown: resend that only with the same messageId.
+    // RESOURCE_EXHAUSTED only with a RetryInfo delay (a rate limit): without one it is gRPC's own
+    // "message larger than max", which the same call hits again.
+    this.retryable = this.reason !== 'TRENGO_OUTCOME_UNKNOWN' && (codeName === 'UNAVAILABLE'
+      || (codeName === 'RESOURCE_EXHAUSTED' && this.retryDelayMs !== null));
   }
 }
 

@@ -96,6 +96,19 @@ test('the Node client against a real sidecar', { skip }, async (t) => {
     assert.equal(error.retryDelayMs, 120_000);
     assert.deepEqual((await simRequests()).filter((r) => r.path === '/contacts').length, 1);
   });
+
+  await t.test("gRPC's own oversized-message RESOURCE_EXHAUSTED is not retryable", async () => {
+    const small = new TrengoSidecarClient(SIDECAR_ADDR, { channelOptions: { 'grpc.max_send_message_length': 256 } });
+    const error = await small.identify({ traits: { email: 'big.node@example.com', bio: 'x'.repeat(1024) } })
+      .catch((e) => e);
+    small.close();
+    assert.ok(error instanceof TrengoSidecarError, String(error));
+    assert.equal(error.codeName, 'RESOURCE_EXHAUSTED', String(error));
+    assert.equal(error.reason, null);
+    assert.equal(error.retryDelayMs, null);
+    assert.equal(error.retryable, false);
+    assert.deepEqual(await simRequests(), []);
+  });
 });
 
 test('authToken is sent as authorization: Bearer', { skip: skip || (!SIDECAR_AUTH_ADDR && 'no SIDECAR_AUTH_ADDR') },
