@@ -64,6 +64,12 @@ class RateLimiter:
             await asyncio.sleep(delay)
         self._sent.append(time.monotonic())
 
+    def wait_now(self) -> float:
+        """Seconds a call asking now would wait for a slot (0 when one is free)."""
+        if self.per_minute <= 0 or len(self._sent) < (self._sent.maxlen or 0):
+            return 0.0
+        return max(0.0, self._sent[0] + WINDOW_SECONDS - time.monotonic())
+
     def _exhausted(self, retry_after: float | None = None) -> ResourceExhausted:
         return ResourceExhausted(
             f"no Trengo rate-limit slot ({self.per_minute}/min) before the deadline",

@@ -110,12 +110,6 @@ def start(make_sidecar: Callable[..., Any]) -> Iterator[Callable[..., Stub]]:
         channel.close()
 
 
-@pytest.fixture
-def ann(control: SimulatorControl) -> dict[str, Any]:
-    """A contact Trengo already has, so a track goes GET /channels, GET /contacts, POST /tickets."""
-    return control.add_contact(name="Ann", identifier=EMAIL, channel_id=EMAIL_CHANNEL)
-
-
 # --- retries: 5xx, 408, connection errors ---------------------------------------------------------
 
 
@@ -358,17 +352,17 @@ def test_trengos_real_rate_limit_is_resource_exhausted_with_its_retry_after(stub
     assert control.contacts() == []
 
 
-def test_a_429_holds_every_call_sharing_the_token(start, control):
+def test_a_429_holds_every_call_sharing_the_token(make_sidecar, control):
     """Another client used up the token's minute: after a 429, no call goes out until Retry-After."""
-    stub = start(rateLimitPerMinute=120)
+    sidecar = make_sidecar(rateLimitPerMinute=120)
+    channel, stub = sidecar.stub()
     stub.Identify(identify("first@example.com"), timeout=5)  # channels listed and cached
     control.add_fault(method="GET", path=SEARCH, status=429, headers={"Retry-After": "1"})
     limited = stub.Identify.future(identify("p0@example.com"), timeout=5)
     ends = time.monotonic() + 5
-    while 429 not in statuses(control, SEARCH, "GET"):
-        assert time.monotonic() < ends, "the 429 was never sent"
+    while sidecar.sidecar.client.limiter.wait_now() < 0.5:  # the sidecar has the 429 in hand
+        assert time.monotonic() < ends, "the 429 never held the limiter"
         time.sleep(0.01)
-    time.sleep(0.1)  # the sidecar has the 429 in hand; these two come after it
     people = ["p1@example.com", "p2@example.com"]
     with ThreadPoolExecutor(2) as pool:
         results = [
@@ -382,6 +376,7 @@ def test_a_429_holds_every_call_sharing_the_token(start, control):
     assert len(later) == 6 and min(later) >= 0.9  # nothing reached Trengo inside the Retry-After second
     identifiers = sorted(c["identifier"] for c in control.contacts())
     assert identifiers == ["first@example.com", "p0@example.com", *people]
+    channel.close()
 
 
 def test_a_429_with_a_nonsense_retry_after_falls_back_to_backoff(stub, control, ann):

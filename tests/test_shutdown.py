@@ -22,6 +22,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
+from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
@@ -171,3 +172,24 @@ def test_a_call_longer_than_the_grace_is_cut_off_and_the_process_still_exits_0(s
             call.result()
     assert caught.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     assert not control.requests(method="POST") and control.contacts() == []
+
+
+def test_a_new_call_during_the_drain_is_refused_as_shutting_down(spawn, control, ann):
+    process = spawn(shutdownGraceSeconds=5)
+    control.add_fault(method="POST", path=TICKETS, delay=2.0)
+    with grpc.insecure_channel(process.address) as channel:
+        stub = pb_grpc.TrengoSidecarStub(channel)
+        call = stub.Track.future(track(), timeout=10)
+        wait_for(lambda: unanswered(control, TICKETS), "the ticket write to reach Trengo")
+        process.popen.send_signal(signal.SIGTERM)
+        wait_for(lambda: process.health() != SERVING, "the drain to start", timeout=5)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Identify(pb.IdentifyRequest(traits=struct({"email": "late@example.com"})), timeout=5)
+        f = failure(caught.value)
+        assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "SIDECAR_SHUTTING_DOWN", f
+        assert f.retry_delay is not None
+        assert call.result().ticket_id > 0  # the call in flight still finished
+    assert process.popen.wait(timeout=5) == 0, process.output()
+    assert [c["identifier"] for c in control.contacts()] == [
+        "ann@example.com"
+    ]  # nothing from the refused call
