@@ -8,17 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format, struct_pb2
 
 from tests.grpc_helpers import failure
-from tests.harness import EMAIL_CHANNEL
+from tests.harness import EMAIL_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 SEARCH = "/api/v2/contacts"
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def identify(**traits: Any) -> pb.IdentifyRequest:

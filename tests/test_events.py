@@ -5,15 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from google.protobuf import json_format, struct_pb2
 
 from sidecar.errors import InvalidArgument
 from sidecar.events import Event, from_identify, from_send_event, from_track
+from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def send(event: dict[str, Any]) -> Event:
@@ -87,7 +83,7 @@ def test_numbers_become_ints_when_whole():
         ({"type": "identify", "traits": {"phone": 31612345678}}, "event.traits.phone"),
         ({"type": "identify", "traits": {"phone": "call me"}}, "event.traits.phone"),
         ({"type": "identify", "traits": {"email": "a\x00@x.io"}}, "event.traits.email"),
-    ({"type": "identify", "traits": {"email": "a@x.io", "name": "A\x9bB"}}, "event.traits.name"),
+        ({"type": "identify", "traits": {"email": "a@x.io", "name": "A\x9bB"}}, "event.traits.name"),
         ({"type": "identify", "traits": {"name": {"first": "A"}}}, "event.traits.name"),
         ({"type": "identify", "traits": {"name": "x" * 300}}, "event.traits.name"),
         ({"type": "identify", "userId": {"id": 1}}, "event.userId"),

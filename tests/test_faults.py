@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format, struct_pb2
 
 from sidecar import ratelimit
 from sidecar.deadline import Deadline
@@ -31,7 +30,7 @@ from sidecar.simulator import SimulatorControl
 from sidecar.transform import create_ticket
 from sidecar.trengo import CallRecord, TrengoError
 from tests.grpc_helpers import Failure, failure
-from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL
+from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -45,10 +44,6 @@ Stub = pb_grpc.TrengoSidecarStub
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def struct(data: dict[str, Any]) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def identify(email: str = EMAIL, message_id: str = "", **traits: Any) -> pb.IdentifyRequest:

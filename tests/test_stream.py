@@ -6,14 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
-from google.protobuf import json_format, struct_pb2
 
 from sidecar.stream import OrderedByKey
+from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
-
-
-def struct(data: dict) -> struct_pb2.Struct:
-    return json_format.ParseDict(data, struct_pb2.Struct())
 
 
 def identify(id_: str, user: str) -> pb.DeliverRequest:
