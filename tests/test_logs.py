@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 import grpc
 import pytest
@@ -39,14 +40,23 @@ def identify(email: str) -> pb.IdentifyRequest:
     )
 
 
+def handled(lines: list[str], count: int) -> list[dict[str, object]]:
+    """The "handled" lines, once ``count`` are there: each is written just after its answer is sent."""
+    deadline = time.monotonic() + 5
+    while sum('"handled"' in line for line in lines) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    found = [json.loads(line) for line in lines if '"handled"' in line]
+    assert len(found) == count, found
+    return found
+
+
 def test_one_json_line_per_rpc_with_the_request_id_sent_back(stub, json_lines):
     _, call = stub.Identify.with_call(identify("log@example.com"), metadata=(("x-request-id", "req-42"),))
     assert dict(call.initial_metadata())["x-request-id"] == "req-42"
     with pytest.raises(grpc.RpcError) as caught:
         stub.Identify(pb.IdentifyRequest())
     generated = dict(caught.value.initial_metadata())["x-request-id"]
-    lines = [json.loads(line) for line in json_lines if '"handled"' in line]
-    assert len(lines) == 2
+    lines = handled(json_lines, 2)
     ok, bad = lines
     assert ok["rpc"] == "Identify" and ok["code"] == "OK" and ok["request_id"] == "req-42"
     assert ok["action"] == "create_contact" and ok["trengo_calls"] == 3 and ok["level"] == "info"
