@@ -17,9 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from sidecar import transform as tf
 from sidecar import transport
+from sidecar.config import Secret
+from sidecar.deadline import Deadline
 from sidecar.transport import H11Transport
-from sidecar.trengo import _wire
+from sidecar.trengo import TrengoClient, _wire
+from tests.harness import TOKEN
 from tests.test_security import make_ca, make_cert
 
 Reply = bytes | Callable[[asyncio.StreamWriter], Awaitable[None]]
@@ -282,3 +286,59 @@ def test_a_proxy_for_trengo_hands_the_wire_to_httpx(monkeypatch, env, proxied):
         monkeypatch.setenv(name, value)
     wire = _wire("https://app.trengo.com/api/v2", 4)
     assert isinstance(wire, httpx.AsyncHTTPTransport if proxied else H11Transport)
+
+
+class ForwardProxy:
+    """An HTTP forward proxy: reads an absolute-form request, sends it on (Connection: close), pipes back."""
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []  # request lines, as the client sent them to the proxy
+
+    async def __aenter__(self) -> ForwardProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()
+            return
+        first, *rest = head.split(b"\r\n")
+        method, target, version = first.split(b" ")
+        self.seen.append(first)
+        url = httpx.URL(target.decode())
+        lines = [x for x in rest if x and not x.lower().startswith((b"connection", b"proxy-"))]
+        length = next((int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length")), 0)
+        body = await reader.readexactly(length)
+        up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
+        request_line = b" ".join([method, url.raw_path, version])
+        up_writer.write(b"\r\n".join([request_line, *lines, b"Connection: close"]) + b"\r\n\r\n" + body)
+        writer.write(await up_reader.read())  # until the upstream closes
+        await writer.drain()
+        up_writer.close()
+        writer.close()
+
+
+def test_through_a_proxy_from_the_environment_trengo_gets_the_call(sim, control, monkeypatch):
+    """HTTP_PROXY set: the call goes through it (httpx's transport), and Trengo gets it as usual."""
+    for name in [k for k in os.environ if k.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+
+    async def test() -> None:
+        async with ForwardProxy() as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            client = TrengoClient(sim.base_url, Secret(TOKEN), timeout=5)
+            try:
+                answer = await client.send(tf.list_channels(1), Deadline.after(5), [])
+            finally:
+                await client.aclose()
+        assert [c["id"] for c in answer["data"]] and proxy.seen
+        assert proxy.seen[0].startswith(b"GET " + sim.base_url.encode() + b"/channels?page=1 ")
+
+    run(test)
+    assert [r["path"] for r in control.requests()] == ["/api/v2/channels"]
