@@ -10,10 +10,10 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-LIBRARIES = ("grpcio", "protobuf", "httpx", "aiohttp")
+LIBRARIES = ("grpcio", "protobuf", "httpx", "httpcore", "h11", "aiohttp")
 NO_SNIFFIO = (
     "absent: httpcore retries `import sniffio` on every lock/event it sets up "
-    "(encode/httpcore#1103), which slows every httpx call here, the raw client's and the sidecar's"
+    "(encode/httpcore#1103), which slows the raw httpx client here"
 )
 
 
