@@ -14,6 +14,7 @@ exactly: only a failure before a byte of the request left is a ConnectError/Conn
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,9 @@ from dataclasses import dataclass, field
 import h11
 import httpx
 
+# Set on a request until its first byte is written: a caller that cancels it (a deadline) can tell an
+# unsent request, safe to send again, from one the server may have received.
+UNSENT = "trengo_sidecar.unsent"
 KEEPALIVE_SECONDS = 5.0  # httpx's own keepalive_expiry: a connection idle longer is not trusted
 READ_BYTES = 65_536
 
@@ -34,16 +38,35 @@ class _Connection:
     idle_since: float = 0.0
 
     def reusable(self, now: float) -> bool:
-        """Still open, its last exchange complete, nothing unasked-for waiting, not idle too long."""
+        """Still open, its last exchange complete, not idle too long, and nothing unasked-for waiting.
+
+        The last test looks at the socket itself, as httpcore does: a close or a stray answer (some
+        servers send 408 as they drop an idle connection) that the event loop has not read yet would
+        otherwise be taken for the answer to the next request, or fail it after it was sent.
+        """
         return (
             not self.writer.is_closing()
             and not self.reader.at_eof()
             and self.protocol.our_state is h11.IDLE
             and now - self.idle_since < KEEPALIVE_SECONDS
+            and not self.protocol.trailing_data[0]
+            # bytes the loop read that nobody asked for (StreamReader has no public way to tell)
+            and not getattr(self.reader, "_buffer", b"")
+            and not _readable(self.writer)
         )
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _readable(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        return bool(select.select([sock.fileno()], [], [], 0)[0])
+    except (OSError, ValueError):  # closed under us: not reusable either
+        return True
 
 
 class _Body(httpx.AsyncByteStream):
@@ -66,6 +89,7 @@ class H11Transport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
+        request.extensions[UNSENT] = True
         await self._acquire(request, timeouts.get("pool"))
         try:
             connection = await self._connection(request, timeouts.get("connect"))
@@ -130,8 +154,11 @@ class H11Transport(httpx.AsyncBaseTransport):
             connection.close()  # Connection: close, HTTP/1.0, or an answer that ended the connection
             return
         protocol.start_next_cycle()
-        connection.idle_since = time.monotonic()
-        self._idle.setdefault(_origin(request.url), []).append(connection)
+        connection.idle_since = now = time.monotonic()
+        idle = self._idle.setdefault(_origin(request.url), [])
+        while idle and now - idle[0].idle_since >= KEEPALIVE_SECONDS:  # the least recently used first
+            idle.pop(0).close()
+        idle.append(connection)
 
     # --- one exchange -----------------------------------------------------------
 
@@ -141,9 +168,13 @@ class H11Transport(httpx.AsyncBaseTransport):
         protocol = connection.protocol
         body = b"".join([part async for part in request.stream])  # type: ignore[union-attr]
         target = request.url.raw_path
-        head = h11.Request(method=request.method, target=target, headers=request.headers.raw)
-        data = protocol.send(head) + (protocol.send(h11.Data(data=body)) if body else b"")
-        data += protocol.send(h11.EndOfMessage())
+        try:
+            head = h11.Request(method=request.method, target=target, headers=request.headers.raw)
+            data = protocol.send(head) + (protocol.send(h11.Data(data=body)) if body else b"")
+            data += protocol.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(f"the request cannot be sent: {exc}", request=request) from exc
+        request.extensions.pop(UNSENT, None)  # from here on, bytes may reach the server
         await self._write(connection, data, request, timeouts.get("write"))
         try:
             async with asyncio.timeout(timeouts.get("read")):

@@ -25,7 +25,7 @@ from .errors import FailedPrecondition, ResourceExhausted, SidecarError, Unavail
 from .ratelimit import RateLimiter
 from .retry import LOST_ANSWER_STATUS, NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
 from .transform import Call
-from .transport import H11Transport
+from .transport import UNSENT, H11Transport
 
 MASKED = "Bearer ****"
 USER_AGENT = "trengo-sidecar/0.1"
@@ -185,15 +185,17 @@ class TrengoClient:
         """
         limit = min(self.timeout, deadline.remaining())
         sent_at = time.monotonic()
+        request = self._request(call, record, limit)
         try:
             # httpx's timeout bounds each phase (connect, write, every read), not the exchange: a server
             # trickling bytes would keep it going past the deadline. asyncio.timeout bounds the whole.
             async with asyncio.timeout(limit):
-                response = await self._exchange(call, record, limit)
+                response = await self._exchange(request)
         except (httpx.TransportError, TimeoutError) as exc:  # TimeoutError: the deadline, mid-request
             self._observe(call, 0, sent_at)
             record.status_code = 0
-            raise self._transport_error(call, exc, record) from exc
+            unsent = isinstance(exc, NOT_SENT) or bool(request.extensions.get(UNSENT))
+            raise self._transport_error(call, exc, record, unsent) from exc
         except httpx.DecodingError as exc:
             # An answer came whose body cannot be decoded (a bogus Content-Encoding): garbled, not a crash.
             self._observe(call, 0, sent_at)
@@ -210,15 +212,17 @@ class TrengoClient:
             return {}  # a 2xx to an update says it happened; nothing in its answer is needed
         raise self._garbled(call, record)
 
-    async def _exchange(self, call: Call, record: CallRecord, limit: float) -> httpx.Response:
+    def _request(self, call: Call, record: CallRecord, limit: float) -> httpx.Request:
         # The record already holds the URL and the encoded body: send those, not a second encoding.
-        request = httpx.Request(
+        return httpx.Request(
             call.method,
             _parsed(record.url),
             content=record.body_json or None,
             headers=self._headers[call.body is not None],
             extensions={"timeout": dict.fromkeys(("connect", "read", "write", "pool"), limit)},
         )
+
+    async def _exchange(self, request: httpx.Request) -> httpx.Response:
         response = await self._wire.handle_async_request(request)
         try:
             await response.aread()  # decodes the body (gzip, deflate) as AsyncClient would
@@ -230,10 +234,14 @@ class TrengoClient:
         if self.observer:
             self.observer.observe(call, status, time.monotonic() - sent_at)
 
-    def _transport_error(self, call: Call, exc: Exception, record: CallRecord) -> Exception:
+    def _transport_error(self, call: Call, exc: Exception, record: CallRecord, unsent: bool) -> Exception:
+        """``unsent``: no byte of the request left (a refused connection, a deadline that ran out while
+        it waited for a connection): sending it again cannot write twice."""
         cause = "no answer before the deadline" if type(exc) is TimeoutError else type(exc).__name__
+        if type(exc) is TimeoutError and unsent:
+            cause = "no connection to Trengo before the deadline"
         what = f"{call.method} {call.path}: {cause}"
-        if call.unsafe_to_resend and not isinstance(exc, NOT_SENT):
+        if call.unsafe_to_resend and not unsent:
             # The request may have been processed: sending it again could write twice.
             return OutcomeUnknown(
                 f"Trengo's answer to {what} was lost; the write may or may not have happened"
@@ -301,6 +309,7 @@ def _wire(base_url: str, max_connections: int) -> httpx.AsyncBaseTransport:
     proxies = getproxies_environment()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     if proxy and not proxy_bypass_environment(url.host, proxies):
+        proxy = proxy if "://" in proxy else f"http://{proxy}"  # "proxy.corp:3128", as httpx reads it
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
     return H11Transport(max_connections)

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import socket
 import ssl
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,9 @@ from sidecar import transform as tf
 from sidecar import transport
 from sidecar.config import Secret
 from sidecar.deadline import Deadline
+from sidecar.errors import Unavailable
 from sidecar.transport import H11Transport
-from sidecar.trengo import TrengoClient, _wire
+from sidecar.trengo import OutcomeUnknown, TrengoClient, _wire
 from tests.harness import TOKEN
 from tests.test_security import make_ca, make_cert
 
@@ -225,6 +229,58 @@ def test_no_more_connections_than_the_pool_allows():
     run(test)
 
 
+def test_a_stale_answer_on_an_idle_connection_is_not_taken_for_the_next_one():
+    """Some servers say 408 as they drop an idle connection: that is not the answer to the next request."""
+
+    async def answer_then_408(writer: asyncio.StreamWriter) -> None:
+        writer.write(ok())
+        await asyncio.sleep(0.02)
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def test() -> None:
+        async with Server([answer_then_408, ok(b'{"id": 2}')]) as server, client(server) as http:
+            await http.get("/a")
+            await asyncio.sleep(0.1)  # the 408 and the close arrive, and the loop reads them
+            answer = await http.post("/tickets", json={})
+            assert answer.status_code == 200 and answer.json() == {"id": 2}
+        assert server.connections == 2 and len(server.requests) == 2
+
+    run(test)
+
+
+def test_a_close_the_event_loop_has_not_seen_yet_still_keeps_the_connection_out():
+    """The server closes an idle connection while the client's event loop is busy: the socket says so."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        for close_after in (True, False):
+            conn, _ = listener.accept()
+            with conn:
+                seen.append(conn.recv(65536))
+                conn.sendall(ok())
+                if close_after:
+                    continue  # closed at once, while the client keeps its loop busy
+                time.sleep(0.5)
+        listener.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+
+    async def test() -> None:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", transport=H11Transport(2)) as http:
+            await http.get("/a")
+            time.sleep(0.1)  # blocks the loop: the close is on the socket, not yet in the loop
+            assert (await http.post("/tickets", json={})).status_code == 200
+
+    run(test)
+    server.join(5)
+    assert [request.split(b" ")[0] for request in seen] == [b"GET", b"POST"]
+
+
 def test_a_connection_idle_past_the_keepalive_limit_is_not_trusted(monkeypatch):
     monkeypatch.setattr(transport, "KEEPALIVE_SECONDS", 0.05)
 
@@ -277,6 +333,7 @@ def test_an_untrusted_certificate_is_a_connect_error(tmp_path: Path):
         ({"ALL_PROXY": "http://proxy.internal:3128"}, True),
         ({"HTTPS_PROXY": "http://proxy.internal:3128", "NO_PROXY": "app.trengo.com"}, False),
         ({"HTTP_PROXY": "http://proxy.internal:3128"}, False),  # Trengo is https
+        ({"HTTPS_PROXY": "proxy.internal:3128"}, True),  # no scheme: http://, as httpx reads it
     ],
 )
 def test_a_proxy_for_trengo_hands_the_wire_to_httpx(monkeypatch, env, proxied):
@@ -286,6 +343,7 @@ def test_a_proxy_for_trengo_hands_the_wire_to_httpx(monkeypatch, env, proxied):
         monkeypatch.setenv(name, value)
     wire = _wire("https://app.trengo.com/api/v2", 4)
     assert isinstance(wire, httpx.AsyncHTTPTransport if proxied else H11Transport)
+    asyncio.run(wire.aclose())
 
 
 class ForwardProxy:
@@ -342,3 +400,29 @@ def test_through_a_proxy_from_the_environment_trengo_gets_the_call(sim, control,
 
     run(test)
     assert [r["path"] for r in control.requests()] == ["/api/v2/channels"]
+
+
+def test_a_ticket_that_never_got_a_connection_before_its_deadline_may_be_sent_again():
+    """All connections busy until the deadline: nothing was sent, so no unknown outcome (which would be
+    remembered under the message_id), but a plain UNAVAILABLE the caller can retry."""
+
+    async def slow(writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.6)
+        writer.write(ok(b'{"id": 1}'))
+
+    async def test() -> None:
+        async with Server([slow]) as server:
+            trengo = TrengoClient(server.url, Secret(TOKEN), timeout=5, max_connections=1)
+            try:
+                first = asyncio.create_task(trengo.send(tf.create_ticket(1, 2, "a"), Deadline.after(5), []))
+                await asyncio.sleep(0.05)  # the first holds the only connection
+                with pytest.raises(Unavailable) as caught:
+                    await trengo.send(tf.create_ticket(1, 2, "b"), Deadline.after(0.35), [])
+                assert not isinstance(caught.value, OutcomeUnknown), caught.value
+                assert caught.value.retry_after is not None
+                assert (await first)["id"] == 1
+            finally:
+                await trengo.aclose()
+        assert len(server.requests) == 1
+
+    run(test)
