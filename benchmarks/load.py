@@ -194,7 +194,7 @@ def raw_client(sim_url: str, in_flight: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=sim_url,
         headers=HEADERS,
-        # The sidecar's own pool size, so both sides pay the same httpcore bookkeeping.
+        # The sidecar's own pool size: the same number of connections on both sides.
         limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
         timeout=30,
         trust_env=False,
