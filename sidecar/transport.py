@@ -91,14 +91,15 @@ class H11Transport(httpx.AsyncBaseTransport):
         timeouts = request.extensions.get("timeout", {})
         request.extensions[UNSENT] = True
         await self._acquire(request, timeouts.get("pool"))
+        origin = _origin(request.url)
         try:
-            connection = await self._connection(request, timeouts.get("connect"))
+            connection = await self._connection(request, origin, timeouts.get("connect"))
             try:
                 response = await self._exchange(connection, request, timeouts)
             except BaseException:  # a failure or a cancellation mid-exchange: the connection is spent
                 connection.close()
                 raise
-            self._release(request, connection)
+            self._release(origin, connection)
             return response
         finally:
             self._slots.release()
@@ -122,8 +123,10 @@ class H11Transport(httpx.AsyncBaseTransport):
 
     # --- connections ------------------------------------------------------------
 
-    async def _connection(self, request: httpx.Request, timeout: float | None) -> _Connection:
-        idle = self._idle.get(_origin(request.url), [])
+    async def _connection(
+        self, request: httpx.Request, origin: tuple[str, str, int], timeout: float | None
+    ) -> _Connection:
+        idle = self._idle.get(origin, [])
         now = time.monotonic()
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to be closed by now
@@ -148,14 +151,14 @@ class H11Transport(httpx.AsyncBaseTransport):
             self._ssl = httpx.create_ssl_context()  # certifi's roots, SSL_CERT_FILE/SSL_CERT_DIR honoured
         return self._ssl
 
-    def _release(self, request: httpx.Request, connection: _Connection) -> None:
+    def _release(self, origin: tuple[str, str, int], connection: _Connection) -> None:
         protocol = connection.protocol
         if self._closed or protocol.our_state is not h11.DONE or protocol.their_state is not h11.DONE:
             connection.close()  # Connection: close, HTTP/1.0, or an answer that ended the connection
             return
         protocol.start_next_cycle()
         connection.idle_since = now = time.monotonic()
-        idle = self._idle.setdefault(_origin(request.url), [])
+        idle = self._idle.setdefault(origin, [])
         while idle and now - idle[0].idle_since >= KEEPALIVE_SECONDS:  # the least recently used first
             idle.pop(0).close()
         idle.append(connection)
