@@ -61,6 +61,7 @@ class Config:
     channel_id: int = 0
     channel_identifier: str = "auto"
     enable_dedup: bool = True
+    skip_unchanged_names: bool = True  # an identify with the name the sidecar knows sends nothing
     # event name -> compiled subject template ("" source = no subject)
     event_templates: Mapping[str, Template] = field(default_factory=lambda: MappingProxyType({}))
     base_url: str = DEFAULT_BASE_URL
@@ -98,6 +99,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "channelId": ("channel_id", "TRENGO_CHANNEL_ID"),
     "channelIdentifier": ("channel_identifier", "TRENGO_CHANNEL_IDENTIFIER"),
     "enableDedup": ("enable_dedup", "TRENGO_ENABLE_DEDUP"),
+    "skipUnchangedNames": ("skip_unchanged_names", "SIDECAR_SKIP_UNCHANGED_NAMES"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
     "listen": ("listen", "SIDECAR_LISTEN"),
@@ -226,7 +228,7 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
-    if attr == "enable_dedup":
+    if attr in ("enable_dedup", "skip_unchanged_names"):
         return _bool(key, value)
     if attr in _INTS:
         return _number(key, value, int)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from . import transform as tf
 from .cache import FlightTimeout, SingleFlight, TTLCache
 from .config import Config
+from .contacts import ContactRecord
 from .deadline import Deadline
 from .errors import FailedPrecondition, NotFound, SidecarError, Unavailable
 from .events import Event
@@ -27,6 +28,7 @@ from .trengo import (
     contact_list,
     has_next_page,
     record_id,
+    record_name,
 )
 
 T = TypeVar("T")
@@ -84,7 +86,7 @@ class Delivery:
     def __init__(self, config: Config, client: TrengoClient) -> None:
         self.config = config
         self.client = client
-        self.contacts: TTLCache[str, int] = TTLCache(
+        self.contacts: TTLCache[str, ContactRecord] = TTLCache(
             config.contact_cache_size, config.contact_cache_ttl_seconds
         )
         # the channel list: id -> Trengo type, with the time.monotonic() it was fetched
@@ -191,17 +193,17 @@ class Delivery:
             return await self._update_known(run, event.contact_id, tf.identifier_or_none(event, run.kind))
         ident = tf.identifier(event, run.kind)
         if not self.config.enable_dedup:
-            contact_id = await self._create(run, ident)
-            return run.outcome("create_contact", contact_id)
+            created = await self._create(run, ident)
+            return run.outcome("create_contact", created.contact_id)
         key = tf.cache_key(ident, run.kind)
         cached = self.contacts.get(key)
         if cached is not None:
             run.cache_hit = True
-            if not event.name:
-                return run.outcome("none", cached)
+            if not tf.writes_name(cached.name, event.name, self.config.skip_unchanged_names):
+                return run.outcome("none", cached.contact_id)  # the name it has: nothing to send
             try:
-                await self._write(run, tf.update_contact(cached, event.name))
-                return run.outcome("update_contact", cached)
+                await self._rename(run, ident, cached.contact_id)
+                return run.outcome("update_contact", cached.contact_id)
             except TrengoError as exc:
                 if exc.status != 404:
                     raise
@@ -213,37 +215,70 @@ class Delivery:
             upsert, shared = await self._shared(
                 ("upsert", key), lambda: self._upsert(run, ident), run.deadline
             )
-        if shared and event.name and event.name != upsert.name:
-            await self._write(run, tf.update_contact(upsert.contact_id, event.name))
+        if shared and tf.writes_name(upsert.name, event.name):
+            await self._rename(run, ident, upsert.contact_id)
             return run.outcome("update_contact", upsert.contact_id)
         return run.outcome(upsert.action if not shared else "none", upsert.contact_id)
 
     async def _upsert(self, run: _Run, ident: str) -> _Upsert:
         """Search, then update the one match or create the contact (a dry run: contact id 0)."""
+        if tf.creates_first(run.kind):
+            return await self._create_first(run, ident)
         found = await self._search(run, ident)
-        name = run.event.name
         if found is None:
-            return _Upsert(await self._create(run, ident), "create_contact", name)
-        if not name:
-            return _Upsert(found, "none", None)
-        await self._write(run, tf.update_contact(found, name))
-        return _Upsert(found, "update_contact", name)
+            created = await self._create(run, ident)
+            return _Upsert(created.contact_id, "create_contact", created.name)
+        return await self._rename_found(run, ident, found)
+
+    async def _create_first(self, run: _Run, ident: str) -> _Upsert:
+        """E-mail channels: the create answers with the contact, new or existing; rename it if need be."""
+        try:
+            created = await self._create(run, ident)
+        except TrengoError as exc:
+            if not tf.refused_as_existing(exc.status, exc.fields):
+                raise
+            found = await self._search(run, ident)  # "already exists": find it, as on phone channels
+            if found is None:
+                raise
+            return await self._rename_found(run, ident, found)
+        if not tf.writes_name(created.name, run.event.name):
+            return _Upsert(created.contact_id, "create_contact", created.name)
+        # An existing contact came back under another name.
+        await self._rename(run, ident, created.contact_id)
+        return _Upsert(created.contact_id, "update_contact", run.event.name)
+
+    async def _rename_found(self, run: _Run, ident: str, found: ContactRecord) -> _Upsert:
+        """A contact a search found: send the event's name unless it already has it."""
+        if not tf.writes_name(found.name, run.event.name, self.config.skip_unchanged_names):
+            return _Upsert(found.contact_id, "none", found.name)
+        await self._rename(run, ident, found.contact_id)
+        return _Upsert(found.contact_id, "update_contact", run.event.name)
+
+    async def _rename(self, run: _Run, ident: str, contact_id: int) -> None:
+        """Send the event's name; the cache then knows the contact by it (a dry run changes nothing)."""
+        name = run.event.name or ""
+        await self._write(run, tf.update_contact(contact_id, name))
+        if not run.event.dry_run:
+            self._remember(run, ident, ContactRecord(contact_id, name))
 
     async def _update_known(self, run: _Run, contact_id: int, ident: str | None) -> Outcome:
         """Identify with a trengoContactId: no search, update the name if there is one."""
-        if not run.event.name:
+        known = self.contacts.get(tf.cache_key(ident, run.kind)) if ident else None
+        known_name = known.name if known is not None and known.contact_id == contact_id else None
+        if not tf.writes_name(known_name, run.event.name, self.config.skip_unchanged_names):
+            run.cache_hit = known_name is not None
             return run.outcome("none", contact_id)
         try:
-            await self._write(run, tf.update_contact(contact_id, run.event.name))
+            await self._write(run, tf.update_contact(contact_id, run.event.name or ""))
         except TrengoError as exc:
             if exc.status == 404:
                 raise NotFound(f"trengoContactId {contact_id} does not exist in Trengo") from None
             raise
         if ident and not run.event.dry_run:  # Trengo just confirmed the id: the next event skips the search
-            self._remember(run, ident, contact_id)
+            self._remember(run, ident, ContactRecord(contact_id, run.event.name))
         return run.outcome("update_contact", contact_id)
 
-    async def _create(self, run: _Run, ident: str) -> int:
+    async def _create(self, run: _Run, ident: str) -> ContactRecord:
         call = tf.create_contact(run.channel_id, ident, run.event.name)
         try:
             return await self._create_once(run, call, ident)
@@ -254,13 +289,14 @@ class Delivery:
                 return found
             return await self._create_once(run, call, ident)
 
-    async def _create_once(self, run: _Run, call: tf.Call, ident: str) -> int:
+    async def _create_once(self, run: _Run, call: tf.Call, ident: str) -> ContactRecord:
         answer = await self._write(run, call)
-        if answer is None:  # a dry run
-            return 0
-        contact_id = record_id(call, answer)
-        self._remember(run, ident, contact_id)
-        return contact_id
+        if answer is None:  # a dry run: no id, and the name it would write
+            return ContactRecord(0, run.event.name)
+        # On an e-mail channel this may be an existing contact: its name is what Trengo answered.
+        created = ContactRecord(record_id(call, answer), record_name(answer))
+        self._remember(run, ident, created)
+        return created
 
     # --- track ---------------------------------------------------------------------
 
@@ -289,7 +325,7 @@ class Delivery:
         cached = self.contacts.get(key)
         if cached is not None:
             run.cache_hit = True
-            return cached
+            return cached.contact_id
         # An identify for this person may be creating the contact right now: use its answer.
         upsert, upserting = await self._joined(("upsert", key), run.deadline)
         if upserting:
@@ -300,7 +336,7 @@ class Delivery:
                 f"no Trengo contact has this {run.kind}: send an identify first, or pass a trengoContactId",
                 reason="CONTACT_NOT_FOUND",
             )
-        return found
+        return found.contact_id
 
     async def _ticket(self, run: _Run, contact_id: int, subject: str | None) -> int:
         call = tf.create_ticket(contact_id, run.channel_id, subject)
@@ -309,10 +345,10 @@ class Delivery:
 
     # --- shared steps ----------------------------------------------------------------
 
-    async def _search(self, run: _Run, ident: str) -> int | None:
+    async def _search(self, run: _Run, ident: str) -> ContactRecord | None:
         call = tf.search_contacts(ident)
         answer = await self.client.send(call, run.deadline, run.calls)
-        found = tf.matching_contact(contact_list(call, answer), ident, run.kind)
+        found = tf.matching_record(contact_list(call, answer), ident, run.kind)
         if found is not None:
             self._remember(run, ident, found)
         return found
@@ -340,8 +376,8 @@ class Delivery:
         except FlightTimeout:
             raise _busy() from None
 
-    def _remember(self, run: _Run, ident: str, contact_id: int) -> None:
-        self.contacts.set(tf.cache_key(ident, run.kind), contact_id)
+    def _remember(self, run: _Run, ident: str, contact: ContactRecord) -> None:
+        self.contacts.set(tf.cache_key(ident, run.kind), contact)
 
 
 def _busy() -> Unavailable:
