@@ -2,8 +2,9 @@
 
 Per event: check what can be checked without Trengo, learn the channel's
 kind (cached), find the contact (cached, one search per new person even
-under concurrency), then write. Warm, a Track or a deduplicated Identify
-costs one Trengo call; the reference destination spends two.
+under concurrency; on e-mail channels the create does the finding), then
+write. Warm, a Track costs one Trengo call and an Identify one, or none when
+the name is the one the sidecar knows; the reference destination spends two.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class _Run:
 class _Upsert:
     contact_id: int
     action: str
-    name: str | None  # the name the contact now has, as far as we wrote it
+    name: str | None  # the name the contact now has, as far as the sidecar wrote or read it
 
 
 class Delivery:
