@@ -52,6 +52,9 @@ class Event:
     anonymous_id: str = ""
     message_id: str = ""
     dry_run: bool = False
+    # Read by filters.py, as given (RudderStack reads them tolerantly; so does it):
+    consent: Any = None  # context.consentManagement
+    integrations: Any = field(default_factory=dict)  # a SendEvent event's integrations; absent = {}
 
 
 # --- Struct conversion ------------------------------------------------------
@@ -147,6 +150,7 @@ def _build(
         properties=properties,
         channel_id=channel_id,
         contact_id=contact_id,
+        consent=context.get("consentManagement"),
         **meta,
     )
 
@@ -173,6 +177,7 @@ def from_send_event(request: Any) -> Event:
         "anonymous_id": _id_text(data.get("anonymousId"), "event.anonymousId"),
         "message_id": _id_text(data.get("messageId"), "event.messageId"),
         "dry_run": request.dry_run,
+        "integrations": data.get("integrations", {}),  # null stays None: filtered, as RudderStack does
     }
     traits = _object(data.get("traits"), "event.traits")
     context = _object(data.get("context"), "event.context")
