@@ -297,7 +297,7 @@ def test_config_keys_parse_into_immutable_values():
     assert c.one_trust_cookie_categories == ("C0004", "C0002")
     assert c.ketch_consent_purposes == ()
     with pytest.raises(TypeError):
-        c.consent_management["x"] = filters.ConsentEntry("", ("y",))  # type: ignore[index]
+        c.consent_management["x"] = filters.ConsentEntry("", ("y",))
 
 
 def test_a_later_entry_for_a_provider_replaces_an_earlier_one():
