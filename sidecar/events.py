@@ -52,7 +52,7 @@ class Event:
     anonymous_id: str = ""
     message_id: str = ""
     dry_run: bool = False
-    # Read by filters.py, as given (RudderStack reads them tolerantly; so does it):
+    # Kept as given, for filters.py, which reads them tolerantly as RudderStack does:
     consent: Any = None  # context.consentManagement
     integrations: Any = field(default_factory=dict)  # a SendEvent event's integrations; absent = {}
 
