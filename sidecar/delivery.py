@@ -21,6 +21,7 @@ from .errors import FailedPrecondition, NotFound, SidecarError, Unavailable
 from .events import Event
 from .trengo import (
     CallRecord,
+    CutOff,
     OutcomeUnknown,
     TrengoClient,
     TrengoError,
@@ -247,6 +248,8 @@ class Delivery:
         call = tf.create_contact(run.channel_id, ident, run.event.name)
         try:
             return await self._create_once(run, call, ident)
+        except CutOff:
+            raise  # shutting down: no search to settle it, the caller hears that it is unknown
         except OutcomeUnknown:
             # The answer was lost or unreadable; unlike a ticket, a contact can be looked for.
             found = await self._search(run, ident)

@@ -26,14 +26,16 @@ from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
 from .delivery import Delivery, Outcome
-from .errors import InvalidArgument, SidecarError, Unavailable
+from .errors import InvalidArgument, ShuttingDown, SidecarError
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
-from .stream import OrderedByKey
+from .stream import OrderedByKey, StreamIds
 from .trengo import TrengoClient
 
 log = logging.getLogger("sidecar")
 SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
+# After shutdown's grace: how long the calls cut off get to send their answers before grpc cancels them.
+CUT_OFF_SECONDS = 1.0
 
 
 class Undecodable:
@@ -85,21 +87,28 @@ class InFlight:
         self.closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._on_cut: set[Callable[[], None]] = set()  # open Deliver streams: stop reading
 
     @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self, on_cut: Callable[[], None] | None = None) -> Iterator[None]:
         if self.closing:
-            raise Unavailable(
-                "the sidecar is shutting down; retry shortly", reason="SIDECAR_SHUTTING_DOWN", retry_after=1.0
-            )
+            raise ShuttingDown()
         self.count += 1
         self._idle.clear()
+        if on_cut is not None:
+            self._on_cut.add(on_cut)
         try:
             yield
         finally:
+            if on_cut is not None:
+                self._on_cut.discard(on_cut)
             self.count -= 1
             if self.count == 0:
                 self._idle.set()
+
+    def cut_off(self) -> None:
+        for stop in list(self._on_cut):
+            stop()
 
     async def wait_idle(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -131,16 +140,19 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
     ) -> AsyncIterator[pb.DeliverResponse]:
         request_id = _request_id(context)
         await context.send_initial_metadata((("x-request-id", request_id),))
+        ids = StreamIds()
 
         def prepare(item: Any) -> tuple[str, Callable[[], Awaitable[pb.DeliverResponse]]]:
             """Parse now (to know whose event it is); deliver when that person's previous event is done."""
             try:
-                which = _decoded(item).WhichOneof("event")
+                ids.check(_decoded(item).id)
+                which = item.WhichOneof("event")
                 if which is None:
                     raise InvalidArgument("one of identify, track or send_event is required", field="event")
                 method, parse = _PARSERS[which]
                 event = parse(getattr(item, which))
             except SidecarError as exc:
+                self.refused("Deliver", exc, request_id)
                 answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=deliver_error(exc))
                 return f"invalid:{id(item)}", lambda: _ready(answer)
             except Exception:
@@ -150,11 +162,20 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             key = event.user_id or event.anonymous_id or event.email or event.phone or f"anonymous:{id(item)}"
             return key, lambda: self._answer(item.id, method, event, context, request_id)
 
+        ordered = OrderedByKey(prepare)
         try:
-            with self.in_flight.track():
-                async for answer in OrderedByKey(prepare).run(requests):
+            if self.in_flight.closing:
+                raise self.refused("Deliver", ShuttingDown(), request_id)
+            with self.in_flight.track(on_cut=ordered.stop):
+                async for answer in ordered.run(requests):
                     yield answer
-        except Unavailable as exc:  # shutting down
+            if ordered.stopped:
+                # Every event read was answered above; the ones the caller sent after are unread.
+                raise ShuttingDown(
+                    "the sidecar is shutting down: events not answered on this stream were not read; "
+                    "send them again"
+                )
+        except ShuttingDown as exc:
             await abort_with(context, exc)
 
     async def _answer(
@@ -180,6 +201,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         # out before the handler answers, or grpc would send a second set of initial metadata.
         metadata = asyncio.ensure_future(context.send_initial_metadata((("x-request-id", request_id),)))
         try:
+            if self.in_flight.closing:
+                raise self.refused(method, ShuttingDown(), request_id)
             with self.in_flight.track():
                 outcome = await self._run(method, parse, self._deadline(context), request_id)
             await metadata
@@ -193,6 +216,18 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             raise
         finally:
             _settle(metadata)
+
+    def refused(self, method: str, error: SidecarError, request_id: str) -> SidecarError:
+        """A call or event refused before delivery (auth, shutdown, a bad stream id): logged and counted
+        like any other, as the README promises one line per RPC. Returns the error, for raising."""
+        if self.observer:
+            self.observer.rpc(method, error.code.name, 0.0)
+        _log_rpc(method, error.code.name, 0.0, request_id, None, None, error)
+        return error
+
+    def refused_call(self, method: str, error: SidecarError, context: grpc.aio.ServicerContext) -> None:
+        """The same for a call refused by an interceptor (auth.py), which knows only its context."""
+        self.refused(method, error, _request_id(context))
 
     async def _run(
         self, method: str, parse: Callable[[], events.Event], deadline: Deadline, request_id: str
@@ -380,6 +415,12 @@ class Sidecar:
         self.servicer.in_flight.closing = True
         await self.health.enter_graceful_shutdown()
         await self.servicer.in_flight.wait_idle(grace)
+        if self.servicer.in_flight.count:
+            # The grace is over: calls still in flight are cut off, and each answers what it left
+            # behind (nothing written, or an unknown outcome), instead of grpc's bare cancel.
+            self.client.cut_off()
+            self.servicer.in_flight.cut_off()
+            await self.servicer.in_flight.wait_idle(CUT_OFF_SECONDS)
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
 
