@@ -26,7 +26,7 @@ from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
 from .delivery import Delivery, Outcome
-from .errors import InvalidArgument, ShuttingDown, SidecarError
+from .errors import InvalidArgument, ResourceExhausted, ShuttingDown, SidecarError
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 from .stream import OrderedByKey, StreamIds
@@ -45,8 +45,26 @@ class Undecodable:
         self.problem = problem
 
 
-def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
+class Oversized:
+    """A request over maxMessageBytes: refused by the handler, so it is logged and counted like any call.
+
+    grpc's own limit (grpc.max_receive_message_length) would refuse it in its core, before any code of
+    ours runs, with no log line and no metric. That limit is set to TRANSPORT_FACTOR times
+    maxMessageBytes instead, still bounding what one request can make the process buffer.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+
+
+TRANSPORT_FACTOR = 2
+
+
+def _tolerant(message_type: Any, limit: int) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
+        if len(data) > limit:
+            return Oversized(len(data), limit)
         try:
             return message_type.FromString(data)
         except DecodeError as exc:
@@ -65,6 +83,11 @@ def _undecodable(request: Undecodable) -> InvalidArgument:
 def _decoded(request: Any) -> Any:
     if isinstance(request, Undecodable):
         raise _undecodable(request)
+    if isinstance(request, Oversized):
+        raise ResourceExhausted(
+            f"the request is {request.size} bytes, over maxMessageBytes ({request.limit})",
+            reason="MESSAGE_TOO_LARGE",
+        )
     return request
 
 
@@ -341,11 +364,16 @@ class Sidecar:
         self.delivery = Delivery(config, self.client)
         self.servicer = Servicer(config, self.delivery)
         self.health = health.aio.HealthServicer()
-        interceptors = [AuthInterceptor(config.auth_token.reveal(), SERVICE)] if config.auth_token else []
+        interceptors = (
+            [AuthInterceptor(config.auth_token.reveal(), SERVICE, self.servicer.refused_call)]
+            if config.auth_token
+            else []
+        )
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
+                # Past maxMessageBytes the handler refuses (logged, counted); past this, grpc's core does.
+                ("grpc.max_receive_message_length", min(TRANSPORT_FACTOR * config.max_message_bytes, 2**31 - 1)),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
@@ -371,14 +399,14 @@ class Sidecar:
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 handler,
-                request_deserializer=_tolerant(request_type),
+                request_deserializer=_tolerant(request_type, self.config.max_message_bytes),
                 response_serializer=pb.DeliveryResult.SerializeToString,
             )
             for name, (handler, request_type) in unary.items()
         }
         handlers["Deliver"] = grpc.stream_stream_rpc_method_handler(
             self.servicer.Deliver,
-            request_deserializer=_tolerant(pb.DeliverRequest),
+            request_deserializer=_tolerant(pb.DeliverRequest, self.config.max_message_bytes),
             response_serializer=pb.DeliverResponse.SerializeToString,
         )
         return handlers
