@@ -61,6 +61,10 @@ class Oversized:
 TRANSPORT_FACTOR = 2
 
 
+def _transport_limit(max_message_bytes: int) -> int:
+    return min(TRANSPORT_FACTOR * max_message_bytes, 2**31 - 1)  # grpc's option is a C int
+
+
 def _tolerant(message_type: Any, limit: int) -> Callable[[bytes], Any]:
     def parse(data: bytes) -> Any:
         if len(data) > limit:
@@ -373,7 +377,7 @@ class Sidecar:
             interceptors=interceptors,
             options=[
                 # Past maxMessageBytes the handler refuses (logged, counted); past this, grpc's core does.
-                ("grpc.max_receive_message_length", min(TRANSPORT_FACTOR * config.max_message_bytes, 2**31 - 1)),
+                ("grpc.max_receive_message_length", _transport_limit(config.max_message_bytes)),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
