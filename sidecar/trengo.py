@@ -211,7 +211,7 @@ class TrengoClient:
             if record.attempts >= self.policy.max_attempts or needed >= deadline.remaining():
                 if error.retry_after is None:  # a hint of 0 s from Trengo stays a hint
                     error.retry_after = wait if wait > 0 else None
-                raise error
+                raise _gave_up(error, record.attempts, record.attempts >= self.policy.max_attempts, deadline)
             if self.observer:
                 self.observer.retried(call, error.reason)
             await asyncio.sleep(wait)
@@ -247,7 +247,7 @@ class TrengoClient:
             self._observe(call, 0, sent_at)
             record.status_code = 0
             unsent = isinstance(exc, NOT_SENT) or bool(request.extensions.get(UNSENT))
-            raise self._transport_error(call, exc, record, unsent) from exc
+            raise self._transport_error(call, exc, record, unsent, limit < self.timeout) from exc
         except httpx.DecodingError as exc:
             # An answer came whose body cannot be decoded (a bogus Content-Encoding): garbled, not a crash.
             self._observe(call, 0, sent_at)
@@ -286,12 +286,20 @@ class TrengoClient:
         if self.observer:
             self.observer.observe(call, status, time.monotonic() - sent_at)
 
-    def _transport_error(self, call: Call, exc: Exception, record: CallRecord, unsent: bool) -> Exception:
+    def _transport_error(
+        self, call: Call, exc: Exception, record: CallRecord, unsent: bool, deadline_bound: bool
+    ) -> Exception:
         """``unsent``: no byte of the request left (a refused connection, a deadline that ran out while
-        it waited for a connection): sending it again cannot write twice."""
-        cause = "no answer before the deadline" if type(exc) is TimeoutError else type(exc).__name__
-        if type(exc) is TimeoutError and unsent:
-            cause = "no connection to Trengo before the deadline"
+        it waited for a connection): sending it again cannot write twice. ``deadline_bound``: the
+        attempt had less than requestTimeoutSeconds, because the caller's deadline came first."""
+        cause = type(exc).__name__
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            waited = (
+                "before the deadline"
+                if deadline_bound
+                else f"within {self.timeout:g} s (requestTimeoutSeconds)"
+            )
+            cause = f"no {'connection to Trengo' if unsent else 'answer'} {waited}"
         what = f"{call.method} {call.path}: {cause}"
         if call.unsafe_to_resend and not unsent:
             # The request may have been processed: sending it again could write twice.
@@ -347,6 +355,18 @@ class TrengoClient:
         # cut-off body) is usually transient: retry it, so that when it persists the caller gets RetryInfo.
         error = Unavailable(message, reason="TRENGO_BAD_RESPONSE")
         return _Retry(error, self.policy.backoff(record.attempts))
+
+
+def _gave_up(error: SidecarError, attempts: int, all_used: bool, deadline: Deadline) -> SidecarError:
+    """The last attempt's error, saying how many were made and why no other was."""
+    if all_used:
+        why = f"{attempts} attempts, the most maxAttempts allows" if attempts > 1 else "maxAttempts is 1"
+    else:
+        tries = f"{attempts} attempts, and another" if attempts > 1 else "another attempt"
+        why = f"{tries} could not finish before the deadline ({deadline.remaining():.1f} s left)"
+    error.message = f"{error.message}; {why}"
+    error.args = (error.message,)
+    return error
 
 
 # Parsing a URL is a third of building an httpx.Request; a Track's URL (POST /tickets) never changes.
