@@ -173,6 +173,12 @@ class Delivery:
         listed, _ = await self._shared(("channels", ""), lambda: self._list_channels(run), run.deadline)
         return listed
 
+    async def list_channels(self, deadline: Deadline) -> dict[int, str]:
+        """The channel list fresh from Trengo, into the cache: the readiness check's one call."""
+        run = _Run(Event("identify"), deadline, self.config.channel_id)
+        listed, _ = await self._shared(("channels", ""), lambda: self._list_channels(run), deadline)
+        return listed
+
     async def _list_channels(self, run: _Run) -> dict[int, str]:
         types: dict[int, str] = {}
         for page in range(1, MAX_CHANNEL_PAGES + 1):

@@ -28,6 +28,7 @@ from .deadline import Deadline
 from .delivery import Delivery, Outcome
 from .errors import InvalidArgument, ResourceExhausted, ShuttingDown, SidecarError
 from .ratelimit import RateLimiter
+from .readiness import Health, Readiness
 from .retry import RetryPolicy
 from .stream import OrderedByKey, StreamIds
 from .trengo import TrengoClient
@@ -368,6 +369,8 @@ class Sidecar:
         self.delivery = Delivery(config, self.client)
         self.servicer = Servicer(config, self.delivery)
         self.health = health.aio.HealthServicer()
+        self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
+        self.readiness = Readiness(self.delivery, self.status)
         interceptors = (
             [AuthInterceptor(config.auth_token.reveal(), SERVICE, self.servicer.refused_call)]
             if config.auth_token
@@ -415,12 +418,16 @@ class Sidecar:
         )
         return handlers
 
-    async def start(self) -> int:
-        """Bind and start; returns the port bound (0 for a unix socket)."""
+    async def start(self, check_trengo: bool = True) -> int:
+        """Bind and start; returns the port bound (0 for a unix socket).
+
+        ``check_trengo``: check the token and baseUrl first (health waits for it) and every few minutes.
+        """
         self.port = self._bind(self.config.listen)
         await self.server.start()
-        for name in ("", SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if check_trengo:
+            await self.readiness.start()
+        await self.status.update()
         return self.port
 
     def _bind(self, address: str) -> int:
@@ -445,7 +452,8 @@ class Sidecar:
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         ends = time.monotonic() + grace
         self.servicer.in_flight.closing = True
-        await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
+        await self.status.update(draining=True)
         await self.servicer.in_flight.wait_idle(grace)
         if self.servicer.in_flight.count:
             # The grace is over: calls still in flight are cut off, and each answers what it left

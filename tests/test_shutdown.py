@@ -65,12 +65,12 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def health(self) -> int:
+    def health(self, service: str = "") -> int:
         """A Check on a new connection: the status, or -1 when the sidecar does not answer at all."""
         try:
             with grpc.insecure_channel(self.address) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
-                return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+                return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status)
         except grpc.RpcError:
             return -1
 
@@ -79,10 +79,13 @@ class Process:
 def spawn(
     sim: SimulatorThread, control: SimulatorControl, tmp_path: Path
 ) -> Iterator[Callable[..., Process]]:
-    """spawn(env, **config): the sidecar CLI on a free port against the session simulator, ready to call."""
+    """spawn(env, serving, **config): the sidecar CLI on a free port against the session simulator.
+
+    ``serving``: wait for SERVING (else only for health to answer). Ready to call.
+    """
     started: list[Process] = []
 
-    def spawn(env: dict[str, str] | None = None, **overrides: Any) -> Process:
+    def spawn(env: dict[str, str] | None = None, serving: bool = True, **overrides: Any) -> Process:
         address = f"127.0.0.1:{free_port()}"
         config = tmp_path / f"sidecar-{len(started)}.yaml"
         raw = {
@@ -99,7 +102,12 @@ def spawn(
             )  # fmt: skip
         process = Process(popen, address, log)
         started.append(process)
-        wait_for(lambda: popen.poll() is not None or process.health() == SERVING, "the sidecar to serve", 20)
+        # serving=False: wait until health answers at all, whatever it says (the readiness tests).
+        def up() -> bool:
+            status = process.health()
+            return status == SERVING if serving else status in (SERVING, NOT_SERVING)
+
+        wait_for(lambda: popen.poll() is not None or up(), "the sidecar to serve", 20)
         assert popen.poll() is None, f"the sidecar exited {popen.returncode}: {process.output()}"
         return process
 
