@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 
 from .deadline import Deadline
@@ -59,6 +60,7 @@ MISCONFIGURED = frozenset({UNAUTHORIZED, WRONG_BASE_URL})
 class Conditions:
     """Everything health depends on. Add a field (and a line in ``decide``) for a new one."""
 
+    starting: bool = True  # the first Trengo check has not ended (nor had its time) yet
     draining: bool = False  # SIGTERM received: new calls are refused
     trengo_misconfigured: bool = False  # the last Trengo check found a wrong token or baseUrl
 
@@ -66,9 +68,36 @@ class Conditions:
 def decide(conditions: Conditions, service: str) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
     """The status of ``service`` ("" for the whole server). Today both answer alike."""
     del service  # a condition that concerns one service only would look at it
-    if conditions.draining or conditions.trengo_misconfigured:
+    if conditions.starting or conditions.draining or conditions.trengo_misconfigured:
         return health_pb2.HealthCheckResponse.NOT_SERVING
     return health_pb2.HealthCheckResponse.SERVING
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpc's health servicer, plus an end for Watch streams at shutdown.
+
+    Left open, server.stop cancels them, and grpc logs a traceback for each ("Exception not handled
+    by _handle_exceptions"). ``close`` ends them with UNAVAILABLE after they have seen NOT_SERVING.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._closed = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        watching = asyncio.ensure_future(super().Watch(request, context))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({watching, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            closed.cancel()
+        if watching.done() and not watching.cancelled():
+            watching.result()  # the stream's own failure, if it had one
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down")
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 class Health:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -28,7 +28,7 @@ from .deadline import Deadline
 from .delivery import Delivery, Outcome
 from .errors import InvalidArgument, ResourceExhausted, ShuttingDown, SidecarError
 from .ratelimit import RateLimiter
-from .readiness import Health, Readiness
+from .readiness import Health, HealthServicer, Readiness
 from .retry import RetryPolicy
 from .stream import OrderedByKey, StreamIds
 from .trengo import TrengoClient
@@ -368,7 +368,7 @@ class Sidecar:
         )
         self.delivery = Delivery(config, self.client)
         self.servicer = Servicer(config, self.delivery)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
         self.readiness = Readiness(self.delivery, self.status)
         interceptors = (
@@ -424,10 +424,11 @@ class Sidecar:
         ``check_trengo``: check the token and baseUrl first (health waits for it) and every few minutes.
         """
         self.port = self._bind(self.config.listen)
+        await self.status.update()  # NOT_SERVING for both services until started (grpc's says SERVING)
         await self.server.start()
         if check_trengo:
             await self.readiness.start()
-        await self.status.update()
+        await self.status.update(starting=False)
         return self.port
 
     def _bind(self, address: str) -> int:
@@ -461,6 +462,7 @@ class Sidecar:
             self.client.cut_off()
             self.servicer.in_flight.cut_off()
             await self.servicer.in_flight.wait_idle(CUT_OFF_SECONDS)
+        self.health.close()  # open Watch streams end now, not cancelled by server.stop
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
 

@@ -90,6 +90,14 @@ def test_a_working_token_is_serving_and_its_channel_list_fills_the_cache(spawn, 
     assert [r["path"] for r in control.requests()].count(CHANNELS) == 1  # the check's, reused
 
 
+def test_health_is_not_serving_until_the_first_check_has_answered(spawn, control):  # noqa: F811
+    control.add_fault(method="GET", path=CHANNELS, delay=2.0)
+    process = spawn(serving=False)
+    assert any(r["status"] is None for r in control.requests(path_prefix=CHANNELS))  # still checking
+    assert both(process) == (NOT_SERVING, NOT_SERVING)
+    wait_for(lambda: both(process) == (SERVING, SERVING), "the first check to pass")
+
+
 # --- every few minutes (in-process, with a short interval) ----------------------------------------------
 
 

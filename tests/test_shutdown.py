@@ -285,3 +285,23 @@ def test_a_deliver_stream_open_at_the_end_of_the_grace_answers_its_events_then_e
     assert process.popen.wait(timeout=5) == 0, process.output()
     assert len(control.tickets()) == 1
     assert_clean_log(process.output())
+
+
+def test_a_health_watch_open_at_the_end_of_the_grace_ends_without_a_traceback(spawn, control, ann):
+    process = spawn(shutdownGraceSeconds=None, env={"SIDECAR_SHUTDOWN_GRACE_SECONDS": "1"})
+    control.add_fault(method="POST", path=TICKETS, delay=6.0, after=True)
+    with grpc.insecure_channel(process.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=20)
+        assert next(watch).status == SERVING
+        call = pb_grpc.TrengoSidecarStub(channel).Track.future(track(), timeout=20)
+        wait_for(lambda: len(control.tickets()) == 1, "the ticket to be written")
+        process.popen.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+        with pytest.raises(grpc.RpcError) as cut:
+            call.result()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failure(cut.value).reason == "TRENGO_OUTCOME_UNKNOWN"
+    assert process.popen.wait(timeout=5) == 0, process.output()
+    assert_clean_log(process.output())
