@@ -91,10 +91,16 @@ def test_a_working_token_is_serving_and_its_channel_list_fills_the_cache(spawn, 
 
 
 def test_health_is_not_serving_until_the_first_check_has_answered(spawn, control):  # noqa: F811
-    control.add_fault(method="GET", path=CHANNELS, delay=2.0)
+    control.add_fault(method="GET", path=CHANNELS, delay=4.0)  # under the 5 s start-up waits for it
+
+    def checking() -> bool:
+        return any(r["status"] is None for r in control.requests(path_prefix=CHANNELS))
+
     process = spawn(serving=False)
-    assert any(r["status"] is None for r in control.requests(path_prefix=CHANNELS))  # still checking
-    assert both(process) == (NOT_SERVING, NOT_SERVING)
+    wait_for(checking, "the first check to reach Trengo")
+    status = both(process)
+    assert checking(), "the check ended before health was asked: too slow a machine to tell"
+    assert status == (NOT_SERVING, NOT_SERVING)
     wait_for(lambda: both(process) == (SERVING, SERVING), "the first check to pass")
 
 
