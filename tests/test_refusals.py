@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,11 +20,10 @@ import pytest
 from sidecar.logs import JsonFormatter
 from sidecar.metrics import MetricsServer, start_metrics
 from tests.grpc_helpers import failure
-from tests.harness import free_port, struct
+from tests.harness import struct
 from tests.test_metrics import scrape, value
 from tests.test_shutdown import TICKETS, spawn, track, unanswered, wait_for  # noqa: F401 (a fixture)
 from trengo.sidecar.v1 import sidecar_pb2 as pb
-from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 RPCS = "trengo_sidecar_rpcs_total"
 AUTH_TOKEN = "caller-secret-7f3a"
@@ -153,28 +151,6 @@ def test_an_event_over_max_message_bytes_in_a_stream_is_refused_alone(make_sidec
     assert by_id["ok"].result.ticket_id > 0
     assert eventually(lambda: logged(msg="handled", rpc="Deliver", reason="MESSAGE_TOO_LARGE"))
     assert len(control.tickets()) == 1
-
-
-def test_a_call_refused_during_the_drain_is_logged_and_counted(spawn, control, ann):  # noqa: F811
-    metrics_port = free_port()
-    process = spawn(shutdownGraceSeconds=5, metricsListen=f"127.0.0.1:{metrics_port}", logFormat="json")
-    control.add_fault(method="POST", path=TICKETS, delay=2.0)
-    with grpc.insecure_channel(process.address) as channel:
-        stub = pb_grpc.TrengoSidecarStub(channel)
-        call = stub.Track.future(track(), timeout=10)
-        wait_for(lambda: unanswered(control, TICKETS), "the ticket write to reach Trengo")
-        process.popen.send_signal(signal.SIGTERM)
-        wait_for(lambda: process.health() != 1, "the drain to start", timeout=5)
-        with pytest.raises(grpc.RpcError) as caught:
-            stub.Identify(identify("late@example.com"), timeout=5)
-        assert failure(caught.value).reason == "SIDECAR_SHUTTING_DOWN"
-        _, samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")  # still up while draining
-        assert call.result().ticket_id > 0
-    assert process.popen.wait(timeout=5) == 0, process.output()
-    assert value(samples, RPCS, method="Identify", code="UNAVAILABLE") == 1
-    lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
-    refused = [line for line in lines if line.get("reason") == "SIDECAR_SHUTTING_DOWN"]
-    assert [(line["rpc"], line["code"]) for line in refused] == [("Identify", "UNAVAILABLE")], lines
 
 
 # --- item 13: Deliver ids -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ health NOT_SERVING first, lets the call finish within ``shutdownGraceSeconds``, 
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -222,7 +224,8 @@ def assert_clean_log(output: str) -> None:
 
 
 def test_a_new_call_during_the_drain_is_refused_as_shutting_down(spawn, control, ann):
-    process = spawn(shutdownGraceSeconds=5)
+    metrics = free_port()  # the refusal is counted and logged like any call (issue 10, item 12)
+    process = spawn(shutdownGraceSeconds=5, metricsListen=f"127.0.0.1:{metrics}", logFormat="json")
     control.add_fault(method="POST", path=TICKETS, delay=2.0)
     with grpc.insecure_channel(process.address) as channel:
         stub = pb_grpc.TrengoSidecarStub(channel)
@@ -235,11 +238,16 @@ def test_a_new_call_during_the_drain_is_refused_as_shutting_down(spawn, control,
         f = failure(caught.value)
         assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "SIDECAR_SHUTTING_DOWN", f
         assert f.retry_delay is not None
+        scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5, trust_env=False).text
         assert call.result().ticket_id > 0  # the call in flight still finished
     assert process.popen.wait(timeout=5) == 0, process.output()
     assert [c["identifier"] for c in control.contacts()] == [
         "ann@example.com"
     ]  # nothing from the refused call
+    assert 'trengo_sidecar_rpcs_total{code="UNAVAILABLE",method="Identify"} 1.0' in scraped, scraped
+    lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+    refused = [line for line in lines if line.get("reason") == "SIDECAR_SHUTTING_DOWN"]
+    assert [(line["rpc"], line["code"]) for line in refused] == [("Identify", "UNAVAILABLE")], lines
 
 
 def test_the_unknown_outcome_of_a_cut_off_write_is_kept_under_its_message_id(make_sidecar, control, ann):
