@@ -3,6 +3,7 @@
 Every refusal gets its log line and its count in ``trengo_sidecar_rpcs_total``, as the README
 promises one line per RPC: a caller without the authToken, a call during the drain, a request over
 maxMessageBytes. The Deliver stream refuses an empty or repeated ``id`` per event and goes on.
+A call refused during the drain is checked in tests/test_shutdown.py, with the real process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sidecar.metrics import MetricsServer, start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import struct
 from tests.test_metrics import scrape, value
-from tests.test_shutdown import TICKETS, spawn, track, unanswered, wait_for  # noqa: F401 (a fixture)
+from tests.test_shutdown import track
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 RPCS = "trengo_sidecar_rpcs_total"
