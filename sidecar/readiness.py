@@ -202,10 +202,14 @@ class Readiness:
         return found
 
     async def _every(self, first: asyncio.Future[TrengoCheck], interval: float, recheck: float) -> None:
-        await first
+        check: asyncio.Future[TrengoCheck] | None = first
         while True:
+            try:
+                await (check if check is not None else self.check())
+            except Exception:  # a bug in the check must not end the checking for the process's life
+                log.exception("the Trengo check failed unexpectedly")
+            check = None
             await asyncio.sleep(recheck if self.last is not None and self.last.result != OK else interval)
-            await self.check()
 
     def _report(self, found: TrengoCheck) -> None:
         fields = {"fields": {"check": "trengo", "result": found.result}}
