@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -25,8 +23,12 @@ from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
+from .decoding import decoded as _decoded
+from .decoding import tolerant as _tolerant
+from .decoding import transport_limit as _transport_limit
 from .delivery import Delivery, Outcome
-from .errors import InvalidArgument, ResourceExhausted, ShuttingDown, SidecarError
+from .drain import CUT_OFF_SECONDS, InFlight
+from .errors import InvalidArgument, ShuttingDown, SidecarError
 from .ratelimit import RateLimiter
 from .readiness import Health, HealthServicer, Readiness
 from .retry import RetryPolicy
@@ -35,65 +37,6 @@ from .trengo import TrengoClient
 
 log = logging.getLogger("sidecar")
 SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
-# After shutdown's grace: how long the calls cut off get to send their answers before grpc cancels them.
-CUT_OFF_SECONDS = 1.0
-
-
-class Undecodable:
-    """A request protobuf could not parse (nested past its depth limit): INVALID_ARGUMENT, not INTERNAL."""
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-
-class Oversized:
-    """A request over maxMessageBytes: refused by the handler, so it is logged and counted like any call.
-
-    grpc's own limit (grpc.max_receive_message_length) would refuse it in its core, before any code of
-    ours runs, with no log line and no metric. That limit is set to TRANSPORT_FACTOR times
-    maxMessageBytes instead, still bounding what one request can make the process buffer.
-    """
-
-    def __init__(self, size: int, limit: int) -> None:
-        self.size = size
-        self.limit = limit
-
-
-TRANSPORT_FACTOR = 2
-
-
-def _transport_limit(max_message_bytes: int) -> int:
-    return min(TRANSPORT_FACTOR * max_message_bytes, 2**31 - 1)  # grpc's option is a C int
-
-
-def _tolerant(message_type: Any, limit: int) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        if len(data) > limit:
-            return Oversized(len(data), limit)
-        try:
-            return message_type.FromString(data)
-        except DecodeError as exc:
-            return Undecodable(str(exc))
-
-    return parse
-
-
-def _undecodable(request: Undecodable) -> InvalidArgument:
-    return InvalidArgument(
-        f"the request could not be decoded ({request.problem}): nested deeper than protobuf allows?",
-        field="request",
-    )
-
-
-def _decoded(request: Any) -> Any:
-    if isinstance(request, Undecodable):
-        raise _undecodable(request)
-    if isinstance(request, Oversized):
-        raise ResourceExhausted(
-            f"the request is {request.size} bytes, over maxMessageBytes ({request.limit})",
-            reason="MESSAGE_TOO_LARGE",
-        )
-    return request
 
 
 _PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
@@ -101,46 +44,6 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
     "track": ("Track", events.from_track),
     "send_event": ("SendEvent", events.from_send_event),
 }
-
-
-class InFlight:
-    """The calls in progress, so shutdown can wait for them while health still answers NOT_SERVING.
-
-    grpc's own server.stop(grace) closes the listener at once, so a readiness
-    probe during the drain would see "connection refused" instead of NOT_SERVING.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._on_cut: set[Callable[[], None]] = set()  # open Deliver streams: stop reading
-
-    @contextlib.contextmanager
-    def track(self, on_cut: Callable[[], None] | None = None) -> Iterator[None]:
-        if self.closing:
-            raise ShuttingDown()
-        self.count += 1
-        self._idle.clear()
-        if on_cut is not None:
-            self._on_cut.add(on_cut)
-        try:
-            yield
-        finally:
-            if on_cut is not None:
-                self._on_cut.discard(on_cut)
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    def cut_off(self) -> None:
-        for stop in list(self._on_cut):
-            stop()
-
-    async def wait_idle(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
 
 
 class Servicer(pb_grpc.TrengoSidecarServicer):
