@@ -15,12 +15,11 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import events
+from . import events, reflection
 from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
@@ -320,10 +319,7 @@ class Sidecar:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        reflection.enable((SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         self.port = 0
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
