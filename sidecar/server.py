@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import events, reflection
+from . import events, reflection, tracing
 from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
@@ -316,6 +316,11 @@ class Sidecar:
         )
         # Registered, as grpcio-tools' generated code does, so grpc matches the method in its core.
         handlers = self._handlers()
+        self.tracing = tracing.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+        if self.tracing:
+            handlers = self.tracing.wrap_handlers(SERVICE, handlers)
+            self.client.span_hook = self.tracing.trengo_hook(config.base_url)
+            self.tracing.install_log_filter(logging.getLogger())
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -378,6 +383,8 @@ class Sidecar:
         await self.servicer.in_flight.wait_idle(grace)
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
+        if self.tracing:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans, off the event loop
 
     async def serve_until_signal(self) -> None:
         stop = asyncio.Event()

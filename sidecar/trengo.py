@@ -51,6 +51,7 @@ class CallRecord:
     attempts: int = 0
     duration_ms: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    rate_limit_wait: float = 0.0  # seconds held by the rate limit (ours, and Trengo's 429s): for traces
 
 
 class TrengoError(FailedPrecondition):
@@ -122,6 +123,7 @@ class TrengoClient:
         json_body = {**headers, "Content-Type": "application/json"}
         self._headers = {False: httpx.Headers(headers), True: httpx.Headers(json_body)}  # parsed once
         self.observer: Any = None  # metrics hook: observe(call, status, seconds), retried(call, why)
+        self.span_hook: Any = None  # tracing hook, when on: span_hook(call, record, started) per call
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -149,11 +151,13 @@ class TrengoClient:
             return await self._attempts(call, deadline, record)
         finally:
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            if self.span_hook:
+                self.span_hook(call, record, started)
 
     async def _attempts(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
         while True:
             record.attempts += 1
-            await self.limiter.acquire(deadline)
+            record.rate_limit_wait += await self.limiter.acquire(deadline)
             if call.unsafe_to_resend and deadline.remaining() < self.write_floor:
                 raise Unavailable(
                     f"too little time left before the deadline to send {call.method} {call.path} "
@@ -176,6 +180,8 @@ class TrengoClient:
                 raise error
             if self.observer:
                 self.observer.retried(call, error.reason)
+            if isinstance(error, ResourceExhausted):  # Trengo's 429: its Retry-After is a rate-limit wait
+                record.rate_limit_wait += wait
             await asyncio.sleep(wait)
 
     async def _attempt(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
