@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
+from google.rpc import error_details_pb2, status_pb2
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
@@ -245,6 +246,20 @@ def _end_rpc(span: trace.Span, context: grpc.aio.ServicerContext) -> None:
     span.set_attribute("rpc.grpc.status_code", status.value[0])
     if status is not grpc.StatusCode.OK:
         span.set_status(Status(StatusCode.ERROR, status.name))
+        span.set_attribute("error.type", _reason(context) or status.name)
+
+
+def _reason(context: grpc.aio.ServicerContext) -> str | None:
+    """The ErrorInfo reason of the rich status the call was aborted with (a constant such as
+    EVENT_NOT_MAPPED, never the message), read back from its trailing metadata."""
+    for key, value in context.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason or None
+    return None
 
 
 # --- queued deliveries: what to store with a queued event ------------------------------------

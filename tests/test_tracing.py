@@ -56,6 +56,7 @@ def traced(sim: SimulatorThread, control: SimulatorControl, receiver, tmp_path: 
     config.write_text(yaml.safe_dump({
         "apiToken": TOKEN, "baseUrl": sim.base_url, "channelId": EMAIL_CHANNEL, "listen": address,
         "eventTemplateMap": TEMPLATES, "rateLimitPerMinute": 0, "logFormat": "json",
+        "backoffBaseSeconds": 0.01, "backoffMaxSeconds": 0.05,
     }))  # fmt: skip
     env = cli_env(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
@@ -136,6 +137,17 @@ def test_retries_and_errors_are_on_the_spans(traced, control):
     assert values["trengo_sidecar.attempts"] == 2 and values["http.request.resend_count"] == 1
     assert values["http.response.status_code"] == 201
 
+    control.add_fault(method="POST", path="/api/v2/tickets", status=500, count=50)
+    down = secrets.token_hex(16)
+    with pytest.raises(grpc.RpcError):
+        stub.Track(track, metadata=parent(down, secrets.token_hex(8)), timeout=10)
+    [failed] = [s for s in spans_of(receiving, down, 2) if s.name == "POST /tickets"]
+    values = attributes(failed.attributes)
+    assert values["error.type"] == "TRENGO_UNAVAILABLE" and values["trengo_sidecar.attempts"] == 5
+    assert values["http.response.status_code"] == 500
+    assert failed.status.code == failed.status.STATUS_CODE_ERROR
+    control.clear_faults()
+
     refused = secrets.token_hex(16)
     unmapped = pb.TrackRequest(event="Page Viewed", context=struct({"traits": {"email": EMAIL}}))
     with pytest.raises(grpc.RpcError) as caught:
@@ -145,6 +157,8 @@ def test_retries_and_errors_are_on_the_spans(traced, control):
     code = attributes(server.attributes)["rpc.grpc.status_code"]
     assert code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert server.status.code == server.status.STATUS_CODE_ERROR
+    assert attributes(server.attributes)["error.type"] == "EVENT_NOT_MAPPED"
+    assert "Page Viewed" not in str(server)  # the reason, never the message (it quotes the request)
 
 
 def test_a_deliver_stream_is_one_server_span_with_its_events_trengo_calls_under_it(traced, control):
