@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -160,16 +159,22 @@ class Tracing:
 
     # --- the Trengo client: a span per call --------------------------------------------------
 
-    def trengo_hook(self, base_url: str) -> Callable[[Call, CallRecord, float], None]:
-        """The TrengoClient's ``span_hook``: ``hook(call, record, started)`` once a call is over."""
+    def trengo_hook(self, base_url: str) -> Callable[[Call, CallRecord, float, BaseException | None], None]:
+        """The TrengoClient's ``span_hook``: ``hook(call, record, started, error)`` once a call is over."""
         url = httpx.URL(base_url)
         return functools.partial(self.trengo_call, base=(url.host, url.port or _PORTS.get(url.scheme, 0)))
 
-    def trengo_call(self, call: Call, record: CallRecord, started: float, base: tuple[str, int]) -> None:
+    def trengo_call(
+        self,
+        call: Call,
+        record: CallRecord,
+        started: float,
+        error: BaseException | None,
+        base: tuple[str, int],
+    ) -> None:
         """A child of the current span for one Trengo call (all its attempts), made once it is over.
 
-        ``started`` is the call's time.monotonic() start. Called from a ``finally``: sys.exception()
-        is the error the call ends with, if any.
+        ``started`` is the call's time.monotonic() start; ``error`` what the call raised, if anything.
         """
         now_ns, elapsed = time.time_ns(), time.monotonic() - started
         template = endpoint(call.path)
@@ -189,7 +194,6 @@ class Tracing:
             f"{call.method} {template}", kind=SpanKind.CLIENT, attributes=attributes,
             start_time=now_ns - int(elapsed * 1e9),
         )
-        error = sys.exception()
         if error is not None:
             reason = error.reason if isinstance(error, SidecarError) else type(error).__name__
             span.set_attribute("error.type", reason)

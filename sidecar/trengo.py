@@ -123,7 +123,7 @@ class TrengoClient:
         json_body = {**headers, "Content-Type": "application/json"}
         self._headers = {False: httpx.Headers(headers), True: httpx.Headers(json_body)}  # parsed once
         self.observer: Any = None  # metrics hook: observe(call, status, seconds), retried(call, why)
-        self.span_hook: Any = None  # tracing hook, when on: span_hook(call, record, started) per call
+        self.span_hook: Any = None  # tracing hook, when on: span_hook(call, record, started, error)
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -147,12 +147,16 @@ class TrengoClient:
         record = self.record(call)
         records.append(record)
         started = time.monotonic()
+        error: BaseException | None = None  # for the span: sys.exception() may be an outer one
         try:
             return await self._attempts(call, deadline, record)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
             if self.span_hook:
-                self.span_hook(call, record, started)
+                self.span_hook(call, record, started, error)
 
     async def _attempts(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
         while True:

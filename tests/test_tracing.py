@@ -161,6 +161,22 @@ def test_retries_and_errors_are_on_the_spans(traced, control):
     assert "Page Viewed" not in str(server)  # the reason, never the message (it quotes the request)
 
 
+def test_a_call_made_while_recovering_from_an_error_is_not_marked_failed(traced, control):
+    """A lost create answer is resolved by a search, sent from inside the handler of that error."""
+    stub, receiving, _ = traced
+    control.add_fault(method="POST", path=f"/api/v2/channels/{EMAIL_CHANNEL}/contacts", drop=True, after=True)
+    trace_id = secrets.token_hex(16)
+    identify = pb.IdentifyRequest(traits=struct({"email": EMAIL, "name": "Tracy"}))
+    assert stub.Identify(identify, metadata=parent(trace_id, secrets.token_hex(8)), timeout=10).contact_id
+    spans = sorted(spans_of(receiving, trace_id, 5), key=lambda s: s.start_time_unix_nano)
+    assert [s.name for s in spans[1:]] == ["GET /channels", "GET /contacts", "POST /channels/{id}/contacts",
+                                           "GET /contacts"]
+    lost, search = spans[3], spans[4]
+    assert attributes(lost.attributes)["error.type"] == "TRENGO_OUTCOME_UNKNOWN"
+    assert "error.type" not in attributes(search.attributes)
+    assert search.status.code == search.status.STATUS_CODE_UNSET
+
+
 def test_a_deliver_stream_is_one_server_span_with_its_events_trengo_calls_under_it(traced, control):
     stub, receiving, _ = traced
     control.add_contact(name="Tracy", identifier=EMAIL, channel_id=EMAIL_CHANNEL)
