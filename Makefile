@@ -11,7 +11,7 @@ CLIENT_STUBS := $(CLIENT_GEN)/sidecar_pb2.py
 NODE_DIR := clients/node
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: install proto run test lint test-python node buf bench clean client-wheel
+.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel
 
 install: $(VENV)/.installed $(STUBS) $(CLIENT_STUBS)
 
@@ -21,12 +21,15 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
-	$(MAKE) --no-print-directory proto
+	$(MAKE) --no-print-directory proto client-proto
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e clients/python
 	@touch $@
 
-$(STUBS) $(CLIENT_STUBS) &: $(PROTO) | $(VENV)/.installed
+$(STUBS): $(PROTO) | $(VENV)/.installed
 	$(MAKE) --no-print-directory proto
+
+$(CLIENT_STUBS): $(PROTO) | $(VENV)/.installed
+	$(MAKE) --no-print-directory client-proto
 
 # Python stubs (with .pyi for mypy) into trengo/sidecar/v1/, ignored by git.
 proto:
@@ -34,9 +37,11 @@ proto:
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=. \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTO)
 	touch trengo/__init__.py trengo/sidecar/__init__.py trengo/sidecar/v1/__init__.py
-	@# The Python client ships a copy of its own inside its package, so its wheel stands alone (and
-	@# never clashes with the sidecar's trengo/ package). protoc writes absolute imports
-	@# (from trengo.sidecar.v1 import ...): sed makes the one in the grpc stubs relative.
+
+# The Python client ships a copy of the stubs inside its own package, so its wheel stands alone (and
+# never clashes with the sidecar's trengo/ package). protoc writes absolute imports
+# (from trengo.sidecar.v1 import ...): sed makes the one in the grpc stubs relative.
+client-proto:
 	rm -rf $(CLIENT_GEN) && mkdir -p $(CLIENT_GEN).tmp
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=$(CLIENT_GEN).tmp \
 	  --grpc_python_out=$(CLIENT_GEN).tmp --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
