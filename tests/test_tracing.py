@@ -6,6 +6,7 @@ through the sidecar's server span to its Trengo calls; the token and the search 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -228,6 +229,16 @@ def test_off_unless_an_otlp_endpoint_is_set_and_refused_over_http():
     on = tracing.from_env(endpoint)
     assert on is not None
     on.shutdown()
+
+
+def test_off_the_sidecar_adds_nothing_to_the_call_path(monkeypatch, make_sidecar):
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    off = make_sidecar().sidecar
+    assert off.tracing is None and off.client.span_hook is None  # handlers unwrapped, no client hook
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    on = make_sidecar().sidecar
+    assert on.tracing is not None and on.client.span_hook is not None
 
 
 def test_a_queued_delivery_links_back_to_the_enqueuing_trace():
