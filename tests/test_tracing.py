@@ -97,7 +97,7 @@ def test_the_callers_trace_goes_on_through_the_sidecar_to_each_trengo_call(trace
     result = stub.Identify(identify, metadata=parent(trace_id, caller_span), timeout=10)
     assert result.action == pb.ACTION_CREATE_CONTACT
 
-    spans = spans_of(receiving, trace_id, 4)
+    spans = spans_of(receiving, trace_id, 3)
     [server] = [s for s in spans if s.name == f"{SERVICE}/Identify"]
     assert server.parent_span_id.hex() == caller_span  # the caller's trace continues
     assert server.kind == server.SPAN_KIND_SERVER
@@ -105,16 +105,24 @@ def test_the_callers_trace_goes_on_through_the_sidecar_to_each_trengo_call(trace
         "rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": "Identify", "rpc.grpc.status_code": 0,
     }  # fmt: skip
     children = sorted((s for s in spans if s is not server), key=lambda s: s.start_time_unix_nano)
-    assert [s.name for s in children] == ["GET /channels", "GET /contacts", "POST /channels/{id}/contacts"]
+    assert [s.name for s in children] == ["GET /contacts", "POST /channels/{id}/contacts"]
     for child in children:
         assert child.parent_span_id == server.span_id and child.kind == child.SPAN_KIND_CLIENT
         assert server.start_time_unix_nano <= child.start_time_unix_nano <= child.end_time_unix_nano
         assert child.end_time_unix_nano <= server.end_time_unix_nano
-    create = attributes(children[2].attributes)
+    create = attributes(children[1].attributes)
     assert create["http.request.method"] == "POST" and create["url.template"] == "/channels/{id}/contacts"
     assert create["http.response.status_code"] == 201 and create["trengo_sidecar.attempts"] == 1
     assert create["trengo_sidecar.rate_limit_wait_seconds"] >= 0
-    assert [r["method"] for r in control.requests()] == ["GET", "GET", "POST"]  # one span per call made
+    # One span per call made; the channel list was fetched at start by the readiness check, a trace
+    # of its own.
+    assert [(r["method"], r["path"]) for r in control.requests()] == [
+        ("GET", "/api/v2/channels"),
+        ("GET", "/api/v2/contacts"),
+        ("POST", f"/api/v2/channels/{EMAIL_CHANNEL}/contacts"),
+    ]
+    [check] = [s for s in receiving.spans() if s.name == "GET /channels"]
+    assert check.parent_span_id == b"" and check.trace_id != server.trace_id
 
     [resource] = receiving.resources()[:1]
     assert resource["service.name"] == "sidecar-under-test"
@@ -132,7 +140,7 @@ def test_retries_and_errors_are_on_the_spans(traced, control):
     trace_id = secrets.token_hex(16)
     track = pb.TrackRequest(event="Checked Out", context=struct({"traits": {"email": EMAIL}}))
     stub.Track(track, metadata=parent(trace_id, secrets.token_hex(8)), timeout=10)
-    spans = spans_of(receiving, trace_id, 4)
+    spans = spans_of(receiving, trace_id, 3)
     [ticket] = [s for s in spans if s.name == "POST /tickets"]
     values = attributes(ticket.attributes)
     assert values["trengo_sidecar.attempts"] == 2 and values["http.request.resend_count"] == 1
@@ -169,10 +177,9 @@ def test_a_call_made_while_recovering_from_an_error_is_not_marked_failed(traced,
     trace_id = secrets.token_hex(16)
     identify = pb.IdentifyRequest(traits=struct({"email": EMAIL, "name": "Tracy"}))
     assert stub.Identify(identify, metadata=parent(trace_id, secrets.token_hex(8)), timeout=10).contact_id
-    spans = sorted(spans_of(receiving, trace_id, 5), key=lambda s: s.start_time_unix_nano)
-    assert [s.name for s in spans[1:]] == ["GET /channels", "GET /contacts", "POST /channels/{id}/contacts",
-                                           "GET /contacts"]
-    lost, search = spans[3], spans[4]
+    spans = sorted(spans_of(receiving, trace_id, 4), key=lambda s: s.start_time_unix_nano)
+    assert [s.name for s in spans[1:]] == ["GET /contacts", "POST /channels/{id}/contacts", "GET /contacts"]
+    lost, search = spans[2], spans[3]
     assert attributes(lost.attributes)["error.type"] == "TRENGO_OUTCOME_UNKNOWN"
     assert "error.type" not in attributes(search.attributes)
     assert search.status.code == search.status.STATUS_CODE_UNSET
@@ -186,7 +193,7 @@ def test_a_deliver_stream_is_one_server_span_with_its_events_trengo_calls_under_
     requests = [pb.DeliverRequest(id=str(n), track=track) for n in range(2)]
     answers = list(stub.Deliver(iter(requests), metadata=parent(trace_id, caller_span), timeout=10))
     assert [a.WhichOneof("outcome") for a in answers] == ["result", "result"]
-    spans = spans_of(receiving, trace_id, 4)  # the stream, the channel list, the search, two tickets
+    spans = spans_of(receiving, trace_id, 4)  # the stream, the search, two tickets
     [server] = [s for s in spans if s.name == f"{SERVICE}/Deliver"]
     assert server.parent_span_id.hex() == caller_span
     tickets = [s for s in spans if s.name == "POST /tickets"]
@@ -200,7 +207,7 @@ def test_neither_the_token_nor_the_search_term_reaches_the_collector(traced, con
                   timeout=10)
     stub.Track(pb.TrackRequest(event="Checked Out", context=struct({"traits": {"email": EMAIL}})),
                metadata=parent(trace_id, "2" * 16), timeout=10)
-    spans_of(receiving, trace_id, 6)
+    spans_of(receiving, trace_id, 5)  # two server spans, the search, the create, the ticket
     assert any(b"/contacts" in raw for raw in receiving.raw)  # the search was traced, as a template
     for raw in receiving.raw:
         assert TOKEN.encode() not in raw
