@@ -290,6 +290,11 @@ class Sidecar:
             if config.auth_token
             else []
         )
+        self.tracing = tracing.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+        if self.tracing:  # first, so that a call the auth refuses has its span too
+            interceptors.insert(0, self.tracing.interceptor(SERVICE))
+            self.client.span_hook = self.tracing.trengo_hook(config.base_url)
+            self.tracing.install_log_filter(logging.getLogger())
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -301,11 +306,6 @@ class Sidecar:
         )
         # Registered, as grpcio-tools' generated code does, so grpc matches the method in its core.
         handlers = self._handlers()
-        self.tracing = tracing.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
-        if self.tracing:
-            handlers = self.tracing.wrap_handlers(SERVICE, handlers)
-            self.client.span_hook = self.tracing.trengo_hook(config.base_url)
-            self.tracing.install_log_filter(logging.getLogger())
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

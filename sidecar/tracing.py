@@ -101,23 +101,23 @@ class Tracing:
 
     # --- the server: a span per RPC ----------------------------------------------------------
 
-    def wrap_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> dict[str, Any]:
-        """The same handlers, each running inside a server span (done once, at start-up)."""
-        wrapped: dict[str, Any] = {}
-        for method, handler in handlers.items():
-            name = f"{service}/{method}"
-            attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-            if handler.unary_unary is not None:
-                wrapped[method] = handler._replace(
-                    unary_unary=self._unary(name, attributes, handler.unary_unary)
-                )
-            elif handler.stream_stream is not None:
-                wrapped[method] = handler._replace(
-                    stream_stream=self._stream(name, attributes, handler.stream_stream)
-                )
-            else:
-                wrapped[method] = handler
-        return wrapped
+    def interceptor(self, service: str) -> grpc.aio.ServerInterceptor:
+        """A server interceptor that runs each of ``service``'s calls inside a server span.
+
+        Installed only when tracing is on, and first: a call another interceptor refuses (no
+        ``authToken``) is traced too. Health and reflection calls are not traced.
+        """
+        return _ServerSpans(self, service)
+
+    def wrap(self, service: str, method: str, handler: Any) -> Any:
+        """``handler`` (a grpc.RpcMethodHandler) with its behaviour inside a server span."""
+        name = f"{service}/{method}"
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self._unary(name, attributes, handler.unary_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=self._stream(name, attributes, handler.stream_stream))
+        return handler
 
     def _unary(
         self, name: str, attributes: dict[str, str], behavior: Callable[[Any, Any], Awaitable[Any]]
@@ -228,6 +228,23 @@ class Tracing:
     def shutdown(self) -> None:
         """Export the spans still batched (bounded by OTEL_BSP_EXPORT_TIMEOUT), then stop."""
         self.provider.shutdown()
+
+
+class _ServerSpans(grpc.aio.ServerInterceptor):
+    def __init__(self, tracing: Tracing, service: str) -> None:
+        self._tracing = tracing
+        self._service = service
+        self._prefix = f"/{service}/"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self._prefix):
+            return handler  # no such method (grpc answers UNIMPLEMENTED), or health and reflection
+        return self._tracing.wrap(self._service, details.method[len(self._prefix) :], handler)
 
 
 class TraceIdFilter(logging.Filter):

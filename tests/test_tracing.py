@@ -49,33 +49,43 @@ def receiver() -> Iterator[tuple[Receiver, int]]:
 
 
 @pytest.fixture
-def traced(sim: SimulatorThread, control: SimulatorControl, receiver, tmp_path: Path):
-    """The sidecar CLI, tracing to the receiver; yields (stub, receiver, log file)."""
+def start_traced(sim: SimulatorThread, control: SimulatorControl, receiver, tmp_path: Path):
+    """start_traced(**config): the sidecar CLI, tracing to the receiver: (stub, receiver, log file)."""
     receiving, port = receiver
-    address = f"127.0.0.1:{free_port()}"
-    config = tmp_path / "sidecar.yaml"
-    config.write_text(yaml.safe_dump({
-        "apiToken": TOKEN, "baseUrl": sim.base_url, "channelId": EMAIL_CHANNEL, "listen": address,
-        "eventTemplateMap": TEMPLATES, "rateLimitPerMinute": 0, "logFormat": "json",
-        "backoffBaseSeconds": 0.01, "backoffMaxSeconds": 0.05,
-    }))  # fmt: skip
-    env = cli_env(
-        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-        OTEL_SERVICE_NAME="sidecar-under-test",
-        OTEL_BSP_SCHEDULE_DELAY="50",  # export within 50 ms, not the default 5 s
-    )
-    log = tmp_path / "sidecar.log"
-    with log.open("wb") as err:
-        popen = subprocess.Popen([sys.executable, "-m", "sidecar", "--config", str(config)],
-                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    channel = grpc.insecure_channel(address)
-    try:
+    started: list[tuple[subprocess.Popen[bytes], grpc.Channel]] = []
+
+    def start(**overrides: Any) -> tuple[pb_grpc.TrengoSidecarStub, Receiver, Path]:
+        address = f"127.0.0.1:{free_port()}"
+        config = tmp_path / f"sidecar-{len(started)}.yaml"
+        config.write_text(yaml.safe_dump({
+            "apiToken": TOKEN, "baseUrl": sim.base_url, "channelId": EMAIL_CHANNEL, "listen": address,
+            "eventTemplateMap": TEMPLATES, "rateLimitPerMinute": 0, "logFormat": "json",
+            "backoffBaseSeconds": 0.01, "backoffMaxSeconds": 0.05, **overrides,
+        }))  # fmt: skip
+        env = cli_env(
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+            OTEL_SERVICE_NAME="sidecar-under-test",
+            OTEL_BSP_SCHEDULE_DELAY="50",  # export within 50 ms, not the default 5 s
+        )
+        log = tmp_path / f"sidecar-{len(started)}.log"
+        with log.open("wb") as err:
+            popen = subprocess.Popen([sys.executable, "-m", "sidecar", "--config", str(config)],
+                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        channel = grpc.insecure_channel(address)
+        started.append((popen, channel))
         grpc.channel_ready_future(channel).result(timeout=20)
-        yield pb_grpc.TrengoSidecarStub(channel), receiving, log
-    finally:
+        return pb_grpc.TrengoSidecarStub(channel), receiving, log
+
+    yield start
+    for popen, channel in started:
         channel.close()
         popen.terminate()
         popen.wait(10)
+
+
+@pytest.fixture
+def traced(start_traced):
+    return start_traced()
 
 
 def parent(trace_id: str, span_id: str) -> tuple[tuple[str, str], ...]:
@@ -213,6 +223,25 @@ def test_neither_the_token_nor_the_search_term_reaches_the_collector(traced, con
         assert TOKEN.encode() not in raw
         for term in (EMAIL, "tracy.searched", "tracy.searched%40example.com", "term="):
             assert term.encode() not in raw
+
+
+def test_a_call_the_auth_token_refuses_has_its_span_too(start_traced, control):
+    stub, receiving, _ = start_traced(authToken="caller-secret")
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    identify = pb.IdentifyRequest(traits=struct({"email": EMAIL}))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Identify(identify, metadata=parent(trace_id, caller_span), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    [server] = spans_of(receiving, trace_id, 1)
+    assert server.name == f"{SERVICE}/Identify" and server.parent_span_id.hex() == caller_span
+    values = attributes(server.attributes)
+    assert values["error.type"] == "CALLER_UNAUTHENTICATED"
+    assert values["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    allowed = (*parent(trace_id, caller_span), ("authorization", "Bearer caller-secret"))
+    stub.Identify(identify, metadata=allowed, timeout=10)
+    spans = spans_of(receiving, trace_id, 4)  # the refused call, then the allowed one and its two calls
+    assert not any(b"caller-secret" in raw for raw in receiving.raw)
+    assert len([s for s in spans if s.name == f"{SERVICE}/Identify"]) == 2
 
 
 def test_an_untraced_call_starts_a_trace_of_its_own(traced):
