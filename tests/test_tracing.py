@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -54,7 +55,8 @@ def start_traced(sim: SimulatorThread, control: SimulatorControl, receiver, tmp_
     receiving, port = receiver
     started: list[tuple[subprocess.Popen[bytes], grpc.Channel]] = []
 
-    def start(**overrides: Any) -> tuple[pb_grpc.TrengoSidecarStub, Receiver, Path]:
+    def start(env: dict[str, str] | None = None, **overrides: Any) -> Any:
+        """(stub, receiver, log); with ``env``, extra environment, and the process as a fourth."""
         address = f"127.0.0.1:{free_port()}"
         config = tmp_path / f"sidecar-{len(started)}.yaml"
         config.write_text(yaml.safe_dump({
@@ -62,19 +64,21 @@ def start_traced(sim: SimulatorThread, control: SimulatorControl, receiver, tmp_
             "eventTemplateMap": TEMPLATES, "rateLimitPerMinute": 0, "logFormat": "json",
             "backoffBaseSeconds": 0.01, "backoffMaxSeconds": 0.05, **overrides,
         }))  # fmt: skip
-        env = cli_env(
-            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
-            OTEL_SERVICE_NAME="sidecar-under-test",
-            OTEL_BSP_SCHEDULE_DELAY="50",  # export within 50 ms, not the default 5 s
-        )
+        environment = cli_env(**{
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_SERVICE_NAME": "sidecar-under-test",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",  # export within 50 ms, not the default 5 s
+            **(env or {}),
+        })
         log = tmp_path / f"sidecar-{len(started)}.log"
         with log.open("wb") as err:
             popen = subprocess.Popen([sys.executable, "-m", "sidecar", "--config", str(config)],
-                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                                     cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=err)
         channel = grpc.insecure_channel(address)
         started.append((popen, channel))
         grpc.channel_ready_future(channel).result(timeout=20)
-        return pb_grpc.TrengoSidecarStub(channel), receiving, log
+        stub = pb_grpc.TrengoSidecarStub(channel)
+        return (stub, receiving, log, popen) if env else (stub, receiving, log)
 
     yield start
     for popen, channel in started:
@@ -242,6 +246,19 @@ def test_a_call_the_auth_token_refuses_has_its_span_too(start_traced, control):
     spans = spans_of(receiving, trace_id, 4)  # the refused call, then the allowed one and its two calls
     assert not any(b"caller-secret" in raw for raw in receiving.raw)
     assert len([s for s in spans if s.name == f"{SERVICE}/Identify"]) == 2
+
+
+def test_spans_still_batched_at_sigterm_are_exported_before_the_process_exits(start_traced, control):
+    # A batch delay of a minute: only the shutdown's flush can deliver these spans in time.
+    stub, receiving, _, process = start_traced(env={"OTEL_BSP_SCHEDULE_DELAY": "60000"})
+    trace_id = secrets.token_hex(16)
+    stub.Identify(pb.IdentifyRequest(traits=struct({"email": EMAIL})), metadata=parent(trace_id, "3" * 16),
+                  timeout=10)
+    time.sleep(0.5)
+    assert [s for s in receiving.spans() if s.trace_id.hex() == trace_id] == []  # still batched
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+    assert len([s for s in receiving.spans() if s.trace_id.hex() == trace_id]) == 3
 
 
 def test_an_untraced_call_starts_a_trace_of_its_own(traced):
