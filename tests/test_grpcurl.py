@@ -66,6 +66,10 @@ def test_describe_gives_the_contract_over_reflection(grpcurl, sidecar):
     # The error details the sidecar sends resolve over reflection too, so grpcurl can print them.
     info = grpcurl(sidecar.address, "describe", "google.rpc.ErrorInfo")
     assert info.returncode == 0 and "string reason = 1;" in info.stdout
+    # Reflection v1 describes itself too (its file is v1alpha's, renamed into grpc.reflection.v1).
+    v1 = grpcurl(sidecar.address, "describe", "grpc.reflection.v1.ServerReflection")
+    assert v1.returncode == 0, v1
+    assert "stream .grpc.reflection.v1.ServerReflectionRequest" in v1.stdout and "v1alpha" not in v1.stdout
 
 
 def test_identify_then_track_print_snake_case_json(grpcurl, sidecar, control):
