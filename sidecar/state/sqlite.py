@@ -178,7 +178,7 @@ class SqliteState:
     # --- locks --------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def flight_lock(self, key: str) -> AsyncIterator[None]:
+    async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         await self.start()
         bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % LOCK_FILES
         try:
