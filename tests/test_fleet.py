@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from tests.fleet import NOT_SERVING, SERVICE, SERVING, Fleet, peak_in_window, share_of_limit, wait_for
 from tests.grpc_helpers import failure
-from tests.harness import SMS_CHANNEL, struct
+from tests.harness import SMS_CHANNEL, free_port, struct
 from tests.postgres import PASSWORD, Postgres
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
@@ -199,9 +200,13 @@ def test_postgres_stopped_mid_run_fails_clearly_then_recovers_with_nothing_writt
 
 def test_a_sidecar_started_while_postgres_is_down_serves_once_it_is_up(fleet, control, pg_url, postgres, ann):
     postgres.stop()
-    [sidecar] = fleet.spawn(1, wait=False, store=pg_url)
+    metrics = f"http://127.0.0.1:{free_port()}/metrics"
+    [sidecar] = fleet.spawn(1, wait=False, store=pg_url, metricsListen=metrics[7:-8])
     sidecar.wait_serving("")  # it starts: the app's pod is not held out of service by the store
     assert sidecar.health(SERVICE) == NOT_SERVING
+    scrape = httpx.get(metrics, timeout=5).text
+    assert 'trengo_sidecar_not_serving{reason="store_unavailable"} 1.0' in scrape
+    assert "trengo_sidecar_store_up 0.0" in scrape and PASSWORD not in scrape
     with pytest.raises(grpc.RpcError) as caught:
         sidecar.stub.Track(track("down-1"), timeout=2)
     f = failure(caught.value)
@@ -214,4 +219,8 @@ def test_a_sidecar_started_while_postgres_is_down_serves_once_it_is_up(fleet, co
     sidecar.wait_serving(SERVICE, timeout=20)
     assert sidecar.stub.Track(track("down-1"), timeout=10).action == pb.ACTION_CREATE_TICKET
     assert len(control.tickets()) == 1
+    scrape = httpx.get(metrics, timeout=5).text
+    assert 'trengo_sidecar_not_serving{reason="store_unavailable"} 0.0' in scrape
+    assert "trengo_sidecar_store_errors_total{" in scrape
+    assert 'trengo_sidecar_store_duration_seconds_count{operation="get_result"}' in scrape
 
