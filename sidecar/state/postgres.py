@@ -108,7 +108,7 @@ class PostgresState:
                 for pool in (self.pool, *self._lock_pools.values()):
                     await pool.check()
         await self._ready()
-        async with self._connection() as conn:
+        async with self._connection(transaction=False) as conn:
             await conn.execute(Q["ping"])
 
     async def aclose(self) -> None:
@@ -118,23 +118,29 @@ class PostgresState:
 
     @contextlib.asynccontextmanager
     async def _connection(
-        self, pool: AsyncConnectionPool | None = None
+        self, pool: AsyncConnectionPool | None = None, *, transaction: bool = True
     ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; the block runs in one transaction (committed at its end); every
-        driver error leaves as StoreError."""
+        """A pooled connection; with ``transaction`` the block runs in one (committed at its end),
+        else each statement commits by itself (one round trip, not three); every driver error leaves
+        as StoreError."""
         # PoolTimeout is a psycopg.OperationalError too.
         pooled = (pool or self.pool).connection(CONNECTION_WAIT_SECONDS)
         try:
-            async with _wrapped(self.url), pooled as conn, conn.transaction():
-                yield conn
+            async with _wrapped(self.url), pooled as conn:
+                if not transaction:
+                    yield conn
+                else:
+                    async with conn.transaction():
+                        yield conn
         except StoreError:
             self.reachable = False
             raise
         self.reachable = True
 
     async def _fetch(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """One statement, which commits by itself."""
         await self._ready()
-        async with self._connection() as conn:
+        async with self._connection(transaction=False) as conn:
             cursor = await conn.execute(Q[name], {"now": self._now(), **params})
             return await cursor.fetchone() if cursor.description else None
 
@@ -235,7 +241,9 @@ def _pool(url: str, name: str, min_size: int, max_size: int, connect_timeout: fl
     # and postgresql:// alike: the URL goes to it unchanged.
     return AsyncConnectionPool(
         url, min_size=min_size, max_size=max(max_size, 1), open=False, timeout=connect_timeout,
-        reconnect_timeout=float("inf"), name=name, kwargs={"connect_timeout": max(1, int(connect_timeout))},
+        reconnect_timeout=float("inf"), name=name,
+        # autocommit: a one-statement operation is one round trip; the others open a transaction.
+        kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
     )
 
 
