@@ -560,3 +560,9 @@ def test_the_store_url_comes_from_a_secret() -> None:
     ref = store["valueFrom"]["secretKeyRef"]
     assert "value" not in store, "the store URL holds a password: it belongs in a Secret"
     assert ref["key"] in _secret_values(_named("Secret", ref["name"]))
+
+
+def test_no_probe_reads_the_service_a_store_outage_turns_not_serving() -> None:
+    """The store's outage turns trengo.sidecar.v1.TrengoSidecar NOT_SERVING; the pod stays in service."""
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert _sidecar()[kind]["grpc"].get("service", "") == "", kind
