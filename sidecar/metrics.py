@@ -27,6 +27,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .filters import RULES
+from .readiness import RESULTS
+
 if TYPE_CHECKING:
     from .cache import TTLCache
     from .server import Sidecar
@@ -81,12 +84,20 @@ class SidecarMetrics:
         self.trengo_retries = Counter(
             f"{PREFIX}_trengo_retries", "Trengo calls tried again, by endpoint template and the "
             "reason of the failed attempt.", ("endpoint", "reason"), registry=registry)
+        self.filtered_events = Counter(
+            f"{PREFIX}_filtered", "Events not delivered, as RudderStack would not have delivered them, by "
+            "rule (consent, integrations).", ("rule",), registry=registry)
+        for rule in RULES:  # exported at 0 from the start, so a rate() over them has a baseline
+            self.filtered_events.labels(rule)
 
     # --- Servicer.observer ---------------------------------------------------------------
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpcs.labels(method, code).inc()
         self.rpc_duration.labels(method).observe(seconds)
+
+    def filtered(self, rule: str) -> None:
+        self.filtered_events.labels(rule).inc()
 
     # --- TrengoClient.observer -------------------------------------------------------------
 
@@ -152,13 +163,30 @@ class ReadCollector(Collector):
                                 "trengo.sidecar.v1.TrengoSidecar reports NOT_SERVING now.",
                                 labels=("reason",))
         failing = set(sidecar.not_serving_reasons())
-        for reason in sorted({"store_unavailable", *failing}):
+        for reason in sorted({"starting", "draining", "trengo_misconfigured", "store_unavailable", *failing}):
             why.add_metric((reason,), 1 if reason in failing else 0)
         yield why
 
         yield CounterMetricFamily(
             f"{PREFIX}_idempotent_replays", "Results given back again for a repeated message_id "
             "(replayed=true), without calling Trengo.", value=delivery.replays)
+        yield from _trengo_check(self._sidecar)
+
+
+def _trengo_check(sidecar: Sidecar) -> Iterator[Metric]:
+    """The last readiness check of Trengo (sidecar/readiness.py): 1 for its result, 0 for the others."""
+    last = sidecar.readiness.last
+    if last is None:
+        return
+    result = GaugeMetricFamily(
+        f"{PREFIX}_trengo_check", "The last check of the token and baseUrl against Trengo "
+        "(GET /channels): 1 for its result.", labels=("result",))  # fmt: skip
+    for name in RESULTS:
+        result.add_metric((name,), 1.0 if last.result == name else 0.0)
+    yield result
+    yield GaugeMetricFamily(
+        f"{PREFIX}_trengo_check_timestamp_seconds", "When the last Trengo check ended (unix time).",
+        value=last.at)  # fmt: skip
 
 
 def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegistry:
