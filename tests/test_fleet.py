@@ -16,8 +16,9 @@ import grpc
 import httpx
 import pytest
 
+from benchmarks.fleet import peak_in_window, share_of_limit
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.fleet import NOT_SERVING, SERVICE, SERVING, Fleet, peak_in_window, share_of_limit, wait_for
+from tests.fleet import NOT_SERVING, SERVICE, SERVING, Fleet, wait_for
 from tests.grpc_helpers import failure
 from tests.harness import SMS_CHANNEL, free_port, struct
 from tests.postgres import PASSWORD, Postgres
