@@ -101,6 +101,7 @@ async def _serve(config: Config) -> None:
                 "channel_identifier": config.channel_identifier,
                 "dedup": config.enable_dedup,
                 "events": len(config.event_templates),
+                "store": config.store.masked(),
             }
         },
     )

@@ -61,10 +61,13 @@ class StoreUrl(Secret):
 
     __slots__ = ()
 
-    def __repr__(self) -> str:
+    def masked(self) -> str:
         from .state.url import mask_url
 
-        return f"StoreUrl({mask_url(self._value)!r})"
+        return mask_url(self._value)
+
+    def __repr__(self) -> str:
+        return f"StoreUrl({self.masked()!r})"
 
     __str__ = __repr__
 
