@@ -73,15 +73,16 @@ class PostgresState:
     # --- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._ready()
+
+    async def _ready(self) -> None:
+        """Open the pools (once; they connect in the background) and migrate (until it has worked)."""
+        if self._migrated:
+            return
         if not self._opened:
             for pool in (self.pool, *self._lock_pools.values()):
                 await pool.open(wait=False)
             self._opened = True
-        await self._ready()
-
-    async def _ready(self) -> None:
-        if self._migrated:
-            return
         async with self._migrating:
             if not self._migrated:
                 await self.migrate("state", sql.migrations("postgres"))
