@@ -24,7 +24,7 @@ from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, free_port, struct
 from tests.postgres import PASSWORD, Postgres
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
-LIMIT, WINDOW = 30, 3.0
+LIMIT, WINDOW = 30, 5.0
 CONTACTS = "/api/v2/contacts"
 CREATE = f"/api/v2/channels/{SMS_CHANNEL}/contacts"  # Trengo creates a contact on its channel
 
