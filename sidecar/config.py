@@ -56,6 +56,22 @@ class Secret:
     __str__ = __repr__
 
 
+class StoreUrl(Secret):
+    """The ``store`` URL: shows itself with its password masked (logs, --check-config, errors)."""
+
+    __slots__ = ()
+
+    def masked(self) -> str:
+        from .state.url import mask_url
+
+        return mask_url(self._value)
+
+    def __repr__(self) -> str:
+        return f"StoreUrl({self.masked()!r})"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class Config:
     api_token: Secret = field(default_factory=lambda: Secret(""))
@@ -84,6 +100,10 @@ class Config:
     backoff_max_seconds: float = 5.0
     rate_limit_per_minute: int = 120
     rate_limit_queue_size: int = 1000
+    rate_limit_window_seconds: float = 60.0  # Trengo's minute; tests shrink it
+    # state (sidecar/state/): memory:, sqlite:///abs/path.db, postgresql://...
+    store: StoreUrl = field(default_factory=lambda: StoreUrl("memory:"))
+    store_pool_size: int = 4
     idempotency_window_seconds: float = 86_400.0
     idempotency_cache_size: int = 100_000
     # server
@@ -121,6 +141,9 @@ _KEYS: dict[str, tuple[str, str]] = {
     "backoffMaxSeconds": ("backoff_max_seconds", "SIDECAR_BACKOFF_MAX_SECONDS"),
     "rateLimitPerMinute": ("rate_limit_per_minute", "TRENGO_RATE_LIMIT_PER_MINUTE"),
     "rateLimitQueueSize": ("rate_limit_queue_size", "SIDECAR_RATE_LIMIT_QUEUE_SIZE"),
+    "rateLimitWindowSeconds": ("rate_limit_window_seconds", "SIDECAR_RATE_LIMIT_WINDOW_SECONDS"),
+    "store": ("store", "SIDECAR_STORE"),
+    "storePoolSize": ("store_pool_size", "SIDECAR_STORE_POOL_SIZE"),
     "idempotencyWindowSeconds": ("idempotency_window_seconds", "SIDECAR_IDEMPOTENCY_WINDOW_SECONDS"),
     "idempotencyCacheSize": ("idempotency_cache_size", "SIDECAR_IDEMPOTENCY_CACHE_SIZE"),
     "maxMessageBytes": ("max_message_bytes", "SIDECAR_MAX_MESSAGE_BYTES"),
@@ -241,6 +264,8 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
+    if attr == "store":
+        return _store(key, _text(key, value).strip())
     if attr in _CONSENT_KEYS:
         return _CONSENT_KEYS[attr](key, value)
     if attr == "enable_dedup":
@@ -279,6 +304,15 @@ def _number(key: str, value: Any, kind: type[int] | type[float]) -> int | float:
     if not math.isfinite(number) or (kind is int and number != int(number)):
         raise ConfigError(key, f"must be a {'whole ' if kind is int else ''}number, not {value!r}")
     return kind(number)
+
+
+def _store(key: str, url: str) -> StoreUrl:
+    from .state.url import check_url
+
+    problem = check_url(url)
+    if problem:
+        raise ConfigError(key, problem)
+    return StoreUrl(url)
 
 
 def _templates(key: str, value: Any) -> Mapping[str, Template]:
@@ -336,6 +370,8 @@ def _check(c: Config) -> None:
         "defaultDeadlineSeconds": c.default_deadline_seconds,
         "rateLimitQueueSize": c.rate_limit_queue_size,
         "idempotencyCacheSize": c.idempotency_cache_size,
+        "rateLimitWindowSeconds": c.rate_limit_window_seconds,
+        "storePoolSize": c.store_pool_size,
     }
     for key, value in positive.items():
         if value <= 0:
