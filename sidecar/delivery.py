@@ -130,6 +130,16 @@ class Delivery:
         self.results.set(event.message_id, replace(outcome, calls=[]))  # a replay lists no calls
         return outcome
 
+    def check(self, event: Event) -> None:
+        """Refuse, before any Trengo call, what ``deliver`` would refuse without one (Enqueue asks)."""
+        if event.kind == "track":
+            tf.template_for(event, self.config.event_templates)
+        self._precheck_identifier(event)
+
+    def forget(self, message_id: str) -> None:
+        """Drop the stored result of a message_id: an operator asked for it to be delivered again."""
+        self.results.discard(message_id)
+
     async def _deliver(self, event: Event, deadline: Deadline) -> Outcome:
         template = tf.template_for(event, self.config.event_templates) if event.kind == "track" else None
         self._precheck_identifier(event)

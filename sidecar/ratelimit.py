@@ -11,6 +11,7 @@ them is a minute old. Waiters queue in FIFO order behind one asyncio.Lock
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections import deque
 
@@ -18,6 +19,10 @@ from .deadline import Deadline
 from .errors import ResourceExhausted
 
 WINDOW_SECONDS = 60.0
+# True in the tasks of the queue worker: their calls take a slot only when no synchronous call is
+# waiting for one, so a caller that waits on its answer always goes first.
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("rate_limit_background", default=False)
+BACKGROUND_POLL_SECONDS = 0.05  # how often a background call looks again while synchronous ones wait
 
 
 class RateLimiter:
@@ -33,6 +38,8 @@ class RateLimiter:
         """Wait for a slot; returns the seconds waited. Raises RESOURCE_EXHAUSTED past the deadline."""
         if self.per_minute <= 0:
             return 0.0
+        if BACKGROUND.get():
+            return await self._acquire_background(deadline)
         if self.waiting >= self.max_waiting:
             raise ResourceExhausted(
                 f"{self.waiting} calls are already waiting for Trengo's rate limit "
@@ -49,6 +56,28 @@ class RateLimiter:
             raise self._exhausted() from None
         finally:
             self.waiting -= 1
+        waited = time.monotonic() - started
+        self.waited_seconds += waited
+        return waited
+
+    async def _acquire_background(self, deadline: Deadline) -> float:
+        """A slot for a queued delivery: only while no synchronous call waits (``waiting`` counts those).
+
+        It polls rather than queueing on the lock, so it never stands in front of a synchronous call.
+        """
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                while True:
+                    delay = self.wait_now()
+                    if self.waiting == 0 and delay <= 0 and not self._lock.locked():
+                        async with self._lock:
+                            if self.waiting == 0 and self.wait_now() <= 0:
+                                self._sent.append(time.monotonic())
+                                break
+                    await asyncio.sleep(max(min(delay, 1.0), BACKGROUND_POLL_SECONDS))
+        except TimeoutError:
+            raise self._exhausted() from None
         waited = time.monotonic() - started
         self.waited_seconds += waited
         return waited

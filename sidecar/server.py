@@ -27,6 +27,7 @@ from .config import Config
 from .deadline import Deadline
 from .delivery import Delivery, Outcome
 from .errors import InvalidArgument, SidecarError, Unavailable
+from .queue.service import QueueService
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
 from .stream import OrderedByKey
@@ -304,7 +305,9 @@ class Sidecar:
             limiter=RateLimiter(config.rate_limit_per_minute, config.rate_limit_queue_size),
         )
         self.delivery = Delivery(config, self.client)
-        self.servicer = Servicer(config, self.delivery)
+        # The queue's RPCs of the service are served by QueueService (sidecar/queue/), registered beside.
+        self.servicer = Servicer(config, self.delivery)  # type: ignore[abstract]
+        self.queue = QueueService(config, self.delivery, lambda: self.servicer.observer)
         self.health = health.aio.HealthServicer()
         interceptors = [AuthInterceptor(config.auth_token.reveal(), SERVICE)] if config.auth_token else []
         self.server = grpc.aio.server(
@@ -316,7 +319,7 @@ class Sidecar:
             ],
         )
         # Registered, as grpcio-tools' generated code does, so grpc matches the method in its core.
-        handlers = self._handlers()
+        handlers = {**self._handlers(), **self.queue.handlers(_tolerant)}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -351,6 +354,7 @@ class Sidecar:
     async def start(self) -> int:
         """Bind and start; returns the port bound (0 for a unix socket)."""
         self.port = self._bind(self.config.listen)
+        await self.queue.start()
         await self.server.start()
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -380,6 +384,7 @@ class Sidecar:
         self.servicer.in_flight.closing = True
         await self.health.enter_graceful_shutdown()
         await self.servicer.in_flight.wait_idle(grace)
+        await self.queue.stop(max(0.0, ends - time.monotonic()))
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
 

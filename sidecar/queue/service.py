@@ -1,0 +1,312 @@
+"""The queue's RPCs (Enqueue, GetDelivery, WatchDeliveries, ListDeliveries, RetryDeliveries) and life cycle.
+
+server.py registers these handlers beside its own and starts and stops this
+service with the sidecar; everything about the queue lives under sidecar/queue/.
+Enqueue validates exactly as the synchronous calls do (same parsers, then
+Delivery.check), and answers only once the store has committed the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, replace
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+
+from .. import events
+from ..answers import abort_with
+from ..config import Config
+from ..delivery import Delivery
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, Unavailable
+from .backends import open_queue
+from .hooks import filtered_reason
+from .policy import QueuePolicy
+from .store import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    QUEUED,
+    RETRYING,
+    Job,
+    NewJob,
+    QueueError,
+    QueueStore,
+    RetryRefused,
+)
+from .worker import Worker, WorkerSettings
+
+log = logging.getLogger("sidecar.queue")
+SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
+STATES = {
+    QUEUED: pb.DELIVERY_STATE_QUEUED,
+    DELIVERING: pb.DELIVERY_STATE_DELIVERING,
+    RETRYING: pb.DELIVERY_STATE_RETRYING,
+    DELIVERED: pb.DELIVERY_STATE_DELIVERED,
+    FAILED: pb.DELIVERY_STATE_FAILED,
+}
+STATE_NAMES = {number: name for name, number in STATES.items()}
+PARSERS: dict[str, Callable[[Any], events.Event]] = {
+    "identify": events.from_identify,
+    "track": events.from_track,
+    "send_event": events.from_send_event,
+}
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+WATCH_POLL_SECONDS = 0.5
+STORE_RETRY_SECONDS = 1.0
+
+
+def person(event: events.Event) -> str:
+    """Whose event it is, for order: user_id, else anonymous_id, else the identifier (or contact id)."""
+    if event.user_id:
+        return f"user:{event.user_id}"
+    if event.anonymous_id:
+        return f"anonymous:{event.anonymous_id}"
+    if event.email:
+        return f"email:{event.email.lower()}"
+    if event.phone:
+        return "phone:" + "".join(ch for ch in event.phone if ch.isdigit() or ch == "+")
+    if event.contact_id is not None:
+        return f"contact:{event.contact_id}"
+    return f"message:{event.message_id}"
+
+
+def policy_of(config: Config) -> QueuePolicy:
+    return QueuePolicy(
+        base_seconds=config.queue_retry_base_seconds,
+        max_seconds=config.queue_retry_max_seconds,
+        min_attempts=config.queue_give_up_attempts,
+        give_up_seconds=config.queue_give_up_seconds,
+        max_age_seconds=config.queue_max_age_seconds,
+    )
+
+
+def settings_of(config: Config) -> WorkerSettings:
+    return WorkerSettings(
+        concurrency=config.queue_concurrency,
+        lease_seconds=config.queue_lease_seconds,
+        poll_seconds=config.queue_poll_seconds,
+        attempt_seconds=config.queue_attempt_timeout_seconds,
+        retention_seconds=config.queue_retention_seconds,
+    )
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def to_status(job: Job) -> pb.DeliveryStatus:
+    status = pb.DeliveryStatus(
+        message_id=job.message_id,
+        state=STATES[job.state],
+        attempts=job.attempts,
+        accepted_at=_timestamp(job.accepted_at),
+    )
+    if job.state == DELIVERED and job.result is not None:
+        json_format.ParseDict(job.result, status.result)
+    if job.state in (FAILED, RETRYING) and job.error is not None:
+        json_format.ParseDict(job.error, status.error)
+    if job.state in (QUEUED, RETRYING):
+        status.next_attempt_at.CopyFrom(_timestamp(job.next_attempt_at))
+    return status
+
+
+def _not_durable() -> FailedPrecondition:
+    return FailedPrecondition(
+        "Enqueue needs a durable store, and this sidecar runs with store memory: (nothing would survive a "
+        "restart); set store to sqlite:///path/state.db or postgresql://...",
+        reason="STORE_NOT_DURABLE",
+    )
+
+
+def _store_down(exc: QueueError) -> Unavailable:
+    return Unavailable(str(exc), reason="STORE_UNAVAILABLE", retry_after=STORE_RETRY_SECONDS)
+
+
+class QueueService:
+    def __init__(self, config: Config, delivery: Delivery, observer: Callable[[], Any]) -> None:
+        self.config = config
+        self.delivery = delivery
+        self._observer = observer  # the servicer's metrics hook, looked up per call (installed later)
+        self.store: QueueStore | None = None
+        self.worker: Worker | None = None
+        self._close: Callable[[], Awaitable[None]] | None = None
+        self._closing = asyncio.Event()
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        opened = await open_queue(self.config.store)
+        if opened is None:
+            return  # memory: Enqueue answers FAILED_PRECONDITION
+        self.store, self._close = opened
+        if self.config.queue_concurrency > 0:
+            self.worker = Worker(self.store, self.delivery, policy_of(self.config), settings_of(self.config))
+            self.worker.start()
+
+    async def stop(self, grace: float) -> None:
+        self._closing.set()
+        if self.worker is not None:
+            await self.worker.stop(grace)
+        if self._close is not None:
+            await self._close()
+            self._close = None
+
+    # --- registration --------------------------------------------------------------------------
+
+    def handlers(
+        self, deserializer: Callable[[Any], Callable[[bytes], Any]]
+    ) -> dict[str, grpc.RpcMethodHandler]:
+        """The RPC handlers, for server.py to register with its own (``deserializer``: its tolerant one)."""
+        unary: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any, Any]] = {
+            "Enqueue": (self.Enqueue, pb.EnqueueRequest, pb.EnqueueResponse),
+            "GetDelivery": (self.GetDelivery, pb.GetDeliveryRequest, pb.DeliveryStatus),
+            "ListDeliveries": (self.ListDeliveries, pb.ListDeliveriesRequest, pb.ListDeliveriesResponse),
+            "RetryDeliveries": (self.RetryDeliveries, pb.RetryDeliveriesRequest, pb.RetryDeliveriesResponse),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._unary(name, handler),
+                request_deserializer=deserializer(request),
+                response_serializer=response.SerializeToString,
+            )
+            for name, (handler, request, response) in unary.items()
+        }
+        handlers["WatchDeliveries"] = grpc.unary_stream_rpc_method_handler(
+            self.WatchDeliveries,
+            request_deserializer=deserializer(pb.WatchDeliveriesRequest),
+            response_serializer=pb.DeliveryUpdate.SerializeToString,
+        )
+        return handlers
+
+    def _unary(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, code = time.monotonic(), "OK"
+            try:
+                return await handler(_checked(request))
+            except QueueError as exc:
+                code = "UNAVAILABLE"
+                await abort_with(context, _store_down(exc))
+            except SidecarError as exc:
+                code = exc.code.name
+                await abort_with(context, exc)
+            finally:
+                observer = self._observer()
+                if observer:
+                    observer.rpc(name, code, time.monotonic() - started)
+
+        return call
+
+    def _durable(self) -> QueueStore:
+        if self.store is None:
+            raise _not_durable()
+        return self.store
+
+    # --- the RPCs --------------------------------------------------------------------------------
+
+    async def Enqueue(self, request: pb.EnqueueRequest) -> pb.EnqueueResponse:
+        store = self._durable()
+        which = request.WhichOneof("event")
+        if which is None:
+            raise InvalidArgument("one of identify, track or send_event is required", field="event")
+        event = PARSERS[which](getattr(request, which))
+        if event.dry_run:
+            raise InvalidArgument(
+                "a dry run cannot be queued: call Identify, Track or SendEvent", field="dry_run"
+            )
+        self.delivery.check(event)
+        message_id = event.message_id or uuid.uuid4().hex
+        event = replace(event, message_id=message_id)
+        reason = filtered_reason(event, self.config)
+        if reason:
+            return pb.EnqueueResponse(message_id=message_id, filtered_reason=reason)
+        new = await store.enqueue(NewJob(message_id, person(event), asdict(event)))
+        if new and self.worker is not None:
+            self.worker.wake()
+        return pb.EnqueueResponse(message_id=message_id, duplicate=not new)
+
+    async def GetDelivery(self, request: pb.GetDeliveryRequest) -> pb.DeliveryStatus:
+        store = self._durable()
+        if not request.message_id:
+            raise InvalidArgument("message_id is required", field="message_id")
+        job = await store.get(request.message_id)
+        if job is None:
+            raise NotFound(
+                f"no accepted event has message_id {request.message_id[:80]!r}", reason="DELIVERY_NOT_FOUND"
+            )
+        return to_status(job)
+
+    async def ListDeliveries(self, request: pb.ListDeliveriesRequest) -> pb.ListDeliveriesResponse:
+        store = self._durable()
+        state = STATE_NAMES.get(request.state or pb.DELIVERY_STATE_FAILED)
+        if state is None:
+            raise InvalidArgument(f"state {request.state} is not a DeliveryState", field="state")
+        if request.limit < 0:
+            raise InvalidArgument("limit must not be negative", field="limit")
+        limit = min(request.limit or DEFAULT_PAGE, MAX_PAGE)
+        after = _page_token(request.page_token)
+        jobs = await store.by_state(state, after, limit)
+        token = str(jobs[-1].id) if len(jobs) == limit else ""
+        return pb.ListDeliveriesResponse(deliveries=[to_status(j) for j in jobs], next_page_token=token)
+
+    async def RetryDeliveries(self, request: pb.RetryDeliveriesRequest) -> pb.RetryDeliveriesResponse:
+        store = self._durable()
+        if request.all_failed == bool(request.message_ids):
+            raise InvalidArgument("give message_ids or all_failed, one of the two", field="message_ids")
+        try:
+            retried = await store.retry_failed(None if request.all_failed else list(request.message_ids))
+        except RetryRefused as exc:
+            if exc.state is None:
+                raise NotFound(str(exc), reason="DELIVERY_NOT_FOUND") from None
+            raise FailedPrecondition(str(exc), reason="DELIVERY_NOT_FAILED") from None
+        if retried and self.worker is not None:
+            self.worker.wake()
+        return pb.RetryDeliveriesResponse(retried=retried)
+
+    async def WatchDeliveries(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeliveryUpdate]:
+        try:
+            store = self._durable()
+            cursor = _checked(request).cursor
+            if cursor < 0:
+                raise InvalidArgument("cursor must not be negative", field="cursor")
+        except SidecarError as exc:
+            await abort_with(context, exc)
+        while not self._closing.is_set():
+            try:
+                jobs = await store.changes(cursor, DEFAULT_PAGE)
+            except QueueError as exc:
+                await abort_with(context, _store_down(exc))
+            for job in jobs:
+                cursor = job.seq
+                yield pb.DeliveryUpdate(cursor=job.seq, status=to_status(job))
+            if len(jobs) < DEFAULT_PAGE:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), WATCH_POLL_SECONDS)
+
+
+def _page_token(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument("page_token is not one ListDeliveries gave", field="page_token")
+    return int(token)
+
+
+def _checked(request: Any) -> Any:
+    """server.py's tolerant parser hands over an Undecodable for a request protobuf could not parse."""
+    problem = getattr(request, "problem", None)
+    if isinstance(problem, str) and not hasattr(request, "ListFields"):
+        raise InvalidArgument(f"the request could not be decoded ({problem})", field="request")
+    return request
