@@ -1,0 +1,199 @@
+"""Enqueue and the queue's RPCs, end to end: a real sidecar on SQLite, the simulator as Trengo."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from sidecar.simulator import SimulatorControl
+from tests.grpc_helpers import failure
+from tests.harness import SidecarThread, struct
+from tests.queue_helpers import FAST_QUEUE, identify, order, settled, subject_order, wait_for
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+TICKETS = "/api/v2/tickets"
+Start = Callable[..., pb_grpc.TrengoSidecarStub]
+
+
+@pytest.fixture
+def start(make_sidecar: Callable[..., SidecarThread], tmp_path: Path) -> Start:
+    def start(**overrides: Any) -> pb_grpc.TrengoSidecarStub:
+        config = {"store": f"sqlite:///{tmp_path}/state.db", **FAST_QUEUE, **overrides}
+        _, stub = make_sidecar(**config).stub()
+        return stub
+
+    return start
+
+
+def test_with_the_memory_store_enqueue_is_refused_naming_store(make_sidecar, control):
+    _, stub = make_sidecar(store="memory:").stub()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Enqueue(identify("ann"), timeout=5)
+    found = failure(caught.value)
+    assert found.code == grpc.StatusCode.FAILED_PRECONDITION and "store" in found.message, found
+    assert control.requests() == []
+
+
+def test_an_enqueued_identify_then_track_is_delivered_and_reported(start, control: SimulatorControl):
+    stub = start()
+    first = stub.Enqueue(identify("ann", message_id="m-1", name="Ann Lee"), timeout=5)
+    second = stub.Enqueue(order("ann", 1), timeout=5)
+    assert (first.message_id, first.duplicate) == ("m-1", False)
+    assert len(second.message_id) == 32 and not second.duplicate  # generated: the event had none
+    statuses = settled(stub, ["m-1", second.message_id])
+    assert statuses["m-1"].state == pb.DELIVERY_STATE_DELIVERED
+    assert statuses["m-1"].result.action == pb.ACTION_CREATE_CONTACT
+    ticket = statuses[second.message_id]
+    [stored] = control.tickets()
+    assert ticket.result.ticket_id == stored["id"] and stored["subject"] == "Order 1"
+    assert ticket.attempts == 1 and ticket.accepted_at.seconds > 0
+    assert [c["name"] for c in control.contacts()] == ["Ann Lee"]
+
+
+def test_the_same_message_id_is_accepted_once(start, control):
+    stub = start()
+    stub.Enqueue(identify("ann"), timeout=5)
+    answers = [stub.Enqueue(order("ann", 1, message_id="once"), timeout=5) for _ in range(3)]
+    assert [(a.message_id, a.duplicate) for a in answers] == [("once", False), ("once", True), ("once", True)]
+    assert settled(stub, ["once"])["once"].state == pb.DELIVERY_STATE_DELIVERED
+    assert len(control.requests(path_prefix=TICKETS)) == 1 and len(control.tickets()) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "reason", "field"),
+    [
+        (pb.EnqueueRequest(), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVENT", "event"),
+        (
+            pb.EnqueueRequest(identify=pb.IdentifyRequest(traits=struct({"email": "not an address"}))),
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVENT", "traits.email",
+        ),
+        (
+            pb.EnqueueRequest(identify=pb.IdentifyRequest(user_id="u")),
+            grpc.StatusCode.INVALID_ARGUMENT, "MISSING_IDENTIFIER", "",
+        ),
+        (
+            pb.EnqueueRequest(track=pb.TrackRequest(event="Nobody mapped this", context=struct(
+                {"traits": {"email": "ann@example.com"}}))),
+            grpc.StatusCode.FAILED_PRECONDITION, "EVENT_NOT_MAPPED", "",
+        ),
+        (
+            pb.EnqueueRequest(
+                identify=pb.IdentifyRequest(traits=struct({"email": "a@example.com"}), dry_run=True)
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVENT", "dry_run",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_input_is_refused_as_the_synchronous_call_refuses_it_and_nothing_is_queued(
+    start, control, request_, code, reason, field
+):
+    stub = start()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Enqueue(request_, timeout=5)
+    found = failure(caught.value)
+    assert (found.code, found.reason) == (code, reason), found
+    if field:
+        assert found.field == field
+    queued = [
+        stub.ListDeliveries(pb.ListDeliveriesRequest(state=state), timeout=5).deliveries
+        for state in (pb.DELIVERY_STATE_QUEUED, pb.DELIVERY_STATE_DELIVERING, pb.DELIVERY_STATE_DELIVERED)
+    ]
+    assert queued == [[], [], []]
+    assert control.requests() == []
+
+
+def test_an_unknown_message_id_is_not_found(start):
+    stub = start()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetDelivery(pb.GetDeliveryRequest(message_id="never-sent"), timeout=5)
+    assert failure(caught.value).code == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_422_fails_that_event_at_once_and_the_persons_later_events_go_on(start, control):
+    stub = start()
+    ids = [stub.Enqueue(identify("ann"), timeout=5).message_id]
+    control.add_fault(method="POST", path=TICKETS, status=422, count=1,
+                      body={"message": "The given data was invalid.", "errors": {"subject": ["bad"]}})
+    ids += [stub.Enqueue(order("ann", n), timeout=5).message_id for n in (1, 2, 3)]
+    statuses = settled(stub, ids)
+    rejected = statuses[ids[1]]
+    assert rejected.state == pb.DELIVERY_STATE_FAILED and rejected.attempts == 1
+    assert rejected.error.reason == "TRENGO_REJECTED" and "422" in rejected.error.message
+    assert [statuses[m].state for m in ids[2:]] == [pb.DELIVERY_STATE_DELIVERED] * 2
+    assert subject_order(control.tickets()) == [2, 3]
+
+
+def test_an_outage_of_503s_delays_delivery_but_nothing_fails(start, control):
+    stub = start(maxAttempts=1)
+    control.add_fault(status=503, count=-1)  # every call, until cleared
+    ids = [stub.Enqueue(identify(p), timeout=5).message_id for p in ("ann", "bob")]
+    ids += [stub.Enqueue(order(p, n), timeout=5).message_id for n in (1, 2) for p in ("ann", "bob")]
+    wait_for(lambda: len(control.requests()) >= 6, "several failed attempts")
+    heads = [stub.GetDelivery(pb.GetDeliveryRequest(message_id=m), timeout=5) for m in ids[:2]]
+    assert {h.state for h in heads} <= {pb.DELIVERY_STATE_RETRYING, pb.DELIVERY_STATE_DELIVERING}
+    later = stub.GetDelivery(pb.GetDeliveryRequest(message_id=ids[2]), timeout=5)
+    assert later.state == pb.DELIVERY_STATE_QUEUED and later.attempts == 0  # held behind Ann's identify
+    control.clear_faults()
+    statuses = settled(stub, ids)
+    assert {s.state for s in statuses.values()} == {pb.DELIVERY_STATE_DELIVERED}
+    assert statuses[ids[0]].attempts > 1
+    assert sorted(subject_order(control.tickets())) == [1, 1, 2, 2]
+    assert len(control.contacts()) == 2
+
+
+def test_a_retrying_event_reports_its_last_error_and_next_attempt(start, control):
+    stub = start(maxAttempts=1, queueRetryBaseSeconds=30, queueRetryMaxSeconds=30)
+    control.add_fault(status=503, count=-1)
+    message_id = stub.Enqueue(identify("ann"), timeout=5).message_id
+    status = wait_for(
+        lambda: (s := stub.GetDelivery(pb.GetDeliveryRequest(message_id=message_id), timeout=5)).state
+        == pb.DELIVERY_STATE_RETRYING and s,
+        "the first attempt to fail",
+    )
+    assert status.error.reason == "TRENGO_UNAVAILABLE" and "503" in status.error.message
+    assert 25 < status.next_attempt_at.seconds - status.accepted_at.seconds <= 31
+
+
+def test_operators_list_failed_events_and_retry_them(start, control):
+    stub = start()
+    ids = [stub.Enqueue(identify(p), timeout=5).message_id for p in ("ann", "bob")]
+    settled(stub, ids)
+    control.add_fault(method="POST", path=TICKETS, status=422, count=2)
+    failed = [stub.Enqueue(order(p, 1), timeout=5).message_id for p in ("ann", "bob")]
+    settled(stub, failed)
+    listed = stub.ListDeliveries(pb.ListDeliveriesRequest(state=pb.DELIVERY_STATE_FAILED), timeout=5)
+    assert sorted(d.message_id for d in listed.deliveries) == sorted(failed)
+    page = stub.ListDeliveries(pb.ListDeliveriesRequest(limit=1), timeout=5)  # FAILED by default
+    assert len(page.deliveries) == 1 and page.next_page_token
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RetryDeliveries(pb.RetryDeliveriesRequest(message_ids=[ids[0]]), timeout=5)  # delivered
+    assert failure(caught.value).code == grpc.StatusCode.FAILED_PRECONDITION
+    assert stub.RetryDeliveries(pb.RetryDeliveriesRequest(message_ids=[failed[0]]), timeout=5).retried == 1
+    assert settled(stub, failed[:1])[failed[0]].state == pb.DELIVERY_STATE_DELIVERED
+    assert stub.RetryDeliveries(pb.RetryDeliveriesRequest(all_failed=True), timeout=5).retried == 1
+    assert settled(stub, failed[1:])[failed[1]].state == pb.DELIVERY_STATE_DELIVERED
+    assert sorted(subject_order(control.tickets())) == [1, 1]
+
+
+def test_watch_follows_outcomes_from_a_cursor_and_a_reconnect_misses_nothing(start, control):
+    stub = start()
+    ids = [stub.Enqueue(identify(f"p{i}"), timeout=5).message_id for i in range(4)]
+    settled(stub, ids)
+    stream = stub.WatchDeliveries(pb.WatchDeliveriesRequest(cursor=0), timeout=10)
+    first = [next(stream) for _ in range(2)]
+    stream.cancel()
+    later = [stub.Enqueue(identify(f"q{i}"), timeout=5).message_id for i in range(2)]
+    settled(stub, later)
+    stream = stub.WatchDeliveries(pb.WatchDeliveriesRequest(cursor=first[-1].cursor), timeout=10)
+    rest = [next(stream) for _ in range(4)]
+    stream.cancel()
+    seen = [u.status.message_id for u in first + rest]
+    assert sorted(seen) == sorted(ids + later) and len(set(seen)) == 6
+    assert all(u.status.state == pb.DELIVERY_STATE_DELIVERED for u in first + rest)
+    cursors = [u.cursor for u in first + rest]
+    assert cursors == sorted(cursors)
