@@ -367,6 +367,9 @@ def _check(c: Config) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(key, "must not be negative")
+    if c.queue_lease_seconds <= c.request_timeout_seconds:
+        # A dead sidecar's last write must land (or time out) before another takes the person's next event.
+        raise ConfigError("queueLeaseSeconds", "must be greater than requestTimeoutSeconds")
     if c.metrics_listen and not _is_host_port(c.metrics_listen):
         raise ConfigError("metricsListen", f"must be HOST:PORT, not {c.metrics_listen!r}")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):
