@@ -56,3 +56,24 @@ def stub(sidecar: SidecarThread) -> Iterator[pb_grpc.TrengoSidecarStub]:
 def ann(control: SimulatorControl) -> dict[str, Any]:
     """Ann's contact on the email channel, already in the simulator."""
     return control.add_contact(name="Ann", identifier="ann@example.com", channel_id=EMAIL_CHANNEL)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real PostgreSQL 16 (the pgserver wheel), for the session."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """The URL of a database of this test's own on the session's PostgreSQL."""
+    import re
+    import uuid
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    postgres_server.psql(f"CREATE DATABASE {name};")
+    return str(postgres_server.get_uri(name))

@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg_pool
 import pytest
 
+from sidecar.queue.postgres import PostgresQueue
 from sidecar.queue.sqlite import SqliteQueue, SqliteRunner
 from sidecar.queue.store import (
     DELIVERED,
@@ -41,21 +43,27 @@ class Clock:
 Run = Callable[[Callable[[QueueStore], Awaitable[Any]]], Any]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Run, Clock]]:
     """run(fn): fn(store) on a fresh store of that backend, on one event loop for the test."""
     clock = Clock()
     loop = asyncio.new_event_loop()
-    runner = SqliteRunner(str(tmp_path / "queue.db"))
-    queue = SqliteQueue(runner, clock)
-    loop.run_until_complete(runner.start())
+    queue: QueueStore
+    if request.param == "sqlite":
+        runner = SqliteRunner(str(tmp_path / "queue.db"))
+        loop.run_until_complete(runner.start())
+        queue, close = SqliteQueue(runner, clock), runner.aclose
+    else:
+        pool = psycopg_pool.AsyncConnectionPool(request.getfixturevalue("postgres_url"), open=False)
+        loop.run_until_complete(pool.open())
+        queue, close = PostgresQueue(pool, clock), pool.close
     loop.run_until_complete(queue.open())
 
     def run(fn: Callable[[QueueStore], Awaitable[Any]]) -> Any:
         return loop.run_until_complete(fn(queue))
 
     yield run, clock
-    loop.run_until_complete(runner.aclose())
+    loop.run_until_complete(close())
     loop.close()
 
 
@@ -64,8 +72,10 @@ def job(message_id: str, person: str) -> NewJob:
 
 
 def enqueue_all(run: Run, *jobs: NewJob) -> list[bool]:
+    """Accepted one after another: acceptance order is each person's order."""
+
     async def go(q: QueueStore) -> list[bool]:
-        return list(await asyncio.gather(*(q.enqueue(j) for j in jobs)))
+        return [await q.enqueue(j) for j in jobs]
 
     return list(run(go))
 
@@ -93,6 +103,15 @@ def test_a_message_id_is_accepted_once(store: tuple[Run, Clock]) -> None:
     assert enqueue_all(run, job("m1", "p"), job("m1", "p"), job("m2", "p")) == [True, False, True]
     assert enqueue_all(run, job("m1", "q")) == [False]
     assert run(lambda q: q.get("m1")).person == "p"
+
+
+def test_concurrent_enqueues_of_one_message_id_accept_it_once(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+
+    async def go(q: QueueStore) -> list[bool]:
+        return list(await asyncio.gather(*(q.enqueue(job(f"m{i % 3}", "p")) for i in range(12))))
+
+    assert sorted(run(go)) == [False] * 9 + [True] * 3
 
 
 def test_only_each_persons_head_is_claimed_and_one_at_a_time(store: tuple[Run, Clock]) -> None:

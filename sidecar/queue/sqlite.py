@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS queue_deliveries (
   active INTEGER NOT NULL DEFAULT 1,
   attempts INTEGER NOT NULL DEFAULT 0,
   accepted_at REAL NOT NULL,
+  retry_from REAL NOT NULL,
   next_attempt_at REAL NOT NULL,
   lease_owner TEXT,
   lease_until REAL,
@@ -72,11 +73,11 @@ INSERT OR IGNORE INTO queue_meta (key, value) VALUES ('seq', 0);
 
 COLUMNS = (
     "id, message_id, person, event, state, attempts, accepted_at, next_attempt_at, write_sent, forced, "
-    "result, error, seq"
+    "result, error, seq, retry_from"
 )
 INSERT = (
-    "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, next_attempt_at) "
-    "VALUES (?, ?, ?, 'queued', ?, ?) ON CONFLICT (message_id) DO NOTHING"
+    "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, "
+    "next_attempt_at) VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
 )
 # A job whose lease ran out: its holder died (or stalled past the lease).
 EXPIRED_SENT = (
@@ -228,9 +229,8 @@ class SqliteQueue:
                 inserted.append(False)
                 continue
             seen.add(job.message_id)
-            cursor = db.execute(
-                INSERT, (job.message_id, job.person, json.dumps(job.event, separators=(",", ":")), now, now)
-            )
+            event = json.dumps(job.event, separators=(",", ":"))
+            cursor = db.execute(INSERT, (job.message_id, job.person, event, now, now, now))
             inserted.append(cursor.rowcount == 1)
         return inserted
 
@@ -435,6 +435,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         result=json.loads(row[10]) if row[10] else None,
         error=json.loads(row[11]) if row[11] else None,
         seq=row[12],
+        retry_from=row[13],
     )
 
 

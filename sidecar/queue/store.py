@@ -65,6 +65,7 @@ class Job:
     result: dict[str, Any] | None = None  # a DeliveryResult, as protobuf JSON
     error: dict[str, Any] | None = None  # a DeliverError, as protobuf JSON
     seq: int = 0  # the cursor of its last change, for WatchDeliveries
+    retry_from: float = 0.0  # when the retry schedule's clock started: accepted, or retried by an operator
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,9 @@ class QueueStore(Protocol):
         """Jobs whose last change has a cursor > after_seq, in cursor order."""
 
     async def retry_failed(self, message_ids: list[str] | None) -> int:
-        """Queue failed jobs again (all of them for None); raises RetryRefused, changing nothing, if a
-        named one is unknown or not failed. Returns how many were queued."""
+        """Queue failed jobs again (all of them for None), their retry schedule started afresh (attempts
+        0, retry_from now); raises RetryRefused, changing nothing, if a named one is unknown or not
+        failed. Returns how many were queued."""
 
     async def prune(self, delivered_before: float) -> int:
         """Delete delivered jobs finished before that time; returns how many."""

@@ -202,7 +202,7 @@ class Worker:
         attempts = job.attempts + 1
         now = self.clock()
         as_json = json_format.MessageToDict(deliver_error(error), preserving_proto_field_name=True)
-        if self.policy.decide(kind, attempts, now - job.accepted_at) == "fail":
+        if self.policy.decide(kind, attempts, now - job.retry_from) == "fail":
             log.warning(
                 "queue: %s failed for good after %d attempts: %s", job.message_id, attempts, error.message
             )
