@@ -59,13 +59,22 @@ def ann(control: SimulatorControl) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real PostgreSQL 16 (the pgserver wheel), for the session."""
+def postgres_server() -> Iterator[Any]:
+    """A real PostgreSQL 16 (the pgserver wheel), for the session.
+
+    Its data lives in a directory of its own, not under pytest's tmp_path: pytest prunes old base
+    directories, and another pytest on the machine could prune this one while it runs.
+    """
+    import shutil
+    import tempfile
+
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    data = tempfile.mkdtemp(prefix="sidecar-pg-")
+    server = pgserver.get_server(data, cleanup_mode="stop")
     yield server
     server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture

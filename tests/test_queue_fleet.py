@@ -1,0 +1,95 @@
+"""The fleet: three real sidecar processes on one PostgreSQL drain one queue, one is SIGKILLed mid-run.
+
+Each person's events are accepted one after another but through different sidecars, and delivered
+by whichever sidecar claims them: order per person must hold across the fleet. The simulator
+enforces a per-token limit (429 with Retry-After); the sidecars' own limits sum below it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from sidecar.simulator import SimulatorThread
+from tests.queue_helpers import QUEUE_TEMPLATES, identify, order, wait_for
+from tests.queue_procs import sidecar_process
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+
+PEOPLE, TRACKS = 30, 4
+UNSETTLED = (pb.DELIVERY_STATE_QUEUED, pb.DELIVERY_STATE_DELIVERING, pb.DELIVERY_STATE_RETRYING)
+CONFIG = {
+    "eventTemplateMap": QUEUE_TEMPLATES,
+    "queueConcurrency": 2,
+    "queueLeaseSeconds": 2,
+    "requestTimeoutSeconds": 1.5,
+    "queuePollSeconds": 0.1,
+    "queueRetryBaseSeconds": 0.1,
+    "queueRetryMaxSeconds": 0.5,
+    "rateLimitPerMinute": 150,
+}
+
+
+@pytest.mark.timeout(180)
+def test_three_sidecars_drain_one_queue_in_order_per_person_through_a_sigkill(
+    sim: SimulatorThread, control, tmp_path: Path, postgres_url: str
+):
+    control.configure(rate_limit_per_minute=500)  # the fleet's own limits: 3 x 150
+    # Each sidecar's first call (its channel listing) is held while the events are accepted, so every
+    # person's events are all queued before any goes: only the queue keeps their order.
+    control.add_fault(method="GET", path="/api/v2/channels", delay=3.0, count=3)
+    control.add_fault(delay=0.02, count=-1)  # every call a little slow, so the kill lands mid-run
+    fleet = [
+        sidecar_process(tmp_path, sim.base_url, f"fleet{i}", store=postgres_url, **CONFIG).start()
+        for i in range(3)
+    ]
+    try:
+        stubs = [process.stub() for process in fleet]
+        accepted: dict[str, tuple[str, int]] = {}
+        for step in range(TRACKS + 1):  # one event per person per step, a step accepted before the next
+            calls = []
+            for p in range(PEOPLE):
+                n = p * TRACKS + step
+                request = identify(f"p{p}") if step == 0 else order(f"p{p}", n)
+                stub = stubs[(p + step) % 3]  # a person's events go through all three sidecars
+                calls.append((f"p{p}", 0 if step == 0 else n, stub.Enqueue.future(request, timeout=10)))
+            accepted.update({call.result().message_id: (person, n) for person, n, call in calls})
+        assert len(control.tickets()) == 0
+        wait_for(lambda: len(control.tickets()) >= 20, "deliveries under way", 60)
+        fleet[0].kill()
+        survivor = stubs[1]
+
+        def pending() -> bool:
+            return any(
+                survivor.ListDeliveries(pb.ListDeliveriesRequest(state=state, limit=1), timeout=5).deliveries
+                for state in UNSETTLED
+            )
+
+        wait_for(lambda: not pending(), "the fleet to drain the queue", 120)
+        statuses = {
+            m: survivor.GetDelivery(pb.GetDeliveryRequest(message_id=m), timeout=5) for m in accepted
+        }
+    finally:
+        for process in fleet:
+            process.stop()
+    control.clear_faults()
+    wait_for(lambda: all(r["status"] is not None for r in control.requests()), "held requests to end", 10)
+
+    assert not [r for r in control.requests() if r["status"] == 429], "the fleet drew a 429"
+    tickets = control.tickets()
+    subjects = [t["subject"] for t in tickets]
+    assert len(subjects) == len(set(subjects)), "a ticket was written twice"
+    identifiers = sorted(c["identifier"] for c in control.contacts())
+    assert identifiers == sorted(f"p{p}@example.com" for p in range(PEOPLE))
+    failed = [s for s in statuses.values() if s.state == pb.DELIVERY_STATE_FAILED]
+    # Only what the killed sidecar had in flight may fail, and only as an unknown outcome.
+    assert all(s.error.reason == "TRENGO_OUTCOME_UNKNOWN" for s in failed), failed
+    assert len(failed) <= CONFIG["queueConcurrency"]
+    delivered = [m for m, s in statuses.items() if s.state == pb.DELIVERY_STATE_DELIVERED]
+    assert len(delivered) + len(failed) == len(accepted) == PEOPLE * (TRACKS + 1)
+    created: dict[str, list[int]] = defaultdict(list)
+    for ticket in sorted(tickets, key=lambda t: t["id"]):
+        created[ticket["contact"]["identifier"].split("@")[0]].append(int(ticket["subject"].split()[1]))
+    disorder = {person: ns for person, ns in created.items() if ns != sorted(ns)}
+    assert not disorder
