@@ -27,6 +27,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .queue.metrics import collect as queue_metrics
+
 if TYPE_CHECKING:
     from .cache import TTLCache
     from .server import Sidecar
@@ -127,6 +129,7 @@ class ReadCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_idempotent_replays", "Results given back again for a repeated message_id "
             "(replayed=true), without calling Trengo.", value=delivery.replays)
+        yield from queue_metrics(self._sidecar.queue)
 
 
 def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegistry:

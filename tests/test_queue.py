@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
+from sidecar.metrics import install_metrics
 from sidecar.simulator import SimulatorControl
 from tests.grpc_helpers import failure
 from tests.harness import SidecarThread, struct
@@ -197,3 +198,25 @@ def test_watch_follows_outcomes_from_a_cursor_and_a_reconnect_misses_nothing(sta
     assert all(u.status.state == pb.DELIVERY_STATE_DELIVERED for u in first + rest)
     cursors = [u.cursor for u in first + rest]
     assert cursors == sorted(cursors)
+
+
+def test_metrics_show_depth_by_state_the_oldest_age_attempts_and_failures(make_sidecar, tmp_path, control):
+    thread = make_sidecar(store=f"sqlite:///{tmp_path}/state.db", **FAST_QUEUE)
+    registry = install_metrics(thread.sidecar, process=False)
+    _, stub = thread.stub()
+    ids = [stub.Enqueue(identify(p), timeout=5).message_id for p in ("ann", "bob")]
+    control.add_fault(method="POST", path=TICKETS, status=422, count=1)
+    ids.append(stub.Enqueue(order("ann", 1), timeout=5).message_id)
+    settled(stub, ids)
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    wait_for(lambda: sample("trengo_sidecar_queue_depth", state="delivered") == 2, "the stats to refresh")
+    assert sample("trengo_sidecar_queue_depth", state="failed") == 1
+    assert sample("trengo_sidecar_queue_depth", state="queued") == 0
+    assert sample("trengo_sidecar_queue_failed") == 1
+    assert sample("trengo_sidecar_queue_oldest_age_seconds") == 0  # nothing waits
+    assert sample("trengo_sidecar_queue_attempts_total", outcome="delivered") == 2
+    assert sample("trengo_sidecar_queue_attempts_total", outcome="failed") == 1
+    assert sample("trengo_sidecar_rpcs_total", method="Enqueue", code="OK") == 3

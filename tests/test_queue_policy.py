@@ -48,3 +48,29 @@ def test_no_transient_failure_fails_before_both_thresholds(attempts: int, age: f
     if verdict == "fail":
         assert (attempts >= 3 and age >= 3 * HOUR) or age + policy.delay(attempts) > 24 * HOUR
     assert 0 < policy.delay(attempts) <= 300
+
+
+def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery(monkeypatch) -> None:
+    import asyncio
+
+    from sidecar import ratelimit
+    from sidecar.deadline import Deadline
+
+    monkeypatch.setattr(ratelimit, "WINDOW_SECONDS", 0.3)
+    order: list[str] = []
+
+    async def take(limiter: ratelimit.RateLimiter, who: str, background: bool) -> None:
+        ratelimit.BACKGROUND.set(background)  # this task's own context
+        await limiter.acquire(Deadline.after(5))
+        order.append(who)
+
+    async def main() -> None:
+        limiter = ratelimit.RateLimiter(per_minute=1, max_waiting=10)
+        await limiter.acquire(Deadline.after(1))  # the one slot is taken for the window
+        queued = asyncio.create_task(take(limiter, "queued", True))
+        await asyncio.sleep(0.05)  # the queued delivery asked first
+        sync = asyncio.create_task(take(limiter, "sync", False))
+        await asyncio.gather(queued, sync)
+
+    asyncio.run(main())
+    assert order == ["sync", "queued"]
