@@ -220,3 +220,16 @@ def test_metrics_show_depth_by_state_the_oldest_age_attempts_and_failures(make_s
     assert sample("trengo_sidecar_queue_attempts_total", outcome="delivered") == 2
     assert sample("trengo_sidecar_queue_attempts_total", outcome="failed") == 1
     assert sample("trengo_sidecar_rpcs_total", method="Enqueue", code="OK") == 3
+
+
+def test_an_event_the_consent_filter_drops_is_answered_with_the_reason_and_not_queued(start, control):
+    from tests.test_filters_e2e import CONSENT, DENIED, REASON, context
+
+    stub = start(**CONSENT)
+    request = pb.EnqueueRequest(identify=pb.IdentifyRequest(user_id="u1", context=context(DENIED)))
+    answer = stub.Enqueue(request, timeout=5)
+    assert answer.filtered_reason == REASON and answer.message_id and not answer.duplicate
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetDelivery(pb.GetDeliveryRequest(message_id=answer.message_id), timeout=5)
+    assert failure(caught.value).code == grpc.StatusCode.NOT_FOUND
+    assert control.requests() == []

@@ -22,13 +22,12 @@ from google.protobuf import json_format, timestamp_pb2
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
-from .. import events
+from .. import events, filters
 from ..answers import abort_with
 from ..config import Config
 from ..delivery import Delivery
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, Unavailable
 from .backends import open_queue
-from .hooks import filtered_reason
 from .policy import QueuePolicy
 from .store import (
     DELIVERED,
@@ -224,12 +223,15 @@ class QueueService:
             raise InvalidArgument(
                 "a dry run cannot be queued: call Identify, Track or SendEvent", field="dry_run"
             )
-        self.delivery.check(event)
         message_id = event.message_id or uuid.uuid4().hex
         event = replace(event, message_id=message_id)
-        reason = filtered_reason(event, self.config)
-        if reason:
-            return pb.EnqueueResponse(message_id=message_id, filtered_reason=reason)
+        dropped = filters.check(event, self.config)  # first, as the synchronous calls filter first
+        if dropped is not None:
+            observer = self._observer()
+            if observer:
+                observer.filtered(dropped.rule)
+            return pb.EnqueueResponse(message_id=message_id, filtered_reason=dropped.reason)
+        self.delivery.check(event)
         new = await store.enqueue(NewJob(message_id, person(event), asdict(event)))
         if new and self.worker is not None:
             self.worker.wake()
