@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -8,6 +9,7 @@ import pytest
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_config
+from tests.postgres import Postgres
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 
@@ -59,30 +61,18 @@ def ann(control: SimulatorControl) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Any]:
-    """A real PostgreSQL 16 (the pgserver wheel), for the session.
-
-    Its data lives in a directory of its own, not under pytest's tmp_path: pytest prunes old base
-    directories, and another pytest on the machine could prune this one while it runs.
-    """
-    import shutil
-    import tempfile
-
-    import pgserver
-
-    data = tempfile.mkdtemp(prefix="sidecar-pg-")
-    server = pgserver.get_server(data, cleanup_mode="stop")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for the session (tests/postgres.py); never skipped."""
+    server = Postgres()
+    server.start()
     yield server
-    server.cleanup()
-    shutil.rmtree(data, ignore_errors=True)
+    server.close()
 
 
 @pytest.fixture
-def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
-    """The URL of a database of this test's own on the session's PostgreSQL."""
-    import re
-    import uuid
-
-    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
-    postgres_server.psql(f"CREATE DATABASE {name};")
-    return str(postgres_server.get_uri(name))
+def pg_url(postgres: Postgres, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL, for this test alone."""
+    if not postgres.running():
+        postgres.start()  # a fault test before this one stopped it
+    name = "t_" + hashlib.blake2b(request.node.nodeid.encode(), digest_size=8).hexdigest()
+    return postgres.create_database(name)

@@ -33,7 +33,7 @@ CONFIG = {
 
 @pytest.mark.timeout(180)
 def test_three_sidecars_drain_one_queue_in_order_per_person_through_a_sigkill(
-    sim: SimulatorThread, control, tmp_path: Path, postgres_url: str
+    sim: SimulatorThread, control, tmp_path: Path, pg_url: str
 ):
     control.configure(rate_limit_per_minute=500)  # the fleet's own limits: 3 x 150
     # Each sidecar's first call (its channel listing) is held while the events are accepted, so every
@@ -41,7 +41,7 @@ def test_three_sidecars_drain_one_queue_in_order_per_person_through_a_sigkill(
     control.add_fault(method="GET", path="/api/v2/channels", delay=3.0, count=3)
     control.add_fault(delay=0.02, count=-1)  # every call a little slow, so the kill lands mid-run
     fleet = [
-        sidecar_process(tmp_path, sim.base_url, f"fleet{i}", store=postgres_url, **CONFIG).start()
+        sidecar_process(tmp_path, sim.base_url, f"fleet{i}", store=pg_url, **CONFIG).start()
         for i in range(3)
     ]
     try:

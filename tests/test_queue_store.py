@@ -12,11 +12,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg_pool
 import pytest
 
 from sidecar.queue.postgres import PostgresQueue
-from sidecar.queue.sqlite import SqliteQueue, SqliteRunner
+from sidecar.queue.sqlite import SqliteQueue
 from sidecar.queue.store import (
     DELIVERED,
     DELIVERING,
@@ -28,6 +27,7 @@ from sidecar.queue.store import (
     QueueStore,
     RetryRefused,
 )
+from sidecar.state import open_state
 
 LEASE = 30.0
 
@@ -50,20 +50,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Run,
     loop = asyncio.new_event_loop()
     queue: QueueStore
     if request.param == "sqlite":
-        runner = SqliteRunner(str(tmp_path / "queue.db"))
-        loop.run_until_complete(runner.start())
-        queue, close = SqliteQueue(runner, clock), runner.aclose
+        state = open_state(f"sqlite:///{tmp_path}/state.db", clock=clock)
+        queue = SqliteQueue(state, clock)
     else:
-        pool = psycopg_pool.AsyncConnectionPool(request.getfixturevalue("postgres_url"), open=False)
-        loop.run_until_complete(pool.open())
-        queue, close = PostgresQueue(pool, clock), pool.close
+        state = open_state(request.getfixturevalue("pg_url"))
+        queue = PostgresQueue(state, clock)
+    loop.run_until_complete(state.start())
     loop.run_until_complete(queue.open())
 
     def run(fn: Callable[[QueueStore], Awaitable[Any]]) -> Any:
         return loop.run_until_complete(fn(queue))
 
     yield run, clock
-    loop.run_until_complete(close())
+    loop.run_until_complete(state.aclose())
     loop.close()
 
 

@@ -20,16 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .queries import load_queries
+from ..state.sql import load_queries
 from .store import STATES, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
 
 T = TypeVar("T")
 Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
-MIGRATION_LOCK = 0x7165756575  # "queue": one sidecar migrates at a time
 EXPIRED_MESSAGE = (
     "the sidecar delivering this event stopped after its write may have been sent; whether Trengo did it "
     "is unknown, so it is not sent again (retry it to resend)"
@@ -37,8 +35,11 @@ EXPIRED_MESSAGE = (
 
 
 class PostgresQueue:
-    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Any], clock: Callable[[], float] | None = None):
-        self.pool = pool
+    """On the state's PostgreSQL backend: its pool (``state.pool``) and its migrations."""
+
+    def __init__(self, state: Any, clock: Callable[[], float] | None = None) -> None:
+        self.state = state
+        self.pool = state.pool
         self.clock = clock  # None: the server's clock
 
     def _now(self) -> float | None:
@@ -48,15 +49,15 @@ class PostgresQueue:
         try:
             async with self.pool.connection() as conn, conn.transaction():
                 return await work(conn)
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise QueueError(f"the queue store (PostgreSQL) failed: {type(exc).__name__}: {exc}") from exc
+        except psycopg.Error as exc:  # PoolTimeout is one too
+            # The class and SQLSTATE only: a driver's message can name the host, never our business.
+            code = getattr(exc, "sqlstate", None) or ""
+            raise QueueError(
+                f"the queue's store {self.state.url} is unavailable: {type(exc).__name__} {code}".strip()
+            ) from None
 
     async def open(self) -> None:
-        async def migrate(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            await conn.execute(Q["migrate_1"])
-
-        await self._run(migrate)
+        await self.state.migrate("queue", [Q["migrate_1"]])
 
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""

@@ -26,8 +26,10 @@ from .. import events, filters
 from ..answers import abort_with
 from ..config import Config
 from ..delivery import Delivery
-from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, Unavailable
-from .backends import open_queue
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, StoreError, Unavailable
+from ..state import open_state
+from ..state.url import scheme_of
+from .backends import queue_on
 from .policy import QueuePolicy
 from .store import (
     DELIVERED,
@@ -37,7 +39,6 @@ from .store import (
     RETRYING,
     Job,
     NewJob,
-    QueueError,
     QueueStore,
     RetryRefused,
 )
@@ -61,6 +62,7 @@ PARSERS: dict[str, Callable[[Any], events.Event]] = {
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 WATCH_POLL_SECONDS = 0.5
 STORE_RETRY_SECONDS = 1.0
+OPEN_WAIT_SECONDS = 10.0  # how long start-up waits for the store before going on without it
 
 
 def person(event: events.Event) -> str:
@@ -128,10 +130,6 @@ def _not_durable() -> FailedPrecondition:
     )
 
 
-def _store_down(exc: QueueError) -> Unavailable:
-    return Unavailable(str(exc), reason="STORE_UNAVAILABLE", retry_after=STORE_RETRY_SECONDS)
-
-
 class QueueService:
     def __init__(self, config: Config, delivery: Delivery, observer: Callable[[], Any]) -> None:
         self.config = config
@@ -139,27 +137,50 @@ class QueueService:
         self._observer = observer  # the servicer's metrics hook, looked up per call (installed later)
         self.store: QueueStore | None = None
         self.worker: Worker | None = None
-        self._close: Callable[[], Awaitable[None]] | None = None
+        self._state: Any = None
+        self._owns_state = False
+        self._opening: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
 
     # --- life cycle ----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        opened = await open_queue(self.config.store)
-        if opened is None:
-            return  # memory: Enqueue answers FAILED_PRECONDITION
-        self.store, self._close = opened
-        if self.config.queue_concurrency > 0:
+    async def start(self, state: Any = None) -> None:
+        """Open the queue in ``state`` (the sidecar's), or in a state of its own for ``store``.
+
+        A store that cannot be reached yet does not stop the sidecar: the queue keeps trying in the
+        background, and Enqueue answers UNAVAILABLE (STORE_UNAVAILABLE) meanwhile.
+        """
+        if scheme_of(self.config.store) == "memory":
+            return  # Enqueue answers FAILED_PRECONDITION naming store
+        if state is None:
+            state, self._owns_state = open_state(self.config.store), True
+        self._state = state
+        self._opening = asyncio.create_task(self._open(), name="queue-open")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._opening), OPEN_WAIT_SECONDS)
+
+    async def _open(self) -> None:
+        while True:
+            try:
+                await self._state.start()
+                self.store = await queue_on(self._state)
+                break
+            except StoreError as exc:
+                log.warning("queue: the store is not usable yet, retrying: %s", exc)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+        if self.config.queue_concurrency > 0 and self.store is not None:
             self.worker = Worker(self.store, self.delivery, policy_of(self.config), settings_of(self.config))
             self.worker.start()
 
     async def stop(self, grace: float) -> None:
         self._closing.set()
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
         if self.worker is not None:
             await self.worker.stop(grace)
-        if self._close is not None:
-            await self._close()
-            self._close = None
+        if self._owns_state and self._state is not None:
+            await self._state.aclose()
+            self._state = None
 
     # --- registration --------------------------------------------------------------------------
 
@@ -193,10 +214,7 @@ class QueueService:
             started, code = time.monotonic(), "OK"
             try:
                 return await handler(_checked(request))
-            except QueueError as exc:
-                code = "UNAVAILABLE"
-                await abort_with(context, _store_down(exc))
-            except SidecarError as exc:
+            except SidecarError as exc:  # StoreError (UNAVAILABLE, STORE_UNAVAILABLE) among them
                 code = exc.code.name
                 await abort_with(context, exc)
             finally:
@@ -207,9 +225,12 @@ class QueueService:
         return call
 
     def _durable(self) -> QueueStore:
-        if self.store is None:
+        if self.store is not None:
+            return self.store
+        if self._state is None:
             raise _not_durable()
-        return self.store
+        raise Unavailable("the queue's store is not reachable yet", reason="STORE_UNAVAILABLE",
+                          retry_after=STORE_RETRY_SECONDS)
 
     # --- the RPCs --------------------------------------------------------------------------------
 
@@ -288,8 +309,8 @@ class QueueService:
         while not self._closing.is_set():
             try:
                 jobs = await store.changes(cursor, DEFAULT_PAGE)
-            except QueueError as exc:
-                await abort_with(context, _store_down(exc))
+            except StoreError as exc:
+                await abort_with(context, exc)
             for job in jobs:
                 cursor = job.seq
                 yield pb.DeliveryUpdate(cursor=job.seq, status=to_status(job))

@@ -1,12 +1,10 @@
-"""The queue on SQLite: one file, durable commits (WAL, synchronous=FULL), commits batched.
+"""The queue on SQLite: its tables in the state's file, on the state's connection and thread.
 
-stdlib sqlite3 on one connection in one thread of its own: SQLite serialises
-writers anyway, and one thread keeps the event loop free while a commit
-waits for the disk. Enqueues that arrive while a commit is under way go
-into the next one together (group commit), so at 32 in flight one fsync
-answers many callers; each caller still hears back only after its row is
-on disk. Several processes may share the file (a restarted sidecar, a CLI):
-``busy_timeout`` makes them wait for each other's locks.
+The state's SQLite backend runs each operation as one BEGIN IMMEDIATE
+transaction in its own thread, with synchronous=FULL, so a commit is on disk
+when it returns. Enqueues that arrive while a commit is under way go into
+the next one together (group commit): at 32 in flight one fsync answers many
+callers, and each caller still hears back only after its row is on disk.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .store import (
     DELIVERED,
@@ -29,14 +26,12 @@ from .store import (
     Job,
     NewJob,
     Outcome,
-    QueueError,
     RetryRefused,
     Stats,
     unknown_error,
 )
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 10_000
 MAX_BATCH = 512
 
 SCHEMA = """
@@ -95,83 +90,16 @@ ORDER BY d.next_attempt_at, d.id LIMIT ?
 """
 
 
-class SqliteRunner:
-    """One SQLite connection in a thread of its own; ``run(fn)`` is one IMMEDIATE transaction.
+class SqlRunner(Protocol):
+    """What the queue needs of the state's SQLite backend (sidecar/state/sqlite.py)."""
 
-    The shape of the state store's SQLite backend (``run`` and ``migrate``), so the queue can
-    share its file and connection; this one stands alone for the queue.
-    """
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T: ...
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="queue-sqlite")
-
-    async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._connect)
-
-    def _connect(self) -> None:
-        try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")  # a commit is on disk before Enqueue answers
-        except sqlite3.Error as exc:
-            raise QueueError(f"cannot open the queue store {self.path}: {exc}") from exc
-        self._db = db
-
-    async def aclose(self) -> None:
-        def disconnect() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, disconnect)
-        self._thread.shutdown(wait=True)
-
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, work)
-
-    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        if db is None:
-            raise QueueError("the queue store is closed")
-        try:
-            # IMMEDIATE: the write lock is taken at the start, so two processes never deadlock.
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-            except BaseException:
-                db.rollback()
-                raise
-            db.commit()
-            return result
-        except sqlite3.Error as exc:
-            raise QueueError(f"the queue store (SQLite) failed: {exc}") from exc
-
-    async def migrate(self, component: str, steps: list[str]) -> None:
-        def apply(db: sqlite3.Connection) -> None:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_versions (component TEXT PRIMARY KEY, version INTEGER)"
-            )
-            row = db.execute(
-                "SELECT version FROM schema_versions WHERE component = ?", (component,)
-            ).fetchone()
-            done = row[0] if row else 0
-            for step in steps[done:]:
-                for statement in filter(str.strip, step.split(";")):
-                    db.execute(statement)
-            db.execute(
-                "INSERT INTO schema_versions (component, version) VALUES (?, ?) "
-                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (component, len(steps)),
-            )
-
-        await self.run(apply)
+    async def migrate(self, component: str, steps: list[str]) -> None: ...
 
 
 class SqliteQueue:
-    def __init__(self, runner: SqliteRunner, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, runner: SqlRunner, clock: Callable[[], float] = time.time) -> None:
         self.runner = runner
         self.clock = clock
         self._pending: list[tuple[NewJob, asyncio.Future[bool]]] = []

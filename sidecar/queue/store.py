@@ -17,6 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import StoreError
+
+# The store could not do what was asked (unreachable, locked past its timeout): the state's own error,
+# UNAVAILABLE with reason STORE_UNAVAILABLE and RetryInfo, raised by the backends at the seam.
+QueueError = StoreError
+
 QUEUED, DELIVERING, RETRYING, DELIVERED, FAILED = "queued", "delivering", "retrying", "delivered", "failed"
 STATES = (QUEUED, DELIVERING, RETRYING, DELIVERED, FAILED)
 UNKNOWN_REASON = "TRENGO_OUTCOME_UNKNOWN"
@@ -25,10 +31,6 @@ UNKNOWN_REASON = "TRENGO_OUTCOME_UNKNOWN"
 def unknown_error(message: str) -> dict[str, Any]:
     """The DeliverError (protobuf JSON) of a write whose outcome nobody can know: UNAVAILABLE, no retry."""
     return {"code": 14, "message": message, "reason": UNKNOWN_REASON}
-
-
-class QueueError(Exception):
-    """The store could not do what was asked (unreachable, locked past its timeout, ...)."""
 
 
 class RetryRefused(Exception):
