@@ -233,3 +233,35 @@ def test_an_event_the_consent_filter_drops_is_answered_with_the_reason_and_not_q
         stub.GetDelivery(pb.GetDeliveryRequest(message_id=answer.message_id), timeout=5)
     assert failure(caught.value).code == grpc.StatusCode.NOT_FOUND
     assert control.requests() == []
+
+
+def test_the_operator_cli_lists_failed_events_and_retries_one(make_sidecar, control, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.harness import cli_env
+
+    thread = make_sidecar(store=f"sqlite:///{tmp_path}/state.db", **FAST_QUEUE)
+    _, stub = thread.stub()
+    ids = [stub.Enqueue(identify("ann"), timeout=5).message_id]
+    control.add_fault(method="POST", path=TICKETS, status=422, count=1)
+    ids.append(stub.Enqueue(order("ann", 1), timeout=5).message_id)
+    settled(stub, ids)
+    address = thread.address
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "sidecar", "deliveries", "--address", address, *args]
+        return subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=30)
+
+    listed = cli("list", "--state", "failed")
+    assert listed.returncode == 0, listed.stderr
+    assert ids[1] in listed.stdout and "TRENGO_REJECTED" in listed.stdout and "1 failed" in listed.stdout
+    assert ids[0] not in listed.stdout
+    refused = cli("retry", ids[0])  # delivered, not failed
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+    retried = cli("retry", ids[1])
+    assert retried.returncode == 0 and "queued again: 1" in retried.stdout, retried.stderr
+    assert settled(stub, ids[1:])[ids[1]].state == pb.DELIVERY_STATE_DELIVERED
+    shown = cli("get", ids[1])
+    assert '"DELIVERY_STATE_DELIVERED"' in shown.stdout
+    assert cli("retry").returncode == 2  # neither ids nor --all
