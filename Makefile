@@ -67,6 +67,7 @@ test: lint buf test-python
 
 bench: install
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.queue
 
 clean:
 	rm -rf $(VENV) trengo $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
