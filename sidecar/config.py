@@ -56,6 +56,19 @@ class Secret:
     __str__ = __repr__
 
 
+class StoreUrl(Secret):
+    """The ``store`` URL: shows itself with its password masked (logs, --check-config, errors)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        from .state.url import mask_url
+
+        return f"StoreUrl({mask_url(self._value)!r})"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class Config:
     api_token: Secret = field(default_factory=lambda: Secret(""))
@@ -84,10 +97,12 @@ class Config:
     backoff_max_seconds: float = 5.0
     rate_limit_per_minute: int = 120
     rate_limit_queue_size: int = 1000
+    rate_limit_window_seconds: float = 60.0  # Trengo's minute; tests shrink it
+    # state (sidecar/state/): memory:, sqlite:///abs/path.db, postgresql://...
+    store: StoreUrl = field(default_factory=lambda: StoreUrl("memory:"))
+    store_pool_size: int = 4
     idempotency_window_seconds: float = 86_400.0
     idempotency_cache_size: int = 100_000
-    # state: memory:, sqlite:///path or postgresql://... (the queue needs a durable one)
-    store: str = "memory:"
     # the delivery queue (Enqueue): RudderStack's retry schedule, and the worker
     queue_concurrency: int = 4
     queue_retry_base_seconds: float = 10.0
@@ -134,9 +149,11 @@ _KEYS: dict[str, tuple[str, str]] = {
     "backoffMaxSeconds": ("backoff_max_seconds", "SIDECAR_BACKOFF_MAX_SECONDS"),
     "rateLimitPerMinute": ("rate_limit_per_minute", "TRENGO_RATE_LIMIT_PER_MINUTE"),
     "rateLimitQueueSize": ("rate_limit_queue_size", "SIDECAR_RATE_LIMIT_QUEUE_SIZE"),
+    "rateLimitWindowSeconds": ("rate_limit_window_seconds", "SIDECAR_RATE_LIMIT_WINDOW_SECONDS"),
+    "store": ("store", "SIDECAR_STORE"),
+    "storePoolSize": ("store_pool_size", "SIDECAR_STORE_POOL_SIZE"),
     "idempotencyWindowSeconds": ("idempotency_window_seconds", "SIDECAR_IDEMPOTENCY_WINDOW_SECONDS"),
     "idempotencyCacheSize": ("idempotency_cache_size", "SIDECAR_IDEMPOTENCY_CACHE_SIZE"),
-    "store": ("store", "SIDECAR_STORE"),
     "queueConcurrency": ("queue_concurrency", "SIDECAR_QUEUE_CONCURRENCY"),
     "queueRetryBaseSeconds": ("queue_retry_base_seconds", "SIDECAR_QUEUE_RETRY_BASE_SECONDS"),
     "queueRetryMaxSeconds": ("queue_retry_max_seconds", "SIDECAR_QUEUE_RETRY_MAX_SECONDS"),
@@ -267,6 +284,8 @@ def _parse(key: str, value: Any) -> Any:
         return _templates(key, value)
     if attr in _CONSENT_KEYS:
         return _CONSENT_KEYS[attr](key, value)
+    if attr == "store":
+        return _store(key, _text(key, value).strip())
     if attr == "enable_dedup":
         return _bool(key, value)
     if attr in _INTS:
@@ -303,6 +322,15 @@ def _number(key: str, value: Any, kind: type[int] | type[float]) -> int | float:
     if not math.isfinite(number) or (kind is int and number != int(number)):
         raise ConfigError(key, f"must be a {'whole ' if kind is int else ''}number, not {value!r}")
     return kind(number)
+
+
+def _store(key: str, url: str) -> StoreUrl:
+    from .state.url import check_url
+
+    problem = check_url(url)
+    if problem:
+        raise ConfigError(key, problem)
+    return StoreUrl(url)
 
 
 def _templates(key: str, value: Any) -> Mapping[str, Template]:
@@ -366,6 +394,8 @@ def _check(c: Config) -> None:
         "queuePollSeconds": c.queue_poll_seconds,
         "queueAttemptTimeoutSeconds": c.queue_attempt_timeout_seconds,
         "queueRetentionSeconds": c.queue_retention_seconds,
+        "rateLimitWindowSeconds": c.rate_limit_window_seconds,
+        "storePoolSize": c.store_pool_size,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -27,9 +27,12 @@ from .config import Config
 from .deadline import Deadline
 from .delivery import Delivery, Outcome
 from .errors import InvalidArgument, SidecarError, Unavailable
-from .queue.service import QueueService
+from .queue.service import QueueService, queue_connections
 from .ratelimit import RateLimiter
 from .retry import RetryPolicy
+from .state import open_state, scope_of
+from .state.health import StoreHealth
+from .state.observed import ObservedState
 from .stream import OrderedByKey
 from .trengo import TrengoClient
 
@@ -309,14 +312,31 @@ class Sidecar:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # The state, from config, given to those that use it (sidecar/state/: memory, SQLite, PostgreSQL).
+        self.state = ObservedState(
+            open_state(
+                config.store.reveal(),
+                pool_size=config.store_pool_size + queue_connections(config),
+                contact_cache_size=config.contact_cache_size,
+                result_cache_size=config.idempotency_cache_size,
+            )
+        )
+        scope = scope_of(config.api_token.reveal())  # a hash of the token, never the token
+        limiter = RateLimiter(
+            config.rate_limit_per_minute,
+            config.rate_limit_queue_size,
+            self.state,
+            key=scope,
+            window=config.rate_limit_window_seconds,
+        )
         self.client = TrengoClient(
             config.base_url,
             config.api_token,
             timeout=config.request_timeout_seconds,
             policy=RetryPolicy(config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds),
-            limiter=RateLimiter(config.rate_limit_per_minute, config.rate_limit_queue_size),
+            limiter=limiter,
         )
-        self.delivery = Delivery(config, self.client)
+        self.delivery = Delivery(config, self.client, self.state, scope)
         # The queue's RPCs of the service are served by QueueService (sidecar/queue/), registered beside.
         self.servicer = Servicer(config, self.delivery)  # type: ignore[abstract]
         self.queue = QueueService(config, self.delivery, lambda: self.servicer.observer)
@@ -340,6 +360,27 @@ class Sidecar:
             self.server,
         )
         self.port = 0
+        self.store_health = StoreHealth(self.state, self._health_changed)
+
+    def serving(self) -> bool:
+        """Whether the service (not "": the pod's probes read that one) is SERVING: every condition holds.
+
+        A condition is a small named check; a failing one makes the service NOT_SERVING and shows as
+        trengo_sidecar_not_serving{reason=...}. Today: the store answers."""
+        return not self.not_serving_reasons()
+
+    def not_serving_reasons(self) -> list[str]:
+        reasons = []
+        if not self.store_health.up:
+            reasons.append("store_unavailable")
+        return reasons
+
+    async def _health_changed(self) -> None:
+        if self.servicer.in_flight.closing:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if self.serving() else (
+            health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE, status)
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The generated registration, with deserializers that turn a decode error into INVALID_ARGUMENT."""
@@ -366,10 +407,11 @@ class Sidecar:
     async def start(self) -> int:
         """Bind and start; returns the port bound (0 for a unix socket)."""
         self.port = self._bind(self.config.listen)
-        await self.queue.start()
+        await self.store_health.start()  # a store that is down is retried in the background
+        await self.queue.start(self.state)  # the queue's tables in the same store (sidecar/queue/)
         await self.server.start()
-        for name in ("", SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health_changed()
         return self.port
 
     def _bind(self, address: str) -> int:
@@ -399,6 +441,8 @@ class Sidecar:
         await self.queue.stop(max(0.0, ends - time.monotonic()))
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
+        await self.store_health.aclose()
+        await self.state.aclose()
 
     async def serve_until_signal(self) -> None:
         stop = asyncio.Event()

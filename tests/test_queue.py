@@ -265,3 +265,20 @@ def test_the_operator_cli_lists_failed_events_and_retries_one(make_sidecar, cont
     shown = cli("get", ids[1])
     assert '"DELIVERY_STATE_DELIVERED"' in shown.stdout
     assert cli("retry").returncode == 2  # neither ids nor --all
+
+
+def test_a_lost_answer_fails_as_unknown_and_an_operators_retry_sends_it_again(start, control):
+    stub = start()
+    ids = [stub.Enqueue(identify("ann"), timeout=5).message_id]
+    control.add_fault(method="POST", path=TICKETS, drop=True, after=True, count=1)  # written, answer lost
+    ids.append(stub.Enqueue(order("ann", 1, message_id="lost-1"), timeout=5).message_id)
+    ids.append(stub.Enqueue(order("ann", 2), timeout=5).message_id)
+    statuses = settled(stub, ids)
+    assert statuses["lost-1"].state == pb.DELIVERY_STATE_FAILED
+    assert statuses["lost-1"].error.reason == "TRENGO_OUTCOME_UNKNOWN" and statuses["lost-1"].attempts == 1
+    assert statuses[ids[2]].state == pb.DELIVERY_STATE_DELIVERED  # the person's next event went on
+    assert len(control.requests(path_prefix=TICKETS, method="POST")) == 2  # never resent by itself
+    assert stub.RetryDeliveries(pb.RetryDeliveriesRequest(message_ids=["lost-1"]), timeout=5).retried == 1
+    again = settled(stub, ["lost-1"])["lost-1"]
+    assert again.state == pb.DELIVERY_STATE_DELIVERED and again.result.ticket_id > 0
+    assert subject_order(control.tickets()) == [1, 2, 1]  # the operator chose to send it once more

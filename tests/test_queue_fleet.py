@@ -2,7 +2,7 @@
 
 Each person's events are accepted one after another but through different sidecars, and delivered
 by whichever sidecar claims them: order per person must hold across the fleet. The simulator
-enforces a per-token limit (429 with Retry-After); the sidecars' own limits sum below it.
+enforces the per-token limit (429 with Retry-After) that the fleet shares through the store.
 """
 
 from __future__ import annotations
@@ -35,11 +35,14 @@ CONFIG = {
 def test_three_sidecars_drain_one_queue_in_order_per_person_through_a_sigkill(
     sim: SimulatorThread, control, tmp_path: Path, pg_url: str
 ):
-    control.configure(rate_limit_per_minute=500)  # the fleet's own limits: 3 x 150
+    # The simulator enforces the very limit the fleet shares through the store: more calls than it
+    # allows in a minute are needed, so the drain runs into it, and must never draw a 429.
+    control.configure(rate_limit_per_minute=CONFIG["rateLimitPerMinute"])
     # Each sidecar's first call (its channel listing) is held while the events are accepted, so every
     # person's events are all queued before any goes: only the queue keeps their order.
-    control.add_fault(method="GET", path="/api/v2/channels", delay=3.0, count=3)
-    control.add_fault(delay=0.02, count=-1)  # every call a little slow, so the kill lands mid-run
+    # (after=True: the simulator counts each call against its limit when it arrives, then waits.)
+    control.add_fault(method="GET", path="/api/v2/channels", delay=3.0, count=3, after=True)
+    control.add_fault(delay=0.02, count=-1, after=True)  # every call a little slow: the kill lands mid-run
     fleet = [
         sidecar_process(tmp_path, sim.base_url, f"fleet{i}", store=pg_url, **CONFIG).start()
         for i in range(3)

@@ -50,13 +50,12 @@ def test_no_transient_failure_fails_before_both_thresholds(attempts: int, age: f
     assert 0 < policy.delay(attempts) <= 300
 
 
-def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery(monkeypatch) -> None:
+def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery() -> None:
     import asyncio
 
     from sidecar import ratelimit
     from sidecar.deadline import Deadline
 
-    monkeypatch.setattr(ratelimit, "WINDOW_SECONDS", 0.3)
     order: list[str] = []
 
     async def take(limiter: ratelimit.RateLimiter, who: str, background: bool) -> None:
@@ -65,7 +64,7 @@ def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery(monkeyp
         order.append(who)
 
     async def main() -> None:
-        limiter = ratelimit.RateLimiter(per_minute=1, max_waiting=10)
+        limiter = ratelimit.RateLimiter(per_minute=1, max_waiting=10, window=0.3)
         await limiter.acquire(Deadline.after(1))  # the one slot is taken for the window
         queued = asyncio.create_task(take(limiter, "queued", True))
         await asyncio.sleep(0.05)  # the queued delivery asked first

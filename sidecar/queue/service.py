@@ -80,6 +80,16 @@ def person(event: events.Event) -> str:
     return f"message:{event.message_id}"
 
 
+def queue_connections(config: Config) -> int:
+    """The store connections the queue adds to the pool (PostgreSQL): each delivery in flight may hold
+    one for a single-flight lock while it needs a second (a rate-limit slot, the write's mark), and the
+    worker claims, renews leases and keeps its stats beside them. Shared without these, deliveries
+    holding locks would starve the claims and each other (a pool timeout)."""
+    if scheme_of(config.store.reveal()) == "memory":
+        return 0
+    return 2 * config.queue_concurrency + 3
+
+
 def policy_of(config: Config) -> QueuePolicy:
     return QueuePolicy(
         base_seconds=config.queue_retry_base_seconds,
@@ -150,10 +160,10 @@ class QueueService:
         A store that cannot be reached yet does not stop the sidecar: the queue keeps trying in the
         background, and Enqueue answers UNAVAILABLE (STORE_UNAVAILABLE) meanwhile.
         """
-        if scheme_of(self.config.store) == "memory":
+        if scheme_of(self.config.store.reveal()) == "memory":
             return  # Enqueue answers FAILED_PRECONDITION naming store
         if state is None:
-            state, self._owns_state = open_state(self.config.store), True
+            state, self._owns_state = open_state(self.config.store.reveal()), True
         self._state = state
         self._opening = asyncio.create_task(self._open(), name="queue-open")
         with contextlib.suppress(TimeoutError):

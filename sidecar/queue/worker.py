@@ -182,10 +182,10 @@ class Worker:
     async def _attempt(self, job: Job, attempt: _Attempt) -> Outcome | None:
         """Deliver once; the Outcome to store, or None to give the event back unattempted."""
         event = event_from(job.event)
-        if job.forced:
-            self.delivery.forget(event.message_id)
+        # Retried by an operator: sent again, not answered with the stored (failed) result.
+        deliver = self.delivery.deliver_again if job.forced else self.delivery.deliver
         try:
-            done = await self.delivery.deliver(event, Deadline.after(self.settings.attempt_seconds))
+            done = await deliver(event, Deadline.after(self.settings.attempt_seconds))
         except LeaseLost:
             return None
         except SidecarError as exc:

@@ -1,0 +1,100 @@
+"""The state, timed: each operation's latency and failures go to an observer (metrics.py), and
+the last outcome tells health whether the store answers."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from ..errors import StoreError
+from .base import ContactRecord, SlotDecision, State, StoredResult
+
+T = TypeVar("T")
+
+
+class ObservedState:
+    """Wraps a backend; the same Protocols, so nothing above it knows."""
+
+    def __init__(self, inner: State) -> None:
+        self.inner = inner
+        self.scheme = inner.scheme
+        self.shared = inner.shared
+        self.url = inner.url
+        self.observer: Any = None  # store(operation, seconds, ok)
+        self.errors = 0
+        self.last_error = ""  # the latest failure's message (masked URL), for logs
+        self.answering = True  # whether the latest operation reached the store
+
+    def __getattr__(self, name: str) -> Any:  # pool, run, migrate, prune: for other modules' own queries
+        return getattr(self.inner, name)
+
+    async def _timed(self, operation: str, work: Awaitable[T]) -> T:
+        started = time.monotonic()
+        ok = False
+        try:
+            result = await work
+            ok = True
+            return result
+        except StoreError as exc:
+            self.errors += 1
+            self.last_error = exc.message
+            raise
+        finally:
+            self.answering = ok
+            if self.observer:
+                self.observer.store(operation, time.monotonic() - started, ok)
+
+    async def start(self) -> None:
+        await self._timed("start", self.inner.start())
+
+    async def ping(self) -> None:
+        await self._timed("ping", self.inner.ping())
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    async def acquire_slot(self, key: str, limit: int, window: float) -> SlotDecision:
+        return await self._timed("acquire_slot", self.inner.acquire_slot(key, limit, window))
+
+    async def hold_slots(self, key: str, seconds: float) -> None:
+        await self._timed("hold_slots", self.inner.hold_slots(key, seconds))
+
+    async def get_contact(self, key: str) -> ContactRecord | None:
+        return await self._timed("get_contact", self.inner.get_contact(key))
+
+    async def put_contact(self, key: str, record: ContactRecord, ttl: float) -> None:
+        await self._timed("put_contact", self.inner.put_contact(key, record, ttl))
+
+    async def discard_contact(self, key: str) -> None:
+        await self._timed("discard_contact", self.inner.discard_contact(key))
+
+    async def get_result(self, key: str) -> StoredResult | None:
+        return await self._timed("get_result", self.inner.get_result(key))
+
+    async def put_result(self, key: str, result: StoredResult, ttl: float) -> None:
+        await self._timed("put_result", self.inner.put_result(key, result, ttl))
+
+    @contextlib.asynccontextmanager
+    async def flight_lock(self, key: str) -> AsyncIterator[None]:
+        started = time.monotonic()
+        held = self.inner.flight_lock(key)
+        try:
+            await held.__aenter__()
+        except StoreError as exc:
+            self.errors += 1
+            self.last_error = exc.message
+            self.answering = False
+            if self.observer:
+                self.observer.store("flight_lock", time.monotonic() - started, False)
+            raise
+        if self.observer:
+            self.observer.store("flight_lock", time.monotonic() - started, True)
+        try:
+            yield
+        except BaseException as exc:
+            if not await held.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await held.__aexit__(None, None, None)
