@@ -28,6 +28,8 @@ def text(results: Results) -> str:
         "Targets",
         targets_table(results, False),
     ]
+    if results.fleet:
+        parts += ["", "Many sidecars, one token (benchmarks/fleet.py)", *results.fleet]
     for profile in results.profiles:
         parts += ["", f"Profile: {profile.label}", *profile_lines(profile)]
     return "\n".join(parts)
@@ -61,6 +63,8 @@ def markdown(results: Results, png_name: str, info: dict[str, str]) -> str:
         *_load_section(results, png_name),
         *_memory_section(results),
     ]
+    if results.fleet:
+        lines += ["## Many sidecars, one token", "", *results.fleet, ""]
     for profile in results.profiles:
         lines += [
             f"## Profile at {profile.in_flight} in flight",

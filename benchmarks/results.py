@@ -32,6 +32,7 @@ class Results:
     sidecar_rss_mb: float = 0.0
     simulator_rss_mb: float = 0.0
     profiles: list[Profile] = field(default_factory=list)
+    fleet: list[str] = field(default_factory=list)  # the fleet scenario's lines (benchmarks/fleet.py)
     wall_seconds: float = 0.0
 
     @property

@@ -66,7 +66,7 @@ class Idempotency:
     ) -> tuple[Outcome | SidecarError, bool]:
         """(the result, whether this call made it): under the fleet-wide lock, the store read first."""
         key = self._key(message_id)
-        async with holding(self.state, key, deadline):
+        async with holding(self.state, key, deadline, outer=True):  # a person's lock may be taken inside
             stored = await patiently(deadline, lambda: self.state.get_result(key))
             if stored is not None:
                 self.hits += 1

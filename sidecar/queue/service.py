@@ -81,13 +81,13 @@ def person(event: events.Event) -> str:
 
 
 def queue_connections(config: Config) -> int:
-    """The store connections the queue adds to the pool (PostgreSQL): each delivery in flight may hold
-    one for a single-flight lock while it needs a second (a rate-limit slot, the write's mark), and the
-    worker claims, renews leases and keeps its stats beside them. Shared without these, deliveries
-    holding locks would starve the claims and each other (a pool timeout)."""
+    """The connections the queue adds to each of the store's pools (PostgreSQL): every delivery in
+    flight may hold one of each (a message_id's lock, a person's lock, an operation), and the worker
+    claims and renews leases beside them; without them, queued deliveries would take the connections
+    synchronous calls need."""
     if scheme_of(config.store.reveal()) == "memory":
         return 0
-    return 2 * config.queue_concurrency + 3
+    return config.queue_concurrency + 1
 
 
 def policy_of(config: Config) -> QueuePolicy:

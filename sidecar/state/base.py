@@ -74,12 +74,16 @@ class ContactStore(Protocol):
 
 
 class FlightLocks(Protocol):
-    def flight_lock(self, key: str) -> AbstractAsyncContextManager[None]:
+    def flight_lock(self, key: str, *, outer: bool = False) -> AbstractAsyncContextManager[None]:
         """Hold the lock for ``key`` for the block: one holder at a time across every sidecar on the store.
 
         Waits until it is free (the caller bounds the wait with its deadline). The lock dies with its
         holder: a connection's transaction (PostgreSQL), a file lock (SQLite), the process (memory),
-        never a lease that could expire while the holder still works."""
+        never a lease that could expire while the holder still works.
+
+        ``outer``: other locks may be taken inside this one (a message_id's, around a person's). A
+        backend that spends a connection per held lock keeps outer and inner locks, and the other
+        operations, on connections of their own, so a full set of holders can never wait on itself."""
         ...
 
 

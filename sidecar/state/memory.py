@@ -99,7 +99,7 @@ class MemoryState:
     # --- locks -----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def flight_lock(self, key: str) -> AsyncIterator[None]:
+    async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         lock = self._locks.setdefault(key, asyncio.Lock())
         self._users[key] = self._users.get(key, 0) + 1
         try:

@@ -77,9 +77,9 @@ class ObservedState:
         await self._timed("put_result", self.inner.put_result(key, result, ttl))
 
     @contextlib.asynccontextmanager
-    async def flight_lock(self, key: str) -> AsyncIterator[None]:
+    async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         started = time.monotonic()
-        held = self.inner.flight_lock(key)
+        held = self.inner.flight_lock(key, outer=outer)
         try:
             await held.__aenter__()
         except StoreError as exc:

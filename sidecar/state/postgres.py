@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..errors import StoreError
 from . import sql
@@ -34,6 +34,9 @@ log = logging.getLogger("sidecar.state")
 Q = sql.queries("postgres")
 MIGRATE_LOCK = "trengo-sidecar:migrate"
 LOCK_POLL_SECONDS = 0.02  # how often a waiter tries an advisory lock held elsewhere
+# How long an operation waits for a pooled connection. Operations are short, so a longer wait means
+# the server is unreachable: a StoreError, which the caller retries within its deadline.
+CONNECTION_WAIT_SECONDS = 1.0
 
 
 def lock_id(key: str) -> int:
@@ -53,14 +56,16 @@ class PostgresState:
         self._clock = clock  # None: the server's clock
         self._migrated = False
         self._migrating = asyncio.Lock()
-        # open=False: opened in start(); the pool keeps (re)connecting in the background, so a sidecar
-        # started while the store is down recovers by itself when it comes back.
-        self.pool = AsyncConnectionPool(
-            _libpq(url), min_size=1, max_size=max(pool_size, 1), open=False,
-            timeout=connect_timeout, reconnect_timeout=float("inf"), name="sidecar-state",
-            kwargs={"connect_timeout": max(1, int(connect_timeout))},
-        )
+        self.pool = _pool(url, "sidecar-state", 1, pool_size, connect_timeout)
+        # A held flight lock keeps its connection for as long as the block runs (Trengo calls included);
+        # on the pool the block's own operations use, a full set of holders would wait on itself.
+        # Outer (message_id) and inner (person) locks each have a pool, idle-free when unused.
+        self._lock_pools = {
+            outer: _pool(url, f"sidecar-locks-{'outer' if outer else 'inner'}", 0, pool_size, connect_timeout)
+            for outer in (True, False)
+        }
         self._opened = False
+        self.reachable = True  # as far as the latest operation knows
 
     def _now(self) -> float | None:
         return self._clock() if self._clock is not None else None
@@ -69,7 +74,8 @@ class PostgresState:
 
     async def start(self) -> None:
         if not self._opened:
-            await self.pool.open(wait=False)
+            for pool in (self.pool, *self._lock_pools.values()):
+                await pool.open(wait=False)
             self._opened = True
         await self._ready()
 
@@ -95,29 +101,46 @@ class PostgresState:
                 await conn.execute(Q["set_schema_version"], {"component": component, "version": len(steps)})
 
     async def ping(self) -> None:
+        if not self.reachable:
+            # Back from an outage: drop the pools' dead connections at once, rather than have the
+            # next calls meet them one by one.
+            async with _wrapped(self.url):
+                for pool in (self.pool, *self._lock_pools.values()):
+                    await pool.check()
         await self._ready()
-        async with self._connection() as conn:
+        async with self._connection(transaction=False) as conn:
             await conn.execute(Q["ping"])
 
     async def aclose(self) -> None:
         if self._opened:
-            await self.pool.close(timeout=1.0)
+            for pool in (self.pool, *self._lock_pools.values()):
+                await pool.close(timeout=1.0)
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection; the block runs in one transaction (committed at its end); every
-        driver error leaves as StoreError."""
+    async def _connection(
+        self, pool: AsyncConnectionPool | None = None, *, transaction: bool = True
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection; with ``transaction`` the block runs in one (committed at its end),
+        else each statement commits by itself (one round trip, not three); every driver error leaves
+        as StoreError."""
+        # PoolTimeout is a psycopg.OperationalError too.
+        pooled = (pool or self.pool).connection(CONNECTION_WAIT_SECONDS)
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                yield conn
-        except psycopg.Error as exc:  # PoolTimeout is an OperationalError too
-            raise StoreError(f"the store {self.url} is unavailable: {_why(exc, self.url)}") from None
-        except OSError as exc:
-            raise StoreError(f"the store {self.url} is unavailable: {type(exc).__name__}") from None
+            async with _wrapped(self.url), pooled as conn:
+                if not transaction:
+                    yield conn
+                else:
+                    async with conn.transaction():
+                        yield conn
+        except StoreError:
+            self.reachable = False
+            raise
+        self.reachable = True
 
     async def _fetch(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """One statement, which commits by itself."""
         await self._ready()
-        async with self._connection() as conn:
+        async with self._connection(transaction=False) as conn:
             cursor = await conn.execute(Q[name], {"now": self._now(), **params})
             return await cursor.fetchone() if cursor.description else None
 
@@ -168,15 +191,32 @@ class PostgresState:
     # --- locks -----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def flight_lock(self, key: str) -> AsyncIterator[None]:
+    async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         await self._ready()
-        async with self._connection() as conn:  # one transaction: the lock lives as long as the block
-            lock = {"lock": lock_id("flight:" + key)}
-            # Polled rather than pg_advisory_xact_lock: a waiter whose deadline runs out simply stops,
-            # with no query to cancel on the server.
-            while not (await (await conn.execute(Q["try_lock"], lock)).fetchone())[0]:  # type: ignore[index]
-                await asyncio.sleep(LOCK_POLL_SECONDS)
-            yield
+        pool = self._lock_pools[outer]
+        conn = await self._lock_connection(pool)
+        try:
+            # One transaction: the lock lives as long as the block.
+            async with _wrapped(self.url), conn.transaction():
+                lock = {"lock": lock_id("flight:" + key)}
+                # Polled rather than pg_advisory_xact_lock: a waiter whose deadline runs out simply
+                # stops, with no query to cancel on the server.
+                while not (await (await conn.execute(Q["try_lock"], lock)).fetchone())[0]:  # type: ignore[index]
+                    await asyncio.sleep(LOCK_POLL_SECONDS)
+                yield
+        finally:
+            await pool.putconn(conn)
+
+    async def _lock_connection(self, pool: AsyncConnectionPool) -> psycopg.AsyncConnection[Any]:
+        """A connection for a lock: other holders may keep every one for a while (a slow Trengo), so
+        this waits as long as the caller's deadline allows, unless the server turns out unreachable."""
+        while True:
+            try:
+                return await pool.getconn(CONNECTION_WAIT_SECONDS)
+            except PoolTimeout:
+                if not self.reachable:
+                    raise StoreError(f"the store {self.url} is unavailable: no connection") from None
+                await self.ping()  # raises StoreError when the server is gone
 
     async def prune(self, window: float) -> None:
         """Delete what has expired (run now and then; reads ignore expired rows anyway)."""
@@ -184,9 +224,27 @@ class PostgresState:
             await self._fetch(name, {"window": float(window)})
 
 
-def _libpq(url: str) -> str:
-    """libpq takes postgres:// and postgresql:// alike; the URL goes to it unchanged."""
-    return url
+@contextlib.asynccontextmanager
+async def _wrapped(url: str) -> AsyncIterator[None]:
+    """Driver errors of the block leave as StoreError."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise StoreError(f"the store {url} is unavailable: {_why(exc, url)}") from None
+    except OSError as exc:
+        raise StoreError(f"the store {url} is unavailable: {type(exc).__name__}") from None
+
+
+def _pool(url: str, name: str, min_size: int, max_size: int, connect_timeout: float) -> AsyncConnectionPool:
+    # open=False: opened in start(); the pool keeps (re)connecting in the background, so a sidecar
+    # started while the store is down recovers by itself when it comes back. libpq takes postgres://
+    # and postgresql:// alike: the URL goes to it unchanged.
+    return AsyncConnectionPool(
+        url, min_size=min_size, max_size=max(max_size, 1), open=False, timeout=connect_timeout,
+        reconnect_timeout=float("inf"), name=name,
+        # autocommit: a one-statement operation is one round trip; the others open a transaction.
+        kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
+    )
 
 
 def _why(exc: BaseException, masked_url: str) -> str:

@@ -180,11 +180,15 @@ class SqliteState:
     # --- locks --------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def flight_lock(self, key: str) -> AsyncIterator[None]:
+    async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         await self.start()
         bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % LOCK_FILES
         try:
-            fd = os.open(self.lock_dir / f"{bucket:03d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            # Outer (message_id) and inner (person) locks in files of their own: an inner lock taken
+            # while its outer one is held must never hash to the file this process already holds,
+            # or it would wait on itself for ever.
+            name = f"{'outer' if outer else 'inner'}-{bucket:03d}.lock"
+            fd = os.open(self.lock_dir / name, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"the store {self.url} is unavailable: {type(exc).__name__} ({exc})") from None
         try:

@@ -7,6 +7,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 SCHEMES = ("memory", "sqlite", "postgresql", "postgres")
 _QUERY_SECRETS = ("password", "sslpassword")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def scheme_of(url: str) -> str:
@@ -57,9 +58,14 @@ def check_url(url: str) -> str | None:
     import psycopg.conninfo  # imported only when a PostgreSQL URL is used
 
     try:
-        psycopg.conninfo.conninfo_to_dict(url)
+        params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reason = reason[:200] if "://" not in reason and "password" not in reason else type(exc).__name__
         return f"is not a usable PostgreSQL URL ({mask_url(url)}): {reason}"
+    # libpq checks option values only when it connects, which may be long after start-up.
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in SSLMODES:
+        modes = ", ".join(SSLMODES)
+        return f"is not a usable PostgreSQL URL ({mask_url(url)}): sslmode must be one of {modes}"
     return None

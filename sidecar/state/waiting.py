@@ -34,25 +34,30 @@ async def patiently(deadline: Deadline, operation: Callable[[], Awaitable[T]]) -
 
 
 @contextlib.asynccontextmanager
-async def holding(locks: FlightLocks, key: str, deadline: Deadline) -> AsyncIterator[None]:
+async def holding(
+    locks: FlightLocks, key: str, deadline: Deadline, *, outer: bool = False
+) -> AsyncIterator[None]:
     """The flight lock for ``key``, waited for no longer than the deadline (then busy()).
 
     A store that fails while the lock is taken is tried again within the deadline. Once the block
     has run, a store that fails while the lock is let go (its connection died, which let the lock
     go already) does not undo the block's work: it is logged, not raised.
     """
+    failed: StoreError | None = None
     while True:
-        held = locks.flight_lock(key)
+        held = locks.flight_lock(key, outer=outer)
         try:
             async with asyncio.timeout(deadline.remaining()):
                 await held.__aenter__()
-        except StoreError:
+        except StoreError as exc:
             if deadline.remaining() <= RETRY_SECONDS:
                 raise
+            failed = exc
             await asyncio.sleep(RETRY_SECONDS)
             continue
         except TimeoutError:
-            raise busy() from None
+            # Out of time: because the store kept failing, or because another call held the lock.
+            raise (failed or busy()) from None
         break
     try:
         yield
