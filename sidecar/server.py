@@ -408,7 +408,8 @@ class Sidecar:
         """Bind and start; returns the port bound (0 for a unix socket)."""
         self.port = self._bind(self.config.listen)
         await self.store_health.start()  # a store that is down is retried in the background
-        await self.queue.start(self.state)  # the queue's tables in the same store (sidecar/queue/)
+        # The queue's tables in the same store (sidecar/queue/), opened once the store answers.
+        await self.queue.start(self.state, lambda: self.store_health.started and self.store_health.up)
         await self.server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health_changed()

@@ -62,7 +62,7 @@ PARSERS: dict[str, Callable[[Any], events.Event]] = {
 DEFAULT_PAGE, MAX_PAGE = 100, 1000
 WATCH_POLL_SECONDS = 0.5
 STORE_RETRY_SECONDS = 1.0
-OPEN_WAIT_SECONDS = 10.0  # how long start-up waits for the store before going on without it
+OPEN_WAIT_SECONDS = 2.0  # how long start-up waits for the queue's tables before going on without them
 
 
 def person(event: events.Event) -> str:
@@ -149,13 +149,15 @@ class QueueService:
         self.worker: Worker | None = None
         self._state: Any = None
         self._owns_state = False
+        self._ready: Callable[[], bool] = lambda: True
         self._opening: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
 
     # --- life cycle ----------------------------------------------------------------------------
 
-    async def start(self, state: Any = None) -> None:
-        """Open the queue in ``state`` (the sidecar's), or in a state of its own for ``store``.
+    async def start(self, state: Any = None, ready: Callable[[], bool] | None = None) -> None:
+        """Open the queue in ``state`` (the sidecar's; ``ready`` says when its store answers), or in a
+        state of its own for ``store``.
 
         A store that cannot be reached yet does not stop the sidecar: the queue keeps trying in the
         background, and Enqueue answers UNAVAILABLE (STORE_UNAVAILABLE) meanwhile.
@@ -165,14 +167,20 @@ class QueueService:
         if state is None:
             state, self._owns_state = open_state(self.config.store.reveal()), True
         self._state = state
+        self._ready = ready or (lambda: True)
         self._opening = asyncio.create_task(self._open(), name="queue-open")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._opening), OPEN_WAIT_SECONDS)
+        if self._owns_state or self._ready():  # a store that answers: Enqueue works from the start
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._opening), OPEN_WAIT_SECONDS)
 
     async def _open(self) -> None:
         while True:
             try:
-                await self._state.start()
+                if self._owns_state:
+                    await self._state.start()
+                elif not self._ready():  # the sidecar retries its store itself: no second prober
+                    await asyncio.sleep(STORE_RETRY_SECONDS)
+                    continue
                 self.store = await queue_on(self._state)
                 break
             except StoreError as exc:
