@@ -73,3 +73,18 @@ def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery() -> No
 
     asyncio.run(main())
     assert order == ["sync", "queued"]
+
+
+def test_the_queue_config_keys_are_validated_naming_the_key() -> None:
+    from sidecar.config import build_config
+    from sidecar.errors import ConfigError
+
+    base = {"apiToken": "t", "channelId": 1}
+    config = build_config({**base, "queueRetryBaseSeconds": "0.5", "queueGiveUpAttempts": 2})
+    assert (config.queue_retry_base_seconds, config.queue_give_up_attempts, config.queue_concurrency) == (
+        0.5, 2, 4
+    )
+    for key, value in (("queueLeaseSeconds", 5), ("queuePollSeconds", 0), ("queueConcurrency", -1)):
+        with pytest.raises(ConfigError) as caught:
+            build_config({**base, key: value})  # a lease of 5 s is not longer than the 10 s request timeout
+        assert caught.value.key == key
