@@ -61,10 +61,13 @@ class StoreUrl(Secret):
 
     __slots__ = ()
 
-    def __repr__(self) -> str:
+    def masked(self) -> str:
         from .state.url import mask_url
 
-        return f"StoreUrl({mask_url(self._value)!r})"
+        return mask_url(self._value)
+
+    def __repr__(self) -> str:
+        return f"StoreUrl({self.masked()!r})"
 
     __str__ = __repr__
 
@@ -282,10 +285,10 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
-    if attr in _CONSENT_KEYS:
-        return _CONSENT_KEYS[attr](key, value)
     if attr == "store":
         return _store(key, _text(key, value).strip())
+    if attr in _CONSENT_KEYS:
+        return _CONSENT_KEYS[attr](key, value)
     if attr == "enable_dedup":
         return _bool(key, value)
     if attr in _INTS:

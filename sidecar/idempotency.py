@@ -21,14 +21,14 @@ from .deadline import Deadline
 from .errors import SidecarError, StoreError
 from .state import State, StoredResult
 from .state.waiting import busy, holding, patiently
-from .trengo import OutcomeUnknown
+from .trengo import CutOff, OutcomeUnknown
 
 if TYPE_CHECKING:
     from .delivery import Outcome
 
 log = logging.getLogger("sidecar")
 # The errors a result may hold, by name, so a stored one comes back as the same class.
-_ERRORS: dict[str, type[SidecarError]] = {"OutcomeUnknown": OutcomeUnknown}
+_ERRORS: dict[str, type[SidecarError]] = {"OutcomeUnknown": OutcomeUnknown, "CutOff": CutOff}
 
 
 class Idempotency:

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,26 +129,4 @@ class Fleet:
 
     def logs(self) -> str:
         return "\n".join(s.output() for s in self.sidecars if s.log.exists())
-
-
-def peak_in_window(times: Iterable[float], window: float) -> int:
-    """The most arrivals inside any rolling ``window`` seconds (half-open: [t, t + window))."""
-    ordered = sorted(times)
-    peak, start = 0, 0
-    for end, at in enumerate(ordered):
-        while ordered[start] <= at - window:
-            start += 1
-        peak = max(peak, end - start + 1)
-    return peak
-
-
-def share_of_limit(times: Iterable[float], limit: int, window: float) -> float:
-    """How much of the limit a run used: calls in the consecutive full windows from the first
-    arrival, over what the limit allowed in them."""
-    ordered = sorted(times)
-    full = int((ordered[-1] - ordered[0]) // window)
-    if full < 1:
-        return len(ordered) / limit
-    ends = ordered[0] + full * window
-    return sum(1 for t in ordered if t < ends) / (limit * full)
 

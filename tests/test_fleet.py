@@ -16,10 +16,11 @@ import grpc
 import httpx
 import pytest
 
+from benchmarks.fleet import peak_in_window, share_of_limit
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.fleet import NOT_SERVING, SERVICE, SERVING, Fleet, peak_in_window, share_of_limit, wait_for
+from tests.fleet import NOT_SERVING, SERVICE, SERVING, Fleet, wait_for
 from tests.grpc_helpers import failure
-from tests.harness import SMS_CHANNEL, free_port, struct
+from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, free_port, struct
 from tests.postgres import PASSWORD, Postgres
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
@@ -86,6 +87,24 @@ def test_a_429_from_trengo_holds_every_sidecar_and_the_error_names_trengo(fleet,
     assert f.retry_delay is not None and 0 < f.retry_delay <= 3
     late = [c for c in api_calls(control) if c["at"] > held_at]
     assert late == []  # nothing went to Trengo while the hold lasted
+
+
+# --- contacts ----------------------------------------------------------------------------------------
+
+
+def test_contacts_are_shared_and_a_stale_one_goes_from_the_store(fleet, control, pg_url):
+    a, b = fleet.spawn(2, store=pg_url)
+    made = a.stub.Identify(pb.IdentifyRequest(traits=struct({"email": "dee@example.com", "name": "Dee"})))
+    b.stub.Track(track("dee-1", "dee@example.com"), timeout=10)
+    assert len(control.requests(path_prefix=CONTACTS, method="GET")) == 1  # B found Dee in the store
+    control.delete_contact(made.contact_id)  # gone in Trengo, and made again under a new id
+    again = control.add_contact(name="Dee", identifier="dee@example.com", channel_id=EMAIL_CHANNEL)
+    assert b.stub.Track(track("dee-2", "dee@example.com"), timeout=10).contact_id == again["id"]
+    [c] = fleet.spawn(1, store=pg_url)  # a sidecar with an empty cache reads the store's fresh entry
+    searches = len(control.requests(path_prefix=CONTACTS, method="GET"))
+    assert c.stub.Track(track("dee-3", "dee@example.com"), timeout=10).contact_id == again["id"]
+    assert len(control.requests(path_prefix=CONTACTS, method="GET")) == searches
+    assert len(control.requests(path_prefix="/api/v2/tickets", method="POST")) == 4  # one 422, three tickets
 
 
 # --- single flight -----------------------------------------------------------------------------------

@@ -243,3 +243,38 @@ def test_an_unreachable_postgres_is_a_store_error_without_the_password(unreachab
 def test_the_password_is_masked_in_a_store_url():
     masked = mask_url(f"postgresql://u:{PASSWORD}@db:5432/x?sslmode=require&password={PASSWORD}")
     assert PASSWORD not in masked and "sslmode=require" in masked and masked.startswith("postgresql://u:****@db")
+
+
+@pytest.fixture(params=("sqlite", "postgres"))
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The backends several sidecars can share."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_two_sidecars_on_one_store_exclude_each_other(shared_url, clock):
+    """Two states on one URL stand for two sidecars: a lock one holds, the other waits for."""
+    url = shared_url
+
+    async def main() -> list[str]:
+        first, second = open_state(url, clock=clock), open_state(url, clock=clock)
+        await first.start()
+        await second.start()
+        events: list[str] = []
+
+        async def hold(state: State, name: str) -> None:
+            async with state.flight_lock("contact:ann", outer=name == "a"):
+                events.append(f"{name} in")
+                await asyncio.sleep(0.2)
+                events.append(f"{name} out")
+
+        try:
+            await asyncio.gather(hold(first, "a"), hold(second, "b"))
+        finally:
+            await first.aclose()
+            await second.aclose()
+        return events
+
+    events = asyncio.run(main())
+    assert events in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"]), events

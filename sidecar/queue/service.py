@@ -25,6 +25,7 @@ from trengo.sidecar.v1 import sidecar_pb2 as pb
 from .. import events, filters
 from ..answers import abort_with
 from ..config import Config
+from ..decoding import decoded, tolerant
 from ..delivery import Delivery
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, StoreError, Unavailable
 from ..state import open_state
@@ -202,10 +203,12 @@ class QueueService:
 
     # --- registration --------------------------------------------------------------------------
 
-    def handlers(
-        self, deserializer: Callable[[Any], Callable[[bytes], Any]]
-    ) -> dict[str, grpc.RpcMethodHandler]:
-        """The RPC handlers, for server.py to register with its own (``deserializer``: its tolerant one)."""
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The RPC handlers, for server.py to register with its own; requests are parsed as its are."""
+
+        def deserializer(message_type: Any) -> Callable[[bytes], Any]:
+            return tolerant(message_type, self.config.max_message_bytes)
+
         unary: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any, Any]] = {
             "Enqueue": (self.Enqueue, pb.EnqueueRequest, pb.EnqueueResponse),
             "GetDelivery": (self.GetDelivery, pb.GetDeliveryRequest, pb.DeliveryStatus),
@@ -231,7 +234,7 @@ class QueueService:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, code = time.monotonic(), "OK"
             try:
-                return await handler(_checked(request))
+                return await handler(decoded(request))
             except SidecarError as exc:  # StoreError (UNAVAILABLE, STORE_UNAVAILABLE) among them
                 code = exc.code.name
                 await abort_with(context, exc)
@@ -319,7 +322,7 @@ class QueueService:
     ) -> AsyncIterator[pb.DeliveryUpdate]:
         try:
             store = self._durable()
-            cursor = _checked(request).cursor
+            cursor = decoded(request).cursor
             if cursor < 0:
                 raise InvalidArgument("cursor must not be negative", field="cursor")
         except SidecarError as exc:
@@ -343,11 +346,3 @@ def _page_token(token: str) -> int:
     if not token.isdigit():
         raise InvalidArgument("page_token is not one ListDeliveries gave", field="page_token")
     return int(token)
-
-
-def _checked(request: Any) -> Any:
-    """server.py's tolerant parser hands over an Undecodable for a request protobuf could not parse."""
-    problem = getattr(request, "problem", None)
-    if isinstance(problem, str) and not hasattr(request, "ListFields"):
-        raise InvalidArgument(f"the request could not be decoded ({problem})", field="request")
-    return request

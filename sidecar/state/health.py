@@ -37,6 +37,7 @@ class StoreHealth:
         except StoreError as exc:
             self.up = False
             log.warning("the store is unreachable at start; retrying: %s", exc.message)
+            await self._changed()
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:

@@ -90,8 +90,8 @@ class SqliteState:
     async def start(self) -> None:
         if not self._migrated:
             await self.migrate("state", sql.migrations("sqlite"))
+            self.lock_dir.mkdir(exist_ok=True)
             self._migrated = True
-        self.lock_dir.mkdir(exist_ok=True)
 
     async def migrate(self, component: str, steps: list[str]) -> None:
         """The steps this file lacks, in one BEGIN IMMEDIATE transaction: concurrent starts queue."""
