@@ -216,3 +216,36 @@ def test_by_state_pages_oldest_first(store: tuple[Run, Clock]) -> None:
     assert [j.message_id for j in rest] == ["m2", "m3", "m4"]
     stats = run(lambda q: q.stats())
     assert stats.depth[QUEUED] == 5 and stats.oldest_queued_at == run(lambda q: q.get("m0")).accepted_at
+
+
+def test_nested_flight_locks_that_share_a_lock_file_do_not_wait_on_themselves(tmp_path: Path) -> None:
+    """A queued track takes its message_id's lock, then its person's; on SQLite the two keys can hash
+    to one lock file, which the process then already holds (the crash test once hung on it)."""
+    import hashlib
+
+    from sidecar.state import sqlite as state_sqlite
+
+    def bucket(key: str) -> int:
+        digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") % state_sqlite.LOCK_FILES
+
+    outer = "message:m-1"
+    inner = next(f"person:p{n}" for n in range(100_000) if bucket(f"person:p{n}") == bucket(outer))
+
+    async def main() -> None:
+        state = open_state(f"sqlite:///{tmp_path}/state.db")
+        await state.start()
+        other = open_state(f"sqlite:///{tmp_path}/state.db")  # another sidecar on the same file
+        try:
+            async with asyncio.timeout(5):
+                async with state.flight_lock(outer, outer=True), state.flight_lock(inner):
+                    with pytest.raises(TimeoutError):  # held against the other sidecar all along
+                        async with asyncio.timeout(0.2), other.flight_lock(inner):
+                            pass
+            async with asyncio.timeout(1), other.flight_lock(inner):
+                pass  # and free once released
+        finally:
+            await state.aclose()
+            await other.aclose()
+
+    asyncio.run(main())
