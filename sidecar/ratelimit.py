@@ -129,7 +129,7 @@ class RateLimiter:
         if held > 0:
             return held
         try:
-            decision = await self.slots.acquire_slot(self.key, self.per_minute, self.window)
+            decision = await self.slots.acquire_slot(self.key, self.per_minute, self._logged_window())
         except StoreError as exc:
             self.store_errors += 1
             failure.append(exc)

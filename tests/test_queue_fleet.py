@@ -27,8 +27,11 @@ CONFIG = {
     "queuePollSeconds": 0.1,
     "queueRetryBaseSeconds": 0.1,
     "queueRetryMaxSeconds": 0.5,
-    "rateLimitPerMinute": 150,
+    # 30 calls per rolling 3 s stand in for Trengo's 120 a minute, so a saturated drain takes seconds.
+    "rateLimitPerMinute": 30,
+    "rateLimitWindowSeconds": 3.0,
 }
+WINDOW = 3.0
 
 
 @pytest.mark.timeout(180)
@@ -37,7 +40,7 @@ def test_three_sidecars_drain_one_queue_in_order_per_person_through_a_sigkill(
 ):
     # The simulator enforces the very limit the fleet shares through the store: more calls than it
     # allows in a minute are needed, so the drain runs into it, and must never draw a 429.
-    control.configure(rate_limit_per_minute=CONFIG["rateLimitPerMinute"])
+    control.configure(rate_limit_per_minute=CONFIG["rateLimitPerMinute"], rate_window_seconds=WINDOW)
     # Each sidecar's first call (its channel listing) is held while the events are accepted, so every
     # person's events are all queued before any goes: only the queue keeps their order.
     # (after=True: the simulator counts each call against its limit when it arrives, then waits.)
