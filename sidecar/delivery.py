@@ -22,7 +22,7 @@ from .errors import FailedPrecondition, NotFound, StoreError
 from .events import Event
 from .idempotency import Idempotency
 from .state import ContactRecord, State, open_state
-from .state.waiting import busy, holding, patiently
+from .state.waiting import busy, holding
 from .trengo import (
     CallRecord,
     CutOff,
@@ -211,7 +211,7 @@ class Delivery:
             contact_id = await self._create(run, ident)
             return run.outcome("create_contact", contact_id)
         key = tf.cache_key(ident, run.kind)
-        record = await self._cached(key, run.deadline)
+        record = await self._cached(key)
         if record is not None:
             cached = record.contact_id
             run.cache_hit = True
@@ -242,7 +242,7 @@ class Delivery:
         """The upsert under the store's lock for this person: one search and one create across every
         sidecar on the store. The holder reads the store again first: another may just have made it."""
         async with holding(self.state, self._scoped(key), run.deadline):
-            record = await self._stored(key, run.deadline)
+            record = await self._stored(key)
             if record is None:
                 return await self._upsert(run, ident)
             run.cache_hit = True
@@ -321,7 +321,7 @@ class Delivery:
         return run.outcome("create_ticket", contact_id, ticket_id)
 
     async def _find_for_track(self, run: _Run, ident: str, key: str) -> int:
-        cached = await self._cached(key, run.deadline)
+        cached = await self._cached(key)
         if cached is not None:
             run.cache_hit = True
             return cached.contact_id
@@ -348,7 +348,7 @@ class Delivery:
     async def _fleet_search(self, run: _Run, ident: str, key: str) -> int | None:
         """A track's search, under the lock an identify creating this person elsewhere holds."""
         async with holding(self.state, self._scoped(key), run.deadline):
-            record = await self._stored(key, run.deadline)
+            record = await self._stored(key)
             if record is not None:
                 run.cache_hit = True
                 return record.contact_id
@@ -387,22 +387,23 @@ class Delivery:
 
     # --- the contact store -------------------------------------------------------------------------
 
-    async def _cached(self, key: str, deadline: Deadline) -> ContactRecord | None:
+    async def _cached(self, key: str) -> ContactRecord | None:
         """The contact from the in-process front, else from a shared store (which fills the front)."""
         record = self.contacts.get(key)
         if record is None and self.state.shared:
-            record = await self._stored(key, deadline)
+            record = await self._stored(key)
             if record is not None:
                 self.contacts.set(key, record)
         return record
 
-    async def _stored(self, key: str, deadline: Deadline) -> ContactRecord | None:
+    async def _stored(self, key: str) -> ContactRecord | None:
         """The store's record (None with memory:, whose only copy is the front). A store that cannot
-        answer is a miss: the caller holds the lock or searches, so nothing is created twice."""
+        answer is a miss, at once: the caller then waits for the store's lock (or searches), so nothing
+        is created twice, and the wait for the store happens in one place."""
         if not self.state.shared:
             return None
         try:
-            return await patiently(deadline, lambda: self.state.get_contact(self._scoped(key)))
+            return await self.state.get_contact(self._scoped(key))
         except StoreError:
             return None
 

@@ -259,3 +259,4 @@ async def _check_once(config: Config) -> TrengoCheck:
         return await check_trengo(sidecar.delivery)
     finally:
         await sidecar.delivery.aclose()
+        await sidecar.state.aclose()  # a PostgreSQL store's pools, opened by the check's rate-limit slot

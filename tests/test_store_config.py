@@ -14,6 +14,7 @@ from sidecar.config import build_config, load_config
 from sidecar.errors import ConfigError
 from tests.fleet import CLI, ROOT
 from tests.harness import cli_env
+from tests.postgres import PASSWORD
 
 BASE = {"apiToken": "t0k3n", "channelId": 405980}
 SECRET = "hunter2-store-pass"
@@ -80,3 +81,11 @@ def test_the_store_flag_fails_at_start_naming_store(tmp_path: Path):
         env=cli_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert run.returncode == 2 and "config store:" in run.stderr
+
+
+def test_check_trengo_works_on_a_postgresql_store(tmp_path: Path, sim, control, pg_url):
+    from tests.test_readiness import check_trengo
+
+    done = check_trengo(tmp_path, sim.base_url, store=pg_url, rateLimitPerMinute=120)
+    assert done.returncode == 0, done
+    assert PASSWORD not in done.stdout + done.stderr

@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
-from ..errors import StoreError
 from .base import ContactRecord, SlotDecision, State, StoredResult
 
 T = TypeVar("T")
@@ -23,9 +22,6 @@ class ObservedState:
         self.shared = inner.shared
         self.url = inner.url
         self.observer: Any = None  # store(operation, seconds, ok)
-        self.errors = 0
-        self.last_error = ""  # the latest failure's message (masked URL), for logs
-        self.answering = True  # whether the latest operation reached the store
 
     def __getattr__(self, name: str) -> Any:  # pool, run, migrate, prune: for other modules' own queries
         return getattr(self.inner, name)
@@ -37,12 +33,7 @@ class ObservedState:
             result = await work
             ok = True
             return result
-        except StoreError as exc:
-            self.errors += 1
-            self.last_error = exc.message
-            raise
         finally:
-            self.answering = ok
             if self.observer:
                 self.observer.store(operation, time.monotonic() - started, ok)
 
@@ -78,23 +69,21 @@ class ObservedState:
 
     @contextlib.asynccontextmanager
     async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
-        started = time.monotonic()
+        """Timed until the lock is held (the wait for another holder included), not while it is."""
         held = self.inner.flight_lock(key, outer=outer)
-        try:
-            await held.__aenter__()
-        except StoreError as exc:
-            self.errors += 1
-            self.last_error = exc.message
-            self.answering = False
-            if self.observer:
-                self.observer.store("flight_lock", time.monotonic() - started, False)
-            raise
-        if self.observer:
-            self.observer.store("flight_lock", time.monotonic() - started, True)
-        try:
+        await self._timed("flight_lock", held.__aenter__())
+        async with _Entered(held):
             yield
-        except BaseException as exc:
-            if not await held.__aexit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            await held.__aexit__(None, None, None)
+
+
+class _Entered:
+    """Leaves a context manager already entered (its __aenter__ was timed above)."""
+
+    def __init__(self, held: contextlib.AbstractAsyncContextManager[None]) -> None:
+        self._held = held
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._held.__aexit__(*exc)

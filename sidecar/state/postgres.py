@@ -73,15 +73,16 @@ class PostgresState:
     # --- life cycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._ready()
+
+    async def _ready(self) -> None:
+        """Open the pools (once; they connect in the background) and migrate (until it has worked)."""
+        if self._migrated:
+            return
         if not self._opened:
             for pool in (self.pool, *self._lock_pools.values()):
                 await pool.open(wait=False)
             self._opened = True
-        await self._ready()
-
-    async def _ready(self) -> None:
-        if self._migrated:
-            return
         async with self._migrating:
             if not self._migrated:
                 await self.migrate("state", sql.migrations("postgres"))
@@ -147,17 +148,11 @@ class PostgresState:
     # --- rate slots ------------------------------------------------------------------------------
 
     async def acquire_slot(self, key: str, limit: int, window: float) -> SlotDecision:
-        await self._ready()
-        async with self._connection() as conn:
-            cursor = await conn.execute(Q["slot_lock"], {"key": key, "now": self._now()})
-            held_until, now = await cursor.fetchone()  # type: ignore[misc]
-            if held_until > now:
-                return SlotDecision(held_until - now, held=True)
-            params = {"key": key, "now": now, "window": float(window), "limit": limit}
-            _, oldest, taken = await (await conn.execute(Q["slot_take"], params)).fetchone()  # type: ignore[misc]
-        if taken:
-            return SlotDecision(0.0)
-        return SlotDecision(max(oldest + window - now, 0.001))
+        # One statement (sql/postgres.sql, sidecar_acquire_slot): it locks the token's row, so
+        # acquiring is serialised per token across the fleet, and commits by itself.
+        params = {"key": key, "limit": limit, "window": float(window)}
+        wait, held = await self._fetch("acquire_slot", params)  # type: ignore[misc]
+        return SlotDecision(float(wait), held=bool(held))
 
     async def hold_slots(self, key: str, seconds: float) -> None:
         await self._fetch("slot_hold", {"key": key, "seconds": float(seconds)})
@@ -243,6 +238,9 @@ def _pool(url: str, name: str, min_size: int, max_size: int, connect_timeout: fl
         url, min_size=min_size, max_size=max(max_size, 1), open=False, timeout=connect_timeout,
         reconnect_timeout=float("inf"), name=name,
         # autocommit: a one-statement operation is one round trip; the others open a transaction.
+        # psycopg prepares a statement run five times: without that, a Track with a message_id took
+        # 3.4 ms more on the store instead of 1.0 ms. Through PgBouncer in transaction mode this needs
+        # PgBouncer 1.21 or later with max_prepared_statements set (README, "Many replicas").
         kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
     )
 

@@ -37,6 +37,7 @@ T = TypeVar("T")
 LOCK_FILES = 256  # lock files per database: keys share them by hash (a rare, harmless wait)
 LOCK_POLL_SECONDS = 0.02
 BUSY_TIMEOUT_MS = 10_000
+WAL_TRIES, WAL_RETRY_SECONDS = 100, 0.05
 
 
 class SqliteState:
@@ -80,7 +81,7 @@ class SqliteState:
             # isolation_level=None: no implicit transactions; each operation opens its own above.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn)
             # FULL: a commit is on disk when it returns. The queue's Enqueue answers only after a durable
             # commit (issue 12); NORMAL could lose the last commits to a power cut, never to a crash.
             conn.execute("PRAGMA synchronous = FULL")
@@ -234,6 +235,21 @@ class SqliteState:
     async def prune(self, window: float) -> None:
         for name in ("prune_contacts", "prune_results", "prune_rate_log"):
             await self._one(name, {"window": window})
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (it stays so). The switch needs the file to itself and, unlike other
+    statements, may answer "database is locked" without waiting busy_timeout: several processes
+    opening one new file at once retry it here for a while."""
+    for _ in range(WAL_TRIES - 1):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(WAL_RETRY_SECONDS)
+    conn.execute("PRAGMA journal_mode = WAL")
 
 
 def _try_flock(fd: int) -> bool:
