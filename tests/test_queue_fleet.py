@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import grpc
 import pytest
 
 from sidecar.simulator import SimulatorThread
-from tests.queue_helpers import QUEUE_TEMPLATES, identify, order, wait_for
+from tests.grpc_helpers import failure
+from tests.queue_helpers import QUEUE_TEMPLATES, identify, order, settled, wait_for
 from tests.queue_procs import sidecar_process
 from trengo.sidecar.v1 import sidecar_pb2 as pb
+from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 PEOPLE, TRACKS = 30, 4
 UNSETTLED = (pb.DELIVERY_STATE_QUEUED, pb.DELIVERY_STATE_DELIVERING, pb.DELIVERY_STATE_RETRYING)
@@ -99,3 +102,34 @@ def test_three_sidecars_drain_one_queue_in_order_per_person_through_a_sigkill(
         created[ticket["contact"]["identifier"].split("@")[0]].append(int(ticket["subject"].split()[1]))
     disorder = {person: ns for person, ns in created.items() if ns != sorted(ns)}
     assert not disorder
+
+
+@pytest.mark.timeout(120)
+def test_a_sidecar_started_with_postgres_down_queues_once_it_is_up(
+    sim: SimulatorThread, control, tmp_path: Path, pg_url: str, postgres
+):
+    postgres.stop()
+    try:
+        process = sidecar_process(tmp_path, sim.base_url, "late", store=pg_url, **CONFIG)
+        process.start()  # health "" serves without the store; the queue waits for it
+        stub = process.stub()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Enqueue(identify("ann"), timeout=5)
+        found = failure(caught.value)
+        assert (found.code, found.reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE"), found
+        postgres.start()
+        answer = wait_for(lambda: _enqueued(stub), "Enqueue to work once PostgreSQL is up", 60)
+        status = settled(stub, [answer.message_id])[answer.message_id]
+        assert status.state == pb.DELIVERY_STATE_DELIVERED
+        assert status.result.action == pb.ACTION_CREATE_CONTACT
+    finally:
+        if not postgres.running():
+            postgres.start()
+        process.stop()
+
+
+def _enqueued(stub: pb_grpc.TrengoSidecarStub) -> pb.EnqueueResponse | None:
+    try:
+        return stub.Enqueue(identify("ann", message_id="late-1"), timeout=5)
+    except grpc.RpcError:
+        return None
