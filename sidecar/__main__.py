@@ -42,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["deliveries"]:  # the operator's queue commands (sidecar/queue/cli.py)
+        from .queue.cli import main as deliveries
+
+        return deliveries(argv[1:])
     args = parse_args(argv)
     overrides = {
         "listen": args.listen,

@@ -106,6 +106,17 @@ class Config:
     store_pool_size: int = 4
     idempotency_window_seconds: float = 86_400.0
     idempotency_cache_size: int = 100_000
+    # the delivery queue (Enqueue): RudderStack's retry schedule, and the worker
+    queue_concurrency: int = 4
+    queue_retry_base_seconds: float = 10.0
+    queue_retry_max_seconds: float = 300.0
+    queue_give_up_attempts: int = 3
+    queue_give_up_seconds: float = 3 * 3600.0
+    queue_max_age_seconds: float = 24 * 3600.0
+    queue_lease_seconds: float = 60.0
+    queue_poll_seconds: float = 1.0
+    queue_attempt_timeout_seconds: float = 60.0
+    queue_retention_seconds: float = 7 * 86400.0
     # server
     max_message_bytes: int = 4 * 1024 * 1024
     auth_token: Secret = field(default_factory=lambda: Secret(""))
@@ -146,6 +157,16 @@ _KEYS: dict[str, tuple[str, str]] = {
     "storePoolSize": ("store_pool_size", "SIDECAR_STORE_POOL_SIZE"),
     "idempotencyWindowSeconds": ("idempotency_window_seconds", "SIDECAR_IDEMPOTENCY_WINDOW_SECONDS"),
     "idempotencyCacheSize": ("idempotency_cache_size", "SIDECAR_IDEMPOTENCY_CACHE_SIZE"),
+    "queueConcurrency": ("queue_concurrency", "SIDECAR_QUEUE_CONCURRENCY"),
+    "queueRetryBaseSeconds": ("queue_retry_base_seconds", "SIDECAR_QUEUE_RETRY_BASE_SECONDS"),
+    "queueRetryMaxSeconds": ("queue_retry_max_seconds", "SIDECAR_QUEUE_RETRY_MAX_SECONDS"),
+    "queueGiveUpAttempts": ("queue_give_up_attempts", "SIDECAR_QUEUE_GIVE_UP_ATTEMPTS"),
+    "queueGiveUpSeconds": ("queue_give_up_seconds", "SIDECAR_QUEUE_GIVE_UP_SECONDS"),
+    "queueMaxAgeSeconds": ("queue_max_age_seconds", "SIDECAR_QUEUE_MAX_AGE_SECONDS"),
+    "queueLeaseSeconds": ("queue_lease_seconds", "SIDECAR_QUEUE_LEASE_SECONDS"),
+    "queuePollSeconds": ("queue_poll_seconds", "SIDECAR_QUEUE_POLL_SECONDS"),
+    "queueAttemptTimeoutSeconds": ("queue_attempt_timeout_seconds", "SIDECAR_QUEUE_ATTEMPT_TIMEOUT_SECONDS"),
+    "queueRetentionSeconds": ("queue_retention_seconds", "SIDECAR_QUEUE_RETENTION_SECONDS"),
     "maxMessageBytes": ("max_message_bytes", "SIDECAR_MAX_MESSAGE_BYTES"),
     "authToken": ("auth_token", "SIDECAR_AUTH_TOKEN"),
     "authTokenFile": ("auth_token", "SIDECAR_AUTH_TOKEN_FILE"),
@@ -370,6 +391,12 @@ def _check(c: Config) -> None:
         "defaultDeadlineSeconds": c.default_deadline_seconds,
         "rateLimitQueueSize": c.rate_limit_queue_size,
         "idempotencyCacheSize": c.idempotency_cache_size,
+        "queueRetryMaxSeconds": c.queue_retry_max_seconds,
+        "queueMaxAgeSeconds": c.queue_max_age_seconds,
+        "queueLeaseSeconds": c.queue_lease_seconds,
+        "queuePollSeconds": c.queue_poll_seconds,
+        "queueAttemptTimeoutSeconds": c.queue_attempt_timeout_seconds,
+        "queueRetentionSeconds": c.queue_retention_seconds,
         "rateLimitWindowSeconds": c.rate_limit_window_seconds,
         "storePoolSize": c.store_pool_size,
     }
@@ -382,10 +409,17 @@ def _check(c: Config) -> None:
         "shutdownGraceSeconds": c.shutdown_grace_seconds,
         "backoffBaseSeconds": c.backoff_base_seconds,
         "backoffMaxSeconds": c.backoff_max_seconds,
+        "queueConcurrency": c.queue_concurrency,
+        "queueRetryBaseSeconds": c.queue_retry_base_seconds,
+        "queueGiveUpAttempts": c.queue_give_up_attempts,
+        "queueGiveUpSeconds": c.queue_give_up_seconds,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(key, "must not be negative")
+    if c.queue_lease_seconds <= c.request_timeout_seconds:
+        # A dead sidecar's last write must land (or time out) before another takes the person's next event.
+        raise ConfigError("queueLeaseSeconds", "must be greater than requestTimeoutSeconds")
     if c.metrics_listen and not _is_host_port(c.metrics_listen):
         raise ConfigError("metricsListen", f"must be HOST:PORT, not {c.metrics_listen!r}")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):

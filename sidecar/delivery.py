@@ -130,6 +130,17 @@ class Delivery:
         work = lambda: self._deliver(event, deadline)  # noqa: E731
         return await self.idempotency.deliver(event.message_id, deadline, work)
 
+    def check(self, event: Event) -> None:
+        """Refuse, before any Trengo call, what ``deliver`` would refuse without one (Enqueue asks)."""
+        if event.kind == "track":
+            tf.template_for(event, self.config.event_templates)
+        self._precheck_identifier(event)
+
+    async def deliver_again(self, event: Event, deadline: Deadline) -> Outcome:
+        """An operator asked for this event to be sent again: deliver it without giving back the result
+        stored for its message_id (that one stays: a synchronous call with it still gets it back)."""
+        return await self._deliver(event, deadline)
+
     async def _deliver(self, event: Event, deadline: Deadline) -> Outcome:
         template = tf.template_for(event, self.config.event_templates) if event.kind == "track" else None
         self._precheck_identifier(event)

@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .filters import RULES
+from .queue.metrics import collect as queue_metrics
 from .readiness import RESULTS
 
 if TYPE_CHECKING:
@@ -170,6 +171,7 @@ class ReadCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_idempotent_replays", "Results given back again for a repeated message_id "
             "(replayed=true), without calling Trengo.", value=delivery.replays)
+        yield from queue_metrics(self._sidecar.queue)
         yield from _trengo_check(self._sidecar)
 
 

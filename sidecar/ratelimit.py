@@ -17,6 +17,7 @@ for it within its deadline, then fails STORE_UNAVAILABLE; it is not sent.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 
@@ -31,6 +32,10 @@ WINDOW_SECONDS = 60.0
 # Trengo's count. 2% (60 ms of a 3 s window) still let one 429 through on a loaded machine.
 MARGIN_SHARE, MARGIN_MAX_SECONDS = 0.05, 0.5
 STORE_RETRY_SECONDS = 0.25  # between tries of a store that failed, within the caller's deadline
+# True in the tasks of the queue worker: their calls take a slot only when no synchronous call is
+# waiting for one, so a caller that waits on its answer always goes first.
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("rate_limit_background", default=False)
+BACKGROUND_POLL_SECONDS = 0.05  # how often a background call looks again while synchronous ones wait
 
 
 class RateLimiter:
@@ -71,6 +76,8 @@ class RateLimiter:
         STORE_UNAVAILABLE when the store could not be reached before it."""
         if self.per_minute <= 0:
             return 0.0
+        if BACKGROUND.get():
+            return await self._acquire_background(deadline)
         if self.waiting >= self.max_waiting:
             raise ResourceExhausted(
                 f"{self.waiting} calls are already waiting for Trengo's rate limit "
@@ -93,6 +100,46 @@ class RateLimiter:
         waited = time.monotonic() - started
         self.waited_seconds += waited
         return waited
+
+    async def _acquire_background(self, deadline: Deadline) -> float:
+        """A slot for a queued delivery, taken only while no synchronous call waits (``waiting`` counts
+        those). It polls rather than queueing on the lock, so it never stands in front of one."""
+        started = time.monotonic()
+        failure: list[StoreError] = []
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                while True:
+                    delay = BACKGROUND_POLL_SECONDS
+                    if self.waiting == 0 and not self._lock.locked():
+                        async with self._lock:
+                            delay = await self._try_slot(failure) if self.waiting == 0 else delay
+                        if delay <= 0:
+                            break
+                    await asyncio.sleep(max(min(delay, 1.0), BACKGROUND_POLL_SECONDS))
+        except TimeoutError:
+            if failure:
+                raise failure[-1] from None
+            raise self._exhausted(held=self._held_until > self._clock()) from None
+        waited = time.monotonic() - started
+        self.waited_seconds += waited
+        return waited
+
+    async def _try_slot(self, failure: list[StoreError]) -> float:
+        """One try: 0 when a slot was taken, else how long until one may be free."""
+        held = self._held_until - self._clock()
+        if held > 0:
+            return held
+        try:
+            decision = await self.slots.acquire_slot(self.key, self.per_minute, self._logged_window())
+        except StoreError as exc:
+            self.store_errors += 1
+            failure.append(exc)
+            return STORE_RETRY_SECONDS
+        failure.clear()
+        self._wait_hint, self._wait_hint_at = decision.wait, self._clock()
+        if decision.wait > 0:
+            self.shared_waits += 1
+        return decision.wait
 
     async def _wait_for_slot(self, deadline: Deadline, failure: list[StoreError]) -> None:
         # A loop, not one sleep: a 429 that arrives meanwhile (penalise) moves the slot further away,

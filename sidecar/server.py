@@ -28,6 +28,7 @@ from .decoding import transport_limit as _transport_limit
 from .delivery import Delivery, Outcome
 from .drain import CUT_OFF_SECONDS, InFlight
 from .errors import InvalidArgument, ShuttingDown, SidecarError
+from .queue.service import QueueService, queue_connections
 from .ratelimit import RateLimiter
 from .readiness import Health, HealthServicer, Readiness
 from .retry import RetryPolicy
@@ -280,7 +281,7 @@ class Sidecar:
         self.state = ObservedState(
             open_state(
                 config.store.reveal(),
-                pool_size=config.store_pool_size,
+                pool_size=config.store_pool_size + queue_connections(config),
                 contact_cache_size=config.contact_cache_size,
                 result_cache_size=config.idempotency_cache_size,
             )
@@ -301,7 +302,9 @@ class Sidecar:
             limiter=limiter,
         )
         self.delivery = Delivery(config, self.client, self.state, scope)
-        self.servicer = Servicer(config, self.delivery)
+        # The queue's RPCs of the service are served by QueueService (sidecar/queue/), registered beside.
+        self.servicer = Servicer(config, self.delivery)  # type: ignore[abstract]
+        self.queue = QueueService(config, self.delivery, lambda: self.servicer.observer)
         self.health = HealthServicer()
         self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
         self.readiness = Readiness(self.delivery, self.status)
@@ -325,7 +328,7 @@ class Sidecar:
             ],
         )
         # Registered, as grpcio-tools' generated code does, so grpc matches the method in its core.
-        handlers = self._handlers()
+        handlers = {**self._handlers(), **self.queue.handlers()}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -377,6 +380,8 @@ class Sidecar:
         self.port = self._bind(self.config.listen)
         await self.status.update()  # NOT_SERVING for both services until started (grpc's says SERVING)
         await self.store_health.start()  # a store that is down is retried in the background
+        # The queue's tables in the same store (sidecar/queue/), opened once the store answers.
+        await self.queue.start(self.state, lambda: self.store_health.started and self.store_health.up)
         await self.server.start()
         if check_trengo:
             await self.readiness.start()
@@ -408,6 +413,7 @@ class Sidecar:
         await self.readiness.stop()
         await self.status.update(draining=True)
         await self.servicer.in_flight.wait_idle(grace)
+        await self.queue.stop(max(0.0, ends - time.monotonic()))
         if self.servicer.in_flight.count:
             # The grace is over: calls still in flight are cut off, and each answers what it left
             # behind (nothing written, or an unknown outcome), instead of grpc's bare cancel.

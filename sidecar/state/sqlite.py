@@ -48,6 +48,8 @@ class SqliteState:
         self.url = url
         self.path = Path(sqlite_path(url))
         self.lock_dir = self.path.with_name(self.path.name + ".locks")
+        self._key_locks: dict[str, list[Any]] = {}  # key -> [asyncio.Lock, users]
+        self._buckets: dict[int, list[int]] = {}  # lock file -> [fd, holders in this process]
         self._clock = clock
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sidecar-sqlite")
         self._conn: sqlite3.Connection | None = None
@@ -80,7 +82,9 @@ class SqliteState:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, never corrupt
+            # FULL: a commit is on disk when it returns. The queue's Enqueue answers only after a durable
+            # commit (issue 12); NORMAL could lose the last commits to a power cut, never to a crash.
+            conn.execute("PRAGMA synchronous = FULL")
             self._conn = conn
         return self._conn
 
@@ -182,18 +186,51 @@ class SqliteState:
     async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         await self.start()
         bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") % LOCK_FILES
+        # In this process one holder per key (an asyncio lock); across processes one per lock file.
+        # Keys share the files by hash, so a person's lock taken under a message_id's can hash to the
+        # file this process already holds: it shares that hold rather than wait on itself for ever.
+        entry = self._key_locks.setdefault(key, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                await self._hold_bucket(bucket)
+                try:
+                    yield
+                finally:
+                    self._release_bucket(bucket)
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._key_locks.pop(key, None)
+
+    async def _hold_bucket(self, bucket: int) -> None:
+        if bucket in self._buckets:
+            self._buckets[bucket][1] += 1
+            return
         try:
             fd = os.open(self.lock_dir / f"{bucket:03d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise StoreError(f"the store {self.url} is unavailable: {type(exc).__name__} ({exc})") from None
         try:
-            # Each open() is its own open file description, so two holders in one process exclude
-            # each other too. Polled (LOCK_NB): a waiter whose deadline runs out simply stops.
+            # Polled (LOCK_NB): a waiter whose deadline runs out simply stops. Another holder of this
+            # process may take the file meanwhile: then this one shares its hold.
             while not _try_flock(fd):
+                if bucket in self._buckets:
+                    os.close(fd)
+                    self._buckets[bucket][1] += 1
+                    return
                 await asyncio.sleep(LOCK_POLL_SECONDS)
-            yield
-        finally:
-            os.close(fd)  # closing drops the lock
+        except BaseException:
+            os.close(fd)
+            raise
+        self._buckets[bucket] = [fd, 1]
+
+    def _release_bucket(self, bucket: int) -> None:
+        held = self._buckets[bucket]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._buckets[bucket]
+            os.close(held[0])  # closing drops the lock
 
     async def prune(self, window: float) -> None:
         for name in ("prune_contacts", "prune_results", "prune_rate_log"):
