@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from sidecar.cache import TTLCache
-from sidecar.contacts import ContactRecord
+from sidecar.state import ContactRecord
 
 FIRST_ID = 90_002_431_001  # the simulator's first contact id: above 2**31 on purpose
 Marks = list[tuple[int, int, int]]  # (keys inserted so far, len(cache), bytes traced)

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .contacts import ContactRecord
 from .errors import FailedPrecondition, InvalidArgument
 from .events import Event
+from .state.base import ContactRecord
 from .templates import Template, render_subject
 
 Kind = Literal["email", "phone"]

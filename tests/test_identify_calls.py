@@ -245,3 +245,24 @@ def test_a_dry_run_on_an_email_channel_lists_the_create_alone(stub, control):
     assert result.dry_run and result.action == pb.ACTION_CREATE_CONTACT and result.contact_id == 0
     assert [(r.method, r.attempts) for r in result.requests if "/channels?" not in r.url] == [("POST", 0)]
     assert calls(control) == [] and control.contacts() == []
+
+
+# --- with a shared store ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_name_one_sidecar_wrote_is_known_to_another_on_the_store(
+    make_sidecar, control, tmp_path, backend, request
+):
+    store = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    first_channel, first = make_sidecar(store=store).stub()
+    second_channel, second = make_sidecar(store=store).stub()
+    with first_channel, second_channel:
+        made = first.Identify(identify("email", "Ann"))
+        assert calls(control) == [create("email")]
+        again = second.Identify(identify("email", "Ann"))  # the record, name included, from the store
+        assert again.action == pb.ACTION_NONE and again.contact_cache_hit
+        assert again.contact_id == made.contact_id and calls(control) == [create("email")]
+        renamed = second.Identify(identify("email", "Ann Lee"))
+        assert renamed.action == pb.ACTION_UPDATE_CONTACT
+        assert calls(control) == [create("email"), update(made.contact_id)]

@@ -6,8 +6,8 @@ import pytest
 
 from sidecar import transform as tf
 from sidecar.config import build_config, load_config
-from sidecar.contacts import ContactRecord
 from sidecar.errors import ConfigError
+from sidecar.state import ContactRecord
 from sidecar.trengo import record_name
 
 BASE = {"apiToken": "t0k3n", "channelId": 405980}
