@@ -7,7 +7,9 @@ Trengo calls as its children.
 
 from __future__ import annotations
 
+import os
 import secrets
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,19 @@ def test_a_failed_queued_delivery_span_names_the_reason_and_links_to_an_untraced
     assert values["trengo_sidecar.queue.outcome"] == "failed"
     assert values["error.type"] == "TRENGO_REJECTED"
     assert span.status.code == span.status.STATUS_CODE_ERROR
+
+
+def test_off_an_enqueue_stores_no_trace_and_the_worker_opens_no_span(
+    monkeypatch, make_sidecar, tmp_path: Path
+):
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        monkeypatch.delenv(key)
+    thread = make_sidecar(store=f"sqlite:///{tmp_path}/state.db", **FAST_QUEUE)
+    _, stub = thread.stub()
+    stub.Enqueue(identify("ann", message_id="m-off"), metadata=parent("a" * 32, "b" * 16), timeout=10)
+    assert settled(stub, ["m-off"])["m-off"].state == pb.DELIVERY_STATE_DELIVERED
+    queue = thread.sidecar.queue
+    assert queue.tracing is None and queue.worker is not None and queue.worker.tracing is None
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        rows = db.execute("SELECT trace FROM queue_deliveries WHERE message_id = 'm-off'").fetchall()
+    assert rows == [(None,)]
