@@ -13,6 +13,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sidecar.simulator.otlp import attributes
 from tests import test_tracing
 from tests.harness import EMAIL_CHANNEL, TOKEN
@@ -38,10 +40,12 @@ def delivery_span(receiving: Any, enqueue: Any) -> Any:
     return wait_for(found, "the queued delivery's span")
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_queued_delivery_is_a_span_linked_to_the_enqueue_with_the_trengo_calls_under_it(
-    start_traced, control, tmp_path: Path
+    start_traced, control, tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ):
-    stub, receiving, _ = start_traced(store=f"sqlite:///{tmp_path}/state.db", **FAST_QUEUE)
+    store = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    stub, receiving, _ = start_traced(store=store, **FAST_QUEUE)
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     answer = stub.Enqueue(identify("ann", message_id="m-1", name="Ann Lee"),
                           metadata=parent(trace_id, caller_span), timeout=10)
