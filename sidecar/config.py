@@ -136,7 +136,10 @@ IGNORED_KEYS: dict[str, str] = {
 ENV_ALIASES: dict[str, str] = {"SIDECAR_RATE_LIMIT_PER_MINUTE": "rateLimitPerMinute"}
 # TRENGO_*/SIDECAR_* variables of the project's other programs (simulator, clients, deploy manifests),
 # known so that the start-up warning about unknown variables does not cry wolf in a shared shell.
-OTHER_ENV = ("TRENGO_SIM_TOKENS", "TRENGO_SIDECAR_ADDR", "SIDECAR_ADDR", "SIDECAR_AUTH_ADDR")
+OTHER_ENV = (
+    *("TRENGO_SIM_TOKENS", "TRENGO_SIM_PORT"),  # trengo-sim, make run's demo
+    *("TRENGO_SIDECAR_ADDR", "SIDECAR_ADDR", "SIDECAR_AUTH_ADDR"),  # apps, client tests: the sidecar
+)
 # An eventTemplateMap entry's keys: anything else is a typo (add one here to allow it).
 TEMPLATE_ENTRY_KEYS = ("from", "to")
 _SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken"}
