@@ -21,7 +21,7 @@ from sidecar.config import ENV_ALIASES, ENV_VARS
 from sidecar.simulator import SimulatorThread
 from sidecar.simulator.control import ControlApi
 from sidecar.simulator.state import SimState
-from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port
+from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, pieces
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzaWRlY2FyIn0"
@@ -39,10 +39,6 @@ def run(*args: str, timeout: float = 30, **env: str) -> subprocess.CompletedProc
 def write_yaml(path: Path, data: dict[str, object]) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def pieces(secret: str, size: int = 4) -> list[str]:
-    return [secret[i : i + size] for i in range(max(1, len(secret) - size + 1))]
 
 
 # --- item 2: a broken config file never shows the token --------------------------------------------------

@@ -23,6 +23,7 @@ from sidecar.config import (
 from sidecar.config_report import check_config, file_value
 from sidecar.config_sources import unknown_env
 from sidecar.errors import ConfigError
+from tests.harness import pieces
 
 BASE = {"apiToken": "t0k3n", "channelId": 405980}
 ENV = {"TRENGO_API_TOKEN": "t0k3n", "TRENGO_CHANNEL_ID": "405980"}
@@ -127,11 +128,6 @@ def test_a_later_source_token_replaces_an_earlier_token_file(tmp_path: Path):
 # --- parse errors: file, line, column, and never the text (issue 10, item 2) -------------------------------
 
 LONG_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.c2VjcmV0"
-
-
-def pieces(secret: str, size: int = 4) -> list[str]:
-    """Every run of ``size`` characters of ``secret`` (the whole of it when shorter)."""
-    return [secret[i : i + size] for i in range(max(1, len(secret) - size + 1))]
 
 
 @pytest.mark.parametrize("token", [LONG_TOKEN, "Zq7"])
