@@ -7,6 +7,7 @@ templates as written, and a comment on each line saying where the value came fro
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import fields
@@ -61,12 +62,29 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
         elif attr == "event_templates":
             templates = loaded.config.event_templates.items()
             value = [{"from": name, "to": template.source} for name, template in templates]
-        elif attr in attrs:
-            value = file_value(getattr(loaded.config, attr))
-        else:
+        elif attr not in attrs:
             continue
+        elif key in loaded.given and not isinstance(getattr(loaded.config, attr), _PLAIN):
+            value = file_value(_decoded(loaded.given[key]))  # a structure: as given, not as parsed
+        else:
+            value = file_value(getattr(loaded.config, attr))
         entries.append((key, value, loaded.origins.get(key, "default")))
     return entries
+
+
+# Values printed as parsed (canonical: 405980 for "405980", INFO for info). A structured value (the
+# consent keys) is printed as given instead, since its parsed form is not the file's.
+_PLAIN = (cfg.Secret, str, int, float, bool)
+
+
+def _decoded(value: Any) -> Any:
+    """A structured value as a file holds it: JSON text (from env) decoded."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
 
 
 def file_value(value: Any) -> Any:

@@ -367,3 +367,10 @@ def test_check_config_prints_a_config_file_with_origins(tmp_path: Path):
 
 def test_check_config_masks_a_password_in_a_url():
     assert file_value("postgresql://app:Zq7secret@db:5432/sidecar") == "postgresql://app:****@db:5432/sidecar"
+
+
+def test_check_config_prints_a_structured_value_as_given_not_as_parsed():
+    env = {**ENV, "TRENGO_ONE_TRUST_COOKIE_CATEGORIES": '[{"oneTrustCookieCategory": "C0001"}]'}
+    printed = yaml.safe_load(check_config(load(env=env)))
+    assert printed["oneTrustCookieCategories"] == [{"oneTrustCookieCategory": "C0001"}]
+    assert printed["ketchConsentPurposes"] == []  # a default: as parsed
