@@ -194,40 +194,43 @@ def load(
     origins: dict[str, str] = {}
     env = os.environ if env is None else env
     file = read_file(Path(path)) if path else {}
+    from_env, env_origins, problems = env_values(env, {**ENV_VARS, **ENV_ALIASES})
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     sources = (
         (file, {key: f"file {path}" for key in file}),
-        env_values(env, {**ENV_VARS, **ENV_ALIASES}),
+        (from_env, env_origins),
         (flags, {key: "flag --" + re.sub("([A-Z])", r"-\1", key).lower() for key in flags}),
     )
     for source, where in sources:
-        _check_alternatives(source)
+        problems += [_located(p, where) for p in _alternatives(source)]
         for key in source:  # a token from a later source replaces a token file from an earlier one
             raw.pop(_ALTERNATIVE.get(key, ""), None)
             origins.pop(_ALTERNATIVE.get(key, ""), None)
         raw.update(source)
         origins.update(where)
-    config = _build(raw, origins)
+    config = _build(raw, origins, problems)
     warnings = unknown_env(env, KNOWN_ENV) + ([] if config.event_templates else [EMPTY_MAP_WARNING])
     ignored = tuple(key for key in raw if key in IGNORED_KEYS)
     return Loaded(config, raw, origins, ignored, tuple(warnings))
 
 
-def _check_alternatives(source: Mapping[str, Any]) -> None:
-    for file_key, key in _SECRET_FILE_KEYS.items():
-        if key in source and file_key in source:
-            raise ConfigError(key, f"give {key} or {file_key}, not both")
+def _alternatives(source: Mapping[str, Any]) -> list[ConfigError]:
+    return [
+        ConfigError(key, f"give {key} or {file_key}, not both")
+        for file_key, key in _SECRET_FILE_KEYS.items()
+        if key in source and file_key in source
+    ]
 
 
 def build_config(raw: Mapping[str, Any]) -> Config:
     """Validate a mapping of file keys into a Config."""
-    return _build(raw, {})
+    return _build(raw, {}, _alternatives(raw))
 
 
-def _build(raw: Mapping[str, Any], origins: Mapping[str, str]) -> Config:
-    """Every problem at once: a ConfigError whose ``problems`` name each key (and its env variable)."""
-    _check_alternatives(raw)
-    problems: list[ConfigError] = []
+def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[ConfigError]) -> Config:
+    """Every problem at once (``found``: those of the sources): a ConfigError whose ``problems`` name
+    each key and where its value came from."""
+    problems = list(found)
     values: dict[str, Any] = {}
     for key, value in raw.items():
         try:

@@ -96,18 +96,23 @@ def json_value(key: str, text: str) -> Any:
         raise ConfigError(key, f"not valid JSON at {where}: {exc.msg}") from None
 
 
-def env_values(env: Mapping[str, str], names: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The file keys set by environment variables (``names``: variable -> key), and where each came from."""
+def env_values(
+    env: Mapping[str, str], names: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str], list[ConfigError]]:
+    """The file keys set by environment variables (``names``: variable -> key), where each came from,
+    and the keys set by two variables at once."""
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    problems: list[ConfigError] = []
     for var, key in names.items():
         if env.get(var, "") == "":
             continue
         if key in values:
             other = origins[key].removeprefix("env ")
-            raise ConfigError(key, f"set by both {other} and {var}: give one of them", f"env {var}")
+            problems.append(ConfigError(key, f"set by both {other} and {var}: give one of them"))
+            continue
         values[key], origins[key] = env[var], f"env {var}"
-    return values, origins
+    return values, origins, problems
 
 
 def unknown_env(env: Mapping[str, str], known: Iterable[str]) -> list[str]:

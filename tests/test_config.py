@@ -374,3 +374,14 @@ def test_check_config_prints_a_structured_value_as_given_not_as_parsed():
     printed = yaml.safe_load(check_config(load(env=env)))
     assert printed["oneTrustCookieCategories"] == [{"oneTrustCookieCategory": "C0001"}]
     assert printed["ketchConsentPurposes"] == []  # a default: as parsed
+
+
+def test_two_ways_of_giving_one_token_are_reported_with_the_other_problems(tmp_path: Path):
+    secret = tmp_path / "token"
+    secret.write_text("from-file")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"apiToken: t\napiTokenFile: {secret}\n")
+    env = {"SIDECAR_RATE_LIMIT_PER_MINUTE": "1", "TRENGO_RATE_LIMIT_PER_MINUTE": "2"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env=env)
+    assert [p.key for p in caught.value.problems] == ["rateLimitPerMinute", "apiToken", "channelId"]
