@@ -141,8 +141,9 @@ IGNORED_KEYS: dict[str, str] = {
     "eventDelivery": "RudderStack's live-events switch",
     "eventDeliveryTS": "RudderStack's live-events switch",
 }
-# More names for a key's variable: every sidecar setting also under SIDECAR_*, so the prefix
-# follows the rule (TRENGO_* for the destination's own keys and baseUrl, SIDECAR_* for the rest).
+# More names for a key's variable (alias -> key). The prefixes follow one rule, TRENGO_* for the
+# destination's own keys and baseUrl, SIDECAR_* for the sidecar's settings; the one setting named
+# against it keeps its name (the contract) and is also read under the rule's.
 ENV_ALIASES: dict[str, str] = {"SIDECAR_RATE_LIMIT_PER_MINUTE": "rateLimitPerMinute"}
 # TRENGO_*/SIDECAR_* variables of the project's other programs (simulator, clients, deploy manifests),
 # known so that the start-up warning about unknown variables does not cry wolf in a shared shell.
@@ -254,16 +255,19 @@ def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[Confi
     return config
 
 
+def _key_of(where: str) -> str:
+    """The key an error is about: ``eventTemplateMap`` for ``eventTemplateMap[0].to``."""
+    return re.split(r"[\[.]", where, maxsplit=1)[0]
+
+
 def _attr(key: str) -> str:
-    """The Config attribute an error's key (``eventTemplateMap[0].to``) is about."""
-    base = re.match(r"\w*", key)
-    return _KEYS.get(base.group() if base else key, (key, ""))[0]
+    """The Config attribute an error's key is about."""
+    return _KEYS.get(_key_of(key), (key, ""))[0]
 
 
 def _located(problem: ConfigError, origins: Mapping[str, str]) -> ConfigError:
     """The problem, saying which env variable or flag the value came from."""
-    base = re.match(r"\w*", problem.key)
-    origin = origins.get(base.group() if base else "", "")
+    origin = origins.get(_key_of(problem.key), "")
     if problem.origin or not origin.startswith(("env ", "flag ")):
         return problem
     return ConfigError(problem.key, problem.problem, origin)
