@@ -18,8 +18,8 @@ import yaml
 from .errors import ConfigError
 
 QUOTE_HINT = "quote templates in YAML, as in to: '{{ event }}' (unquoted, {{ ... }} is a YAML mapping)"
-# PyYAML quotes a token kind ('<scalar>') or a single character in its problems; anything longer
-# might be the text itself, so it is left out.
+# PyYAML quotes a token kind ('<scalar>') or a single character ('\t' escaped) in its problems;
+# anything longer might be the text itself, so it is left out.
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
@@ -82,7 +82,8 @@ def _yaml_error(path: Path, text: str, exc: yaml.MarkedYAMLError) -> ConfigError
 def _unquoted(message: str) -> str:
     def keep(found: re.Match[str]) -> str:
         inner = found.group()[1:-1]
-        return found.group() if len(inner) <= 1 or re.fullmatch(r"<[\w ]+>", inner) else "'...'"
+        keeps = len(inner) <= 1 or re.fullmatch(r"<[\w ]+>|\\\w{1,4}", inner)  # 'x', '<scalar>', '\\t'
+        return found.group() if keeps else "'...'"
 
     return _QUOTED.sub(keep, message)
 

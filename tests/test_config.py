@@ -385,3 +385,15 @@ def test_two_ways_of_giving_one_token_are_reported_with_the_other_problems(tmp_p
     with pytest.raises(ConfigError) as caught:
         load_config(path, env=env)
     assert [p.key for p in caught.value.problems] == ["rateLimitPerMinute", "apiToken", "channelId"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["apiToken: *Zq7alias\n", "apiToken: [Zq7secret\n", "apiToken: !Zq7tag x\n", "apiToken: Zq7: x: y\n"],
+)
+def test_no_yaml_error_quotes_the_text(tmp_path: Path, text: str):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert str(caught.value).startswith(f"{path}:") and "Zq7" not in str(caught.value), str(caught.value)
