@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="validate the config, print it as a config file with where each value came from, and exit",
     )
+    parser.add_argument(
+        "--check-trengo",
+        action="store_true",
+        help="check the token and baseUrl against Trengo (one channel list) and exit: 0 if they work",
+    )
     return parser.parse_args(argv)
 
 
@@ -62,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for warning in loaded.warnings:
         log.warning(warning)
+    if args.check_trengo:
+        from .readiness import check_command
+
+        return check_command(config)
     try:
         asyncio.run(_serve(config))
     except OSError as exc:

@@ -21,7 +21,8 @@ The control API, beside /api/v2 on the same port (no auth; never recorded, never
   POST   /_sim/reset          forget contacts, tickets, recorded requests and faults; reseed the
                               channels (405980 EMAIL, 405981 SMS, 405982 WhatsApp, 405983 voice, ...)
   GET    /_sim/requests       every /api/v2 request in arrival order: method, path, query, params,
-                              headers, body, raw_body, at, status (null until answered, 0 if dropped)
+                              headers (Authorization masked), token (a fingerprint of the bearer
+                              token), body, raw_body, at, status (null until answered, 0 if dropped)
   GET    /_sim/contacts       what the simulator holds; likewise /_sim/tickets and /_sim/channels
   POST   /_sim/contacts       {"name", "identifier", "channel_id"}: seed a contact, unchecked
                               (duplicates allowed, to stage them)
