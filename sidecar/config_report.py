@@ -89,6 +89,8 @@ def _decoded(value: Any) -> Any:
 
 def file_value(value: Any) -> Any:
     """A Config value as a config file writes it: secrets masked, templates as their source."""
+    if isinstance(value, cfg.StoreUrl):
+        return value.masked()  # the URL shown, its password masked
     if isinstance(value, cfg.Secret):
         return MASK if value else ""
     if isinstance(value, Template):
