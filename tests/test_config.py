@@ -397,3 +397,10 @@ def test_no_yaml_error_quotes_the_text(tmp_path: Path, text: str):
     with pytest.raises(ConfigError) as caught:
         load_config(path, env={})
     assert str(caught.value).startswith(f"{path}:") and "Zq7" not in str(caught.value), str(caught.value)
+
+
+def test_check_config_shows_the_store_url_with_its_password_masked():
+    env = {**ENV, "SIDECAR_STORE": "postgresql://app:Zq7secret@db:5432/sidecar"}
+    text = check_config(load(env=env))
+    assert "store: postgresql://app:****@db:5432/sidecar  # env SIDECAR_STORE" in text.splitlines()
+    assert "Zq7" not in text
