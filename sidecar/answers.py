@@ -44,6 +44,10 @@ def to_result(outcome: Outcome) -> pb.DeliveryResult:
         contact_cache_hit=outcome.contact_cache_hit,
         replayed=outcome.replayed,
         message_id=outcome.message_id,
+        failed_followups=[
+            pb.FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
+            for f in outcome.failed_followups
+        ],
     )
 
 

@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .followup_config import custom_field_map, ticket_extras
+from .followup_plan import FieldMapping, TicketExtras
 from .templates import Template, TemplateError, compile_template
 
 DEFAULT_BASE_URL = "https://app.trengo.com/api/v2"
@@ -63,6 +65,9 @@ class Config:
     enable_dedup: bool = True
     # event name -> compiled subject template ("" source = no subject)
     event_templates: Mapping[str, Template] = field(default_factory=lambda: MappingProxyType({}))
+    # event name -> the note and labels its tickets get (eventTemplateMap entries' note, labels)
+    event_extras: Mapping[str, TicketExtras] = field(default_factory=lambda: MappingProxyType({}))
+    custom_field_map: tuple[FieldMapping, ...] = ()
     base_url: str = DEFAULT_BASE_URL
     listen: str = "127.0.0.1:50051"
     # caches
@@ -99,6 +104,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "channelIdentifier": ("channel_identifier", "TRENGO_CHANNEL_IDENTIFIER"),
     "enableDedup": ("enable_dedup", "TRENGO_ENABLE_DEDUP"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
+    "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
     "listen": ("listen", "SIDECAR_LISTEN"),
     "contactCacheSize": ("contact_cache_size", "SIDECAR_CONTACT_CACHE_SIZE"),
@@ -189,6 +195,8 @@ def build_config(raw: Mapping[str, Any]) -> Config:
         if key in _SECRET_FILE_KEYS:
             continue
         values[_KEYS[key][0]] = _parse(key, value)
+    if "eventTemplateMap" in raw:  # its entries' note and labels (sidecar/followup_config.py)
+        values["event_extras"] = ticket_extras("eventTemplateMap", raw["eventTemplateMap"])
     for file_key, key in _SECRET_FILE_KEYS.items():
         if raw.get(file_key):
             values[_KEYS[key][0]] = Secret(_read_secret(file_key, raw[file_key]))
@@ -226,6 +234,8 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
+    if attr == "custom_field_map":
+        return custom_field_map(key, value)
     if attr == "enable_dedup":
         return _bool(key, value)
     if attr in _INTS:

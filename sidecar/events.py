@@ -52,6 +52,9 @@ class Event:
     anonymous_id: str = ""
     message_id: str = ""
     dry_run: bool = False
+    # (values, where) for traits then context.traits, "where" as the request named them: customFieldMap
+    # reads these
+    trait_sources: tuple[tuple[dict[str, Any], str], ...] = ()
 
 
 # --- Struct conversion ------------------------------------------------------
@@ -147,6 +150,7 @@ def _build(
         properties=properties,
         channel_id=channel_id,
         contact_id=contact_id,
+        trait_sources=sources[:2],
         **meta,
     )
 
