@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from trengo_sidecar_client import FollowUpFailure, TrengoSidecarClient
 
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, struct
@@ -301,3 +302,16 @@ def test_a_label_whose_answer_was_lost_is_sent_again_but_a_note_never(shop, cont
     [ticket] = control.tickets()
     assert len(ticket["messages"]) == 1  # the note was written; only its answer was lost
     assert [label["name"] for label in ticket["labels"]] == ["VIP", "Orders"]
+
+
+def test_the_python_client_reports_the_follow_ups_that_did_not_land(shop, control, ann):
+    sidecar, _ = shop
+    control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/labels", status=422, count=1)
+    with TrengoSidecarClient(sidecar.address, timeout=10) as client:
+        result = client.track("Order Placed", email="ann@example.com", properties={"order_id": "A-1"})
+    assert result.ticket_id == FIRST_TICKET
+    [failed] = result.failed_followups
+    assert isinstance(failed, FollowUpFailure)
+    assert (failed.kind, failed.target, failed.reason) == ("label", "VIP", "TRENGO_REJECTED")
+    [ticket] = control.tickets()
+    assert [label["name"] for label in ticket["labels"]] == ["Orders"]

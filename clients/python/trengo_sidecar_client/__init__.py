@@ -11,10 +11,11 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .result import Action, DeliveryResult, TrengoCall
+from .result import Action, DeliveryResult, FollowUpFailure, TrengoCall
 
 __all__ = [
     "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryResult", "FailedPrecondition",
+    "FollowUpFailure",
     "InvalidArgument", "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient",
     "Unauthenticated", "Unavailable",
 ]

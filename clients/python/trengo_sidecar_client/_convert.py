@@ -9,7 +9,7 @@ from google.protobuf import struct_pb2
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
-from .result import Action, DeliveryResult, TrengoCall
+from .result import Action, DeliveryResult, FollowUpFailure, TrengoCall
 
 CHANNEL_ID = "trengoChannelId"
 CONTACT_ID = "trengoContactId"
@@ -67,6 +67,10 @@ def to_result(message: pb.DeliveryResult, request_id: str | None) -> DeliveryRes
         replayed=message.replayed,
         message_id=message.message_id,
         request_id=request_id,
+        failed_followups=tuple(
+            FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
+            for f in message.failed_followups
+        ),
     )
 
 
