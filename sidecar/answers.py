@@ -19,6 +19,7 @@ ACTIONS = {
     "update_contact": pb.ACTION_UPDATE_CONTACT,
     "create_ticket": pb.ACTION_CREATE_TICKET,
     "none": pb.ACTION_NONE,
+    "filtered": pb.ACTION_FILTERED,
 }
 
 
@@ -44,6 +45,7 @@ def to_result(outcome: Outcome) -> pb.DeliveryResult:
         contact_cache_hit=outcome.contact_cache_hit,
         replayed=outcome.replayed,
         message_id=outcome.message_id,
+        filtered_reason=outcome.filtered_reason,
         failed_followups=[
             pb.FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
             for f in outcome.failed_followups

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from . import filters
 from .errors import ConfigError
 from .followup_config import custom_field_map, ticket_extras
 from .followup_plan import FieldMapping, TicketExtras
@@ -69,6 +70,12 @@ class Config:
     event_extras: Mapping[str, TicketExtras] = field(default_factory=lambda: MappingProxyType({}))
     custom_field_map: tuple[FieldMapping, ...] = ()
     base_url: str = DEFAULT_BASE_URL
+    # consent rules (filters.py): provider -> entry, and the two legacy lists of consent ids
+    consent_management: Mapping[str, filters.ConsentEntry] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    one_trust_cookie_categories: tuple[str, ...] = ()
+    ketch_consent_purposes: tuple[str, ...] = ()
     listen: str = "127.0.0.1:50051"
     # caches
     contact_cache_size: int = 100_000
@@ -106,6 +113,9 @@ _KEYS: dict[str, tuple[str, str]] = {
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
     "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
+    "consentManagement": ("consent_management", "TRENGO_CONSENT_MANAGEMENT"),
+    "oneTrustCookieCategories": ("one_trust_cookie_categories", "TRENGO_ONE_TRUST_COOKIE_CATEGORIES"),
+    "ketchConsentPurposes": ("ketch_consent_purposes", "TRENGO_KETCH_CONSENT_PURPOSES"),
     "listen": ("listen", "SIDECAR_LISTEN"),
     "contactCacheSize": ("contact_cache_size", "SIDECAR_CONTACT_CACHE_SIZE"),
     "contactCacheTtlSeconds": ("contact_cache_ttl_seconds", "SIDECAR_CONTACT_CACHE_TTL_SECONDS"),
@@ -224,6 +234,11 @@ def _header_value(key: str, token: str) -> str:
     return token
 
 
+_CONSENT_KEYS = {
+    "consent_management": filters.parse_consent_management,
+    "one_trust_cookie_categories": filters.parse_one_trust,
+    "ketch_consent_purposes": filters.parse_ketch,
+}
 _INTS = {f.name for f in fields(Config) if f.type == "int"}
 _FLOATS = {f.name for f in fields(Config) if f.type == "float"}
 
@@ -234,6 +249,8 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
+    if attr in _CONSENT_KEYS:
+        return _CONSENT_KEYS[attr](key, value)
     if attr == "custom_field_map":
         return custom_field_map(key, value)
     if attr == "enable_dedup":

@@ -40,7 +40,7 @@ CHANNEL_RELIST_SECONDS = 30.0
 class Outcome:
     """What one event did in Trengo; the server turns it into a DeliveryResult."""
 
-    action: str  # create_contact, update_contact, create_ticket, none
+    action: str  # create_contact, update_contact, create_ticket, none, filtered
     channel_id: int
     contact_id: int = 0
     ticket_id: int = 0
@@ -49,6 +49,7 @@ class Outcome:
     contact_cache_hit: bool = False
     replayed: bool = False
     message_id: str = ""
+    filtered_reason: str = ""  # for "filtered": the rule that kept the event from Trengo
     # follow-ups (note, labels, custom fields) that did not land; the primary write stands
     failed_followups: list[FollowUpFailure] = field(default_factory=list)
 

@@ -52,6 +52,9 @@ class Event:
     anonymous_id: str = ""
     message_id: str = ""
     dry_run: bool = False
+    # Kept as given, for filters.py, which reads them tolerantly as RudderStack does:
+    consent: Any = None  # context.consentManagement
+    integrations: Any = field(default_factory=dict)  # a SendEvent event's integrations; absent = {}
     # (values, where) for traits then context.traits, "where" as the request named them: customFieldMap
     # reads these
     trait_sources: tuple[tuple[dict[str, Any], str], ...] = ()
@@ -143,13 +146,14 @@ def _build(
         event_name = _event_name(event_name, f"{prefix}event")
     return Event(
         kind=kind,
-        email=_identifier(sources, "email", _EMAIL, "an e-mail address"),
+        email=_identifier(sources, "email", _EMAIL, "an e-mail address") or _external_email(external_ids),
         phone=_identifier(sources, "phone", _PHONE, "a phone number"),
         name=_name(sources),
         event_name=event_name if kind == "track" else "",
         properties=properties,
         channel_id=channel_id,
         contact_id=contact_id,
+        consent=context.get("consentManagement"),
         trait_sources=sources[:2],
         **meta,
     )
@@ -177,6 +181,7 @@ def from_send_event(request: Any) -> Event:
         "anonymous_id": _id_text(data.get("anonymousId"), "event.anonymousId"),
         "message_id": _id_text(data.get("messageId"), "event.messageId"),
         "dry_run": request.dry_run,
+        "integrations": data.get("integrations", {}),  # null stays None: filtered, as RudderStack does
     }
     traits = _object(data.get("traits"), "event.traits")
     context = _object(data.get("context"), "event.context")
@@ -298,6 +303,21 @@ def _context_external_ids(value: Any, where: str) -> list[tuple[Any, Any, str]]:
             raise InvalidArgument(f"{at} must be an object {{type, id}}", field=at)
         out.append((entry.get("type"), entry.get("id"), at))
     return out
+
+
+def _external_email(entries: list[tuple[Any, Any, str]]) -> str | None:
+    """No e-mail in traits, context.traits or properties: the first external id that is an e-mail.
+
+    RudderStack takes context.externalId[0].id whatever its type, so a trengoChannelId's number could
+    become the "e-mail". Here only an id that is an e-mail address counts, and never a trengo* one.
+    """
+    for kind, raw, _ in entries:
+        if isinstance(kind, str) and kind.lower().startswith("trengo"):
+            continue
+        value = raw.strip() if isinstance(raw, str) else ""
+        if len(value) <= MAX_IDENTIFIER and not _CONTROL.search(value) and _EMAIL.fullmatch(value):
+            return value
+    return None
 
 
 def _external_ids(entries: list[tuple[Any, Any, str]]) -> tuple[int | None, int | None]:

@@ -27,6 +27,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from .filters import RULES
+
 if TYPE_CHECKING:
     from .cache import TTLCache
     from .server import Sidecar
@@ -73,12 +75,20 @@ class SidecarMetrics:
         self.trengo_retries = Counter(
             f"{PREFIX}_trengo_retries", "Trengo calls tried again, by endpoint template and the "
             "reason of the failed attempt.", ("endpoint", "reason"), registry=registry)
+        self.filtered_events = Counter(
+            f"{PREFIX}_filtered", "Events not delivered, as RudderStack would not have delivered them, by "
+            "rule (consent, integrations).", ("rule",), registry=registry)
+        for rule in RULES:  # exported at 0 from the start, so a rate() over them has a baseline
+            self.filtered_events.labels(rule)
 
     # --- Servicer.observer ---------------------------------------------------------------
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpcs.labels(method, code).inc()
         self.rpc_duration.labels(method).observe(seconds)
+
+    def filtered(self, rule: str) -> None:
+        self.filtered_events.labels(rule).inc()
 
     # --- TrengoClient.observer -------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import events
+from . import events, filters
 from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
@@ -111,7 +111,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         self.config = config
         self.delivery = delivery
         self.in_flight = InFlight()
-        self.observer: Any = None  # metrics hook: rpc(method, code_name, seconds)
+        self.observer: Any = None  # metrics hook: rpc(method, code_name, seconds), filtered(rule)
 
     async def Identify(
         self, request: pb.IdentifyRequest, context: grpc.aio.ServicerContext
@@ -202,7 +202,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         code, outcome, error, event = "OK", None, None, None
         try:
             event = parse()
-            outcome = await self.delivery.deliver(event, deadline)
+            outcome = self.filtered(event) or await self.delivery.deliver(event, deadline)
             return outcome
         except SidecarError as exc:
             error, code = exc, exc.code.name
@@ -222,6 +222,17 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             # about 60 us per call on the benchmark machine, all of it in the caller's latency.
             args = (method, code, seconds, request_id, event, outcome, error)
             asyncio.get_running_loop().call_soon(_log_rpc, *args)
+
+    def filtered(self, event: events.Event) -> Outcome | None:
+        """The answer to an event RudderStack would not deliver (counted by rule); None: deliver it."""
+        dropped = filters.check(event, self.config)
+        if dropped is None:
+            return None
+        if self.observer:
+            self.observer.filtered(dropped.rule)
+        return Outcome(
+            "filtered", 0, dry_run=event.dry_run, message_id=event.message_id, filtered_reason=dropped.reason
+        )
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> Deadline:
         remaining = context.time_remaining()
@@ -280,6 +291,7 @@ def _log_rpc(
             ticket_id=outcome.ticket_id or None,
             trengo_calls=len(outcome.calls),
             replayed=outcome.replayed or None,
+            filtered_reason=outcome.filtered_reason or None,
         )
     if error is not None:
         fields.update(reason=error.reason, error=error.message)

@@ -77,6 +77,16 @@ test('the Node client against a real sidecar', { skip }, async (t) => {
     assert.deepEqual(await simRequests(), []);
   });
 
+  await t.test('an event whose integrations exclude Trengo is ACTION_FILTERED, and Trengo is not called', async () => {
+    const event = { type: 'identify', integrations: { All: true, Trengo: false },
+      context: { traits: { email: 'dee.node@example.com' } } };
+    const result = await client.sendEvent(event);
+    assert.equal(result.action, 'ACTION_FILTERED');
+    assert.equal(result.filteredReason, 'integrations.Trengo is false');
+    assert.deepEqual(result.requests, []);
+    assert.deepEqual(await simRequests(), []);
+  });
+
   await t.test('a malformed identify is INVALID_ARGUMENT naming the field', async () => {
     const error = await client.identify({ traits: { email: 'not an email' } }).catch((e) => e);
     assert.equal(error.codeName, 'INVALID_ARGUMENT');

@@ -67,6 +67,7 @@ def to_result(message: pb.DeliveryResult, request_id: str | None) -> DeliveryRes
         replayed=message.replayed,
         message_id=message.message_id,
         request_id=request_id,
+        filtered_reason=message.filtered_reason,
         failed_followups=tuple(
             FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
             for f in message.failed_followups

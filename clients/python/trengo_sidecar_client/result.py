@@ -17,6 +17,9 @@ class Action(StrEnum):
     UPDATE_CONTACT = "update_contact"
     CREATE_TICKET = "create_ticket"
     NONE = "none"
+    # Not delivered, as RudderStack would not have (consent denied, or integrations exclude Trengo);
+    # DeliveryResult.filtered_reason says which rule. Trengo was not called.
+    FILTERED = "filtered"
 
 
 @dataclass(frozen=True)
@@ -62,4 +65,5 @@ class DeliveryResult:
     replayed: bool = False  # the stored result of an earlier call with the same message_id
     message_id: str = ""
     request_id: str | None = None  # the sidecar's x-request-id for this call, for its logs
+    filtered_reason: str = ""  # for Action.FILTERED: "consent denied: C0004", "integrations.Trengo is false"
     failed_followups: tuple[FollowUpFailure, ...] = ()  # follow-ups that did not land; () when all did
