@@ -292,6 +292,8 @@ def _log_rpc(
             trengo_calls=len(outcome.calls),
             replayed=outcome.replayed or None,
             filtered_reason=outcome.filtered_reason or None,
+            # follow-ups that did not land, as kind:target (the target is config, never event data)
+            failed_followups=",".join(f"{f.kind}:{f.target}" for f in outcome.failed_followups) or None,
         )
     if error is not None:
         fields.update(reason=error.reason, error=error.message)
@@ -300,6 +302,8 @@ def _log_rpc(
         if error is not None and code not in ("INVALID_ARGUMENT", "NOT_FOUND")
         else logging.INFO
     )
+    if outcome is not None and outcome.failed_followups:  # OK, but something the config asked for is missing
+        level = logging.WARNING
     log.log(level, "handled", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
 

@@ -15,6 +15,7 @@ from trengo_sidecar_client import FollowUpFailure, TrengoSidecarClient
 
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, struct
+from tests.test_logs import handled, json_lines  # noqa: F401 (json_lines: a fixture)
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -315,3 +316,12 @@ def test_the_python_client_reports_the_follow_ups_that_did_not_land(shop, contro
     assert (failed.kind, failed.target, failed.reason) == ("label", "VIP", "TRENGO_REJECTED")
     [ticket] = control.tickets()
     assert [label["name"] for label in ticket["labels"]] == ["Orders"]
+
+
+def test_the_log_line_warns_of_follow_ups_that_did_not_land(shop, control, ann, json_lines):  # noqa: F811
+    _, stub = shop
+    control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/labels", status=422, count=1)
+    stub.Track(order())
+    [line] = handled(json_lines, 1)
+    assert line["code"] == "OK" and line["level"] == "warning"
+    assert line["failed_followups"] == "label:VIP" and line["trengo_calls"] == 7
