@@ -325,3 +325,16 @@ def test_the_log_line_warns_of_follow_ups_that_did_not_land(shop, control, ann, 
     [line] = handled(json_lines, 1)
     assert line["code"] == "OK" and line["level"] == "warning"
     assert line["failed_followups"] == "label:VIP" and line["trengo_calls"] == 7
+
+
+def test_the_deliver_stream_does_the_follow_ups_and_reports_their_failures(shop, control, ann):
+    _, stub = shop
+    control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/labels", status=422, count=1)
+    requests = [pb.DeliverRequest(id=f"o{i}", track=order(order_id=f"A-{i}")) for i in range(3)]
+    answers = {a.id: a.result for a in stub.Deliver(iter(requests))}
+    assert {a.action for a in answers.values()} == {pb.ACTION_CREATE_TICKET}
+    failed = [(a.ticket_id, f.kind, f.target) for a in answers.values() for f in a.failed_followups]
+    assert failed == [(FIRST_TICKET, "label", "VIP")]
+    tickets = control.tickets()
+    assert len(tickets) == 3 and all(len(t["messages"]) == 1 for t in tickets)
+    assert sorted(len(t["labels"]) for t in tickets) == [1, 2, 2]
