@@ -23,7 +23,6 @@ FIRST_LABEL_ID = 1001
 FIRST_FIELD_ID = 2001
 FIRST_MESSAGE_ID = 5000000001
 FIELD_TYPES = ("CONTACT", "TICKET", "PROFILE")
-Answer = Callable[..., web.Response]
 
 
 @dataclass
@@ -105,24 +104,30 @@ class ExtrasStore:
         return {"custom_field_data": {str(k): v for k, v in values.items()}}
 
 
+def _app() -> Any:
+    """app.py, for its Laravel-style answers and id parsing (one definition of each); imported when a
+    request is served, because app.py imports this module."""
+    from sidecar.simulator import app
+
+    return app
+
+
 def _id(value: Any) -> int | None:
-    """Laravel's integer rule: a JSON number or numeric string; never a boolean."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+    result: int | None = _app()._int_or_none(value)
+    return result
+
+
+def _bad_request(message: str) -> web.Response:
+    from sidecar.simulator.control import _bad_request as bad  # late, as _app()
+
+    return bad(message)
 
 
 class ExtrasApi:
-    """Trengo's label, custom field and message routes. ``tickets`` and ``contacts`` are the main
-    store's tables; ``invalid`` and ``error`` its Laravel-style answers."""
+    """Trengo's label, custom field and message routes, over the main store's tickets and contacts."""
 
-    def __init__(self, state: Any, invalid: Answer, error: Answer, paginate: Callable[..., Any]) -> None:
+    def __init__(self, state: Any) -> None:
         self.state = state
-        self.invalid, self.error, self.paginate = invalid, error, paginate
 
     @property
     def store(self) -> ExtrasStore:
@@ -145,20 +150,19 @@ class ExtrasApi:
         return self._page(request, list(self.store.fields.values()), CustomField.to_dict)
 
     def _page(self, request: web.Request, items: list[Any], render: Callable[[Any], Any]) -> web.Response:
-        page = _id(request.query.get("page", "1")) or 1
         url = str(request.url.with_query(None))
-        return web.json_response(self.paginate(items, max(page, 1), url, render))
+        return web.json_response(_app().paginate(items, _app()._page(request), url, render))
 
     async def attach_label(self, request: web.Request) -> web.Response:
         ticket = self._ticket(request)
         if ticket is None:
-            return self.error(404, "No query results for model [App\\Models\\Ticket].")
+            return _app().error(404, "No query results for model [App\\Models\\Ticket].")
         body = await _body(request)
         label_id = _id(body.get("label_id"))
         if body.get("label_id") in (None, ""):
-            return self.invalid({"label_id": "The label id field is required."})
+            return _app().invalid({"label_id": "The label id field is required."})
         if label_id is None or label_id not in self.store.labels:
-            return self.invalid({"label_id": "The selected label id is invalid."})
+            return _app().invalid({"label_id": "The selected label id is invalid."})
         attached = self.store.ticket_labels.setdefault(ticket.id, [])
         if label_id not in attached:  # attaching twice changes nothing
             attached.append(label_id)
@@ -167,31 +171,31 @@ class ExtrasApi:
     async def add_message(self, request: web.Request) -> web.Response:
         ticket = self._ticket(request)
         if ticket is None:
-            return self.error(404, "No query results for model [App\\Models\\Ticket].")
+            return _app().error(404, "No query results for model [App\\Models\\Ticket].")
         body = await _body(request)
         text, internal = body.get("message"), body.get("internal_note", False)
         if text is None or (isinstance(text, str) and not text.strip()):
-            return self.invalid({"message": "The message field is required."})
+            return _app().invalid({"message": "The message field is required."})
         if not isinstance(text, str):
-            return self.invalid({"message": "The message must be a string."})
+            return _app().invalid({"message": "The message must be a string."})
         if not isinstance(internal, bool):
-            return self.invalid({"internal_note": "The internal note field must be true or false."})
+            return _app().invalid({"internal_note": "The internal note field must be true or false."})
         message = self.store.add_message(ticket.id, text.strip(), internal)
         return web.json_response(message.to_dict(), status=201)
 
     async def set_field(self, request: web.Request) -> web.Response:
         contact = self.state.contacts.get(_id(request.match_info["contact_id"]) or -1)
         if contact is None:
-            return self.error(404, "No query results for model [App\\Models\\Contact].")
+            return _app().error(404, "No query results for model [App\\Models\\Contact].")
         body = await _body(request)
         field_id, value = _id(body.get("custom_field_id")), body.get("value")
         known = self.store.fields.get(field_id or -1)
         if body.get("custom_field_id") in (None, ""):
-            return self.invalid({"custom_field_id": "The custom field id field is required."})
+            return _app().invalid({"custom_field_id": "The custom field id field is required."})
         if known is None or known.type != "CONTACT":
-            return self.invalid({"custom_field_id": "The selected custom field id is invalid."})
+            return _app().invalid({"custom_field_id": "The selected custom field id is invalid."})
         if value is not None and not isinstance(value, str):
-            return self.invalid({"value": "The value must be a string."})
+            return _app().invalid({"value": "The value must be a string."})
         self.store.values.setdefault(contact.id, {})[known.id] = value or ""
         return web.json_response({**contact.to_dict(), **self.store.contact_view(contact.id)})
 
@@ -202,9 +206,8 @@ class ExtrasApi:
 class ExtrasControl:
     """The control routes that seed labels and custom fields and list them."""
 
-    def __init__(self, state: Any, bad_request: Answer) -> None:
+    def __init__(self, state: Any) -> None:
         self.state = state
-        self.bad_request = bad_request
 
     def routes(self, control: str) -> list[web.RouteDef]:
         return [
@@ -225,7 +228,7 @@ class ExtrasControl:
             data = await _body(request)
             name, label_id = str(data["name"]), _optional_id(data.get("id"), self.state.extras.labels)
         except (ValueError, KeyError, TypeError) as exc:
-            return self.bad_request(f"need name (and a new id): {exc}")
+            return _bad_request(f"need name (and a new id): {exc}")
         return web.json_response(self.state.extras.add_label(name, label_id).to_dict(), status=201)
 
     async def add_field(self, request: web.Request) -> web.Response:
@@ -236,7 +239,7 @@ class ExtrasControl:
             if kind not in FIELD_TYPES:
                 raise ValueError(f"type must be one of {', '.join(FIELD_TYPES)}")
         except (ValueError, KeyError, TypeError) as exc:
-            return self.bad_request(f"need title (type, a new id): {exc}")
+            return _bad_request(f"need title (type, a new id): {exc}")
         return web.json_response(self.state.extras.add_field(title, kind, field_id).to_dict(), status=201)
 
 
