@@ -111,7 +111,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         self.config = config
         self.delivery = delivery
         self.in_flight = InFlight()
-        self.observer: Any = None  # metrics hook: rpc(method, code_name, seconds), filtered(rule)
+        # metrics hook: rpc(method, code_name, seconds), filtered(rule), followup_failed(kind)
+        self.observer: Any = None
 
     async def Identify(
         self, request: pb.IdentifyRequest, context: grpc.aio.ServicerContext
@@ -218,6 +219,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             seconds = time.monotonic() - started
             if self.observer:
                 self.observer.rpc(method, code, seconds)
+                for failure in outcome.failed_followups if outcome and not outcome.replayed else ():
+                    self.observer.followup_failed(failure.kind)
             # Written once the answer is on its way, not before: formatting and writing the line took
             # about 60 us per call on the benchmark machine, all of it in the caller's latency.
             args = (method, code, seconds, request_id, event, outcome, error)

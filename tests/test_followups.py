@@ -13,9 +13,11 @@ import grpc
 import pytest
 from trengo_sidecar_client import FollowUpFailure, TrengoSidecarClient
 
+from sidecar.metrics import start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, struct
 from tests.test_logs import handled, json_lines  # noqa: F401 (json_lines: a fixture)
+from tests.test_metrics import scrape, value
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -338,3 +340,22 @@ def test_the_deliver_stream_does_the_follow_ups_and_reports_their_failures(shop,
     tickets = control.tickets()
     assert len(tickets) == 3 and all(len(t["messages"]) == 1 for t in tickets)
     assert sorted(len(t["labels"]) for t in tickets) == [1, 2, 2]
+
+
+def test_follow_up_failures_and_their_calls_are_counted_in_metrics(shop, control, ann):
+    sidecar, stub = shop
+    server = start_metrics("127.0.0.1:0", sidecar.sidecar)
+    try:
+        control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/labels", status=422, count=1)
+        stub.Track(order(message_id="m-1"))
+        stub.Track(order(message_id="m-1"))  # a replay: not counted again
+        _, samples = scrape(server.url)
+    finally:
+        server.close()
+    failures = "trengo_sidecar_followup_failures_total"
+    assert value(samples, failures, kind="label") == 1 and value(samples, failures, kind="note") == 0
+    requests = "trengo_sidecar_trengo_requests_total"
+    assert value(samples, requests, endpoint="/tickets/{id}/labels", method="POST", status="422") == 1
+    assert value(samples, requests, endpoint="/tickets/{id}/labels", method="POST", status="200") == 1
+    assert value(samples, requests, endpoint="/tickets/{id}/messages", method="POST", status="201") == 1
+    assert value(samples, requests, endpoint="/labels", method="GET", status="200") == 1
