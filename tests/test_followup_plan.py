@@ -10,7 +10,7 @@ import pytest
 
 from sidecar import followup_plan as fp
 from sidecar import followups
-from sidecar.config import build_config
+from sidecar.config import build_config, load_config
 from sidecar.deadline import Deadline
 from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument
 from sidecar.events import Event
@@ -208,6 +208,18 @@ def test_note_and_labels_are_read_from_event_template_map_entries():
         config.event_extras["A"].note is not None and config.event_extras["A"].note.source == "Order {{ id }}"
     )
     assert set(config.event_templates) == {"A", "B"}
+
+
+def test_note_and_labels_from_the_environment():
+    env = {
+        "TRENGO_API_TOKEN": "t",
+        "TRENGO_CHANNEL_ID": "1",
+        "TRENGO_EVENT_TEMPLATE_MAP": '[{"from": "A", "to": "", "note": "n {{ x }}", "labels": [3, "VIP"]}]',
+        "TRENGO_CUSTOM_FIELD_MAP": '{"plan": "Plan"}',
+    }
+    config = load_config(None, env)
+    assert config.event_extras["A"].labels == (3, "VIP")
+    assert config.custom_field_map == (fp.FieldMapping("plan", "Plan"),)
 
 
 def test_custom_field_map_from_a_file_or_the_environment():
