@@ -109,13 +109,27 @@ class FollowUps:
                 outcome.calls.append(self.client.record(followup.call, dry_run=True))
                 continue
             try:
-                await self.client.send(followup.call, deadline, outcome.calls)
+                if followup.kind == "custom_field":
+                    await self._set_field(followup, deadline, outcome)
+                else:
+                    await self.client.send(followup.call, deadline, outcome.calls)
             except SidecarError as exc:
                 failures.append(fp.FollowUpFailure(followup.kind, followup.target, exc.reason, exc.message))
-                continue
-            if followup.kind == "custom_field" and followup.value is not None:
-                self.written.set((outcome.contact_id, _field_id(followup.call)), followup.value)
         return failures
+
+    async def _set_field(self, followup: fp.FollowUp, deadline: Deadline, outcome: Outcome) -> None:
+        """One write of a value, remembered once it landed; concurrent identifies of one person that
+        bring the same value share the write in flight (the call is in the first one's requests)."""
+        key = (outcome.contact_id, _field_id(followup.call))
+
+        async def write() -> None:
+            await self.client.send(followup.call, deadline, outcome.calls)
+            self.written.set(key, followup.value or "")
+
+        try:
+            await self._flights.run(f"field {key} {followup.value}", write, deadline.remaining())
+        except FlightTimeout:
+            raise _busy("custom field write") from None
 
     # --- names --------------------------------------------------------------------------
 
@@ -141,10 +155,7 @@ class FollowUps:
                 kind, lambda: self._list(kind, deadline, calls), deadline.remaining()
             )
         except FlightTimeout:
-            raise Unavailable(
-                f"a concurrent listing of Trengo's {kind}s did not finish before this call's deadline",
-                retry_after=1.0,
-            ) from None
+            raise _busy(f"listing of Trengo's {kind}s") from None
         return index
 
     async def _list(self, kind: str, deadline: Deadline, calls: list[CallRecord]) -> dict[str, int]:
@@ -161,6 +172,10 @@ class FollowUps:
 
     def cancel(self) -> None:
         self._flights.cancel_all()
+
+
+def _busy(what: str) -> Unavailable:
+    return Unavailable(f"a concurrent {what} did not finish before this call's deadline", retry_after=1.0)
 
 
 def _field_id(call: Call) -> int:

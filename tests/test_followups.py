@@ -7,6 +7,7 @@ simulator stored and recorded, not only on the sidecar's answer.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -359,3 +360,17 @@ def test_follow_up_failures_and_their_calls_are_counted_in_metrics(shop, control
     assert value(samples, requests, endpoint="/tickets/{id}/labels", method="POST", status="200") == 1
     assert value(samples, requests, endpoint="/tickets/{id}/messages", method="POST", status="201") == 1
     assert value(samples, requests, endpoint="/labels", method="GET", status="200") == 1
+
+
+def test_concurrent_identifies_bringing_the_same_value_write_it_once(crm, control, fields):
+    first = crm.Identify(identify(name="Ann"))
+    # every write held for a second: the eight identifies all get to their custom field while it is in flight
+    path = f"/api/v2/contacts/{first.contact_id}/custom_fields"
+    control.add_fault(method="POST", path=path, delay=1.0, count=-1)
+    request = identify(name="Ann", plan="pro")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: crm.Identify(request, timeout=10), range(8)))
+    assert all(not r.failed_followups and r.contact_id == first.contact_id for r in results)
+    assert len(control.requests(path_prefix="/api/v2/contacts/", method="POST")) == 1
+    assert sum(r.url.endswith("/custom_fields") for result in results for r in result.requests) == 1
+    assert control.contacts()[0]["custom_field_data"] == {str(fields["Plan"]): "pro"}
