@@ -43,6 +43,8 @@ class TicketPlan:
 
 
 class FollowUps:
+    """The follow-ups of one sidecar: its label and custom field lists, and the values it wrote."""
+
     def __init__(self, config: Config, client: TrengoClient) -> None:
         self.config = config
         self.client = client
@@ -51,6 +53,7 @@ class FollowUps:
         self.lists: dict[str, TTLCache[str, tuple[dict[str, int], float]]] = {
             kind: TTLCache(1, ttl) for kind in _LISTS
         }
+        # (contact id, custom field id) -> the value last written there, for the contact cache's lifetime
         fields = max(1, len(config.custom_field_map))
         self.written: TTLCache[tuple[int, int], str] = TTLCache(
             config.contact_cache_size * fields, config.contact_cache_ttl_seconds
