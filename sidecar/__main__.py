@@ -30,6 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-format", choices=("text", "json"))
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
+    parser.add_argument(
+        "--check-trengo",
+        action="store_true",
+        help="check the token and baseUrl against Trengo (one channel list) and exit: 0 if they work",
+    )
     return parser.parse_args(argv)
 
 
@@ -50,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(describe(config))
         return 0
+    if args.check_trengo:
+        from .readiness import check_command
+
+        return check_command(config)
     try:
         asyncio.run(_serve(config))
     except OSError as exc:

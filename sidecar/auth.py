@@ -9,20 +9,31 @@ from typing import Any
 import grpc
 
 from .answers import abort_with
-from .errors import Unauthenticated
+from .errors import SidecarError, Unauthenticated
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Callers must send ``authorization: Bearer <authToken>``; health and reflection stay open."""
 
-    def __init__(self, token: str, service: str) -> None:
+    def __init__(
+        self,
+        token: str,
+        service: str,
+        refused: Callable[[str, SidecarError, grpc.aio.ServicerContext], None] | None = None,
+    ) -> None:
+        """``refused(method, error, context)`` logs and counts a call turned away (the servicer's)."""
         self._service = service
         self._expected = f"Bearer {token}".encode()
+        self._refused = refused
 
+    def _deny(self, method: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await abort_with(context, Unauthenticated("send metadata 'authorization: Bearer <authToken>'"))
+            error = Unauthenticated("send metadata 'authorization: Bearer <authToken>'")
+            if self._refused is not None:
+                self._refused(method, error, context)
+            await abort_with(context, error)
 
-        self._deny = deny
+        return deny
 
     async def intercept_service(
         self,
@@ -38,14 +49,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:  # no such method: let grpc answer UNIMPLEMENTED
             return handler
+        deny = self._deny(details.method.rsplit("/", 1)[-1])
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._deny,
+                deny,
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._deny,
+            deny,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )

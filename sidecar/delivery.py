@@ -23,6 +23,7 @@ from .followup_plan import FollowUpFailure
 from .followups import FollowUps
 from .trengo import (
     CallRecord,
+    CutOff,
     OutcomeUnknown,
     TrengoClient,
     TrengoError,
@@ -185,6 +186,12 @@ class Delivery:
         listed, _ = await self._shared(("channels", ""), lambda: self._list_channels(run), run.deadline)
         return listed
 
+    async def list_channels(self, deadline: Deadline) -> dict[int, str]:
+        """The channel list fresh from Trengo, into the cache: the readiness check's one call."""
+        run = _Run(Event("identify"), deadline, self.config.channel_id)
+        listed, _ = await self._shared(("channels", ""), lambda: self._list_channels(run), deadline)
+        return listed
+
     async def _list_channels(self, run: _Run) -> dict[int, str]:
         types: dict[int, str] = {}
         for page in range(1, MAX_CHANNEL_PAGES + 1):
@@ -260,6 +267,8 @@ class Delivery:
         call = tf.create_contact(run.channel_id, ident, run.event.name)
         try:
             return await self._create_once(run, call, ident)
+        except CutOff:
+            raise  # shutting down: no search to settle it, the caller hears that it is unknown
         except OutcomeUnknown:
             # The answer was lost or unreadable; unlike a ticket, a contact can be looked for.
             found = await self._search(run, ident)

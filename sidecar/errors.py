@@ -62,6 +62,15 @@ class Unavailable(SidecarError):
     reason = "TRENGO_UNAVAILABLE"
 
 
+class ShuttingDown(Unavailable):
+    """The sidecar is draining (SIGTERM): refused, or cut off before any write left. Safe to retry."""
+
+    reason = "SIDECAR_SHUTTING_DOWN"
+
+    def __init__(self, message: str = "the sidecar is shutting down; retry shortly") -> None:
+        super().__init__(message, retry_after=1.0)
+
+
 class ResourceExhausted(SidecarError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"

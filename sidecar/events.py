@@ -324,11 +324,23 @@ def _external_ids(entries: list[tuple[Any, Any, str]]) -> tuple[int | None, int 
     found: dict[str, int] = {}
     for kind, raw, where in entries:
         if kind not in (CHANNEL_ID_TYPE, CONTACT_ID_TYPE):
+            _near_miss(kind, f"{where}.type")
             continue  # other destinations' ids travel in the same list
         number = _positive_id(raw, f"{where}.id")
         if found.setdefault(kind, number) != number:
             raise InvalidArgument(f"{where} gives a second, different {kind}", field=f"{where}.id")
     return found.get(CHANNEL_ID_TYPE), found.get(CONTACT_ID_TYPE)
+
+
+def _near_miss(kind: Any, where: str) -> None:
+    """``trengoChannelID``: meant for us, but ignored it would send the event to the default channel."""
+    if not isinstance(kind, str):
+        return
+    for known in (CHANNEL_ID_TYPE, CONTACT_ID_TYPE):
+        if kind.strip().casefold() == known.casefold():
+            raise InvalidArgument(
+                f"{where} {kind[:40]!r} is not a type the sidecar knows: did you mean {known}?", field=where
+            )
 
 
 def _positive_id(raw: Any, where: str) -> int:

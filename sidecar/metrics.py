@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .filters import RULES
+from .readiness import RESULTS
 
 if TYPE_CHECKING:
     from .cache import TTLCache
@@ -150,6 +151,23 @@ class ReadCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_idempotent_replays", "Results given back again for a repeated message_id "
             "(replayed=true), without calling Trengo.", value=delivery.replays)
+        yield from _trengo_check(self._sidecar)
+
+
+def _trengo_check(sidecar: Sidecar) -> Iterator[Metric]:
+    """The last readiness check of Trengo (sidecar/readiness.py): 1 for its result, 0 for the others."""
+    last = sidecar.readiness.last
+    if last is None:
+        return
+    result = GaugeMetricFamily(
+        f"{PREFIX}_trengo_check", "The last check of the token and baseUrl against Trengo "
+        "(GET /channels): 1 for its result.", labels=("result",))  # fmt: skip
+    for name in RESULTS:
+        result.add_metric((name,), 1.0 if last.result == name else 0.0)
+    yield result
+    yield GaugeMetricFamily(
+        f"{PREFIX}_trengo_check_timestamp_seconds", "When the last Trengo check ended (unix time).",
+        value=last.at)  # fmt: skip
 
 
 def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegistry:

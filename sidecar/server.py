@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -25,45 +23,20 @@ from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
 from .deadline import Deadline
+from .decoding import decoded as _decoded
+from .decoding import tolerant as _tolerant
+from .decoding import transport_limit as _transport_limit
 from .delivery import Delivery, Outcome
-from .errors import InvalidArgument, SidecarError, Unavailable
+from .drain import CUT_OFF_SECONDS, InFlight
+from .errors import InvalidArgument, ShuttingDown, SidecarError
 from .ratelimit import RateLimiter
+from .readiness import Health, HealthServicer, Readiness
 from .retry import RetryPolicy
-from .stream import OrderedByKey
+from .stream import OrderedByKey, StreamIds
 from .trengo import TrengoClient
 
 log = logging.getLogger("sidecar")
 SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
-
-
-class Undecodable:
-    """A request protobuf could not parse (nested past its depth limit): INVALID_ARGUMENT, not INTERNAL."""
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-
-def _tolerant(message_type: Any) -> Callable[[bytes], Any]:
-    def parse(data: bytes) -> Any:
-        try:
-            return message_type.FromString(data)
-        except DecodeError as exc:
-            return Undecodable(str(exc))
-
-    return parse
-
-
-def _undecodable(request: Undecodable) -> InvalidArgument:
-    return InvalidArgument(
-        f"the request could not be decoded ({request.problem}): nested deeper than protobuf allows?",
-        field="request",
-    )
-
-
-def _decoded(request: Any) -> Any:
-    if isinstance(request, Undecodable):
-        raise _undecodable(request)
-    return request
 
 
 _PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
@@ -71,39 +44,6 @@ _PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
     "track": ("Track", events.from_track),
     "send_event": ("SendEvent", events.from_send_event),
 }
-
-
-class InFlight:
-    """The calls in progress, so shutdown can wait for them while health still answers NOT_SERVING.
-
-    grpc's own server.stop(grace) closes the listener at once, so a readiness
-    probe during the drain would see "connection refused" instead of NOT_SERVING.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.closing = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        if self.closing:
-            raise Unavailable(
-                "the sidecar is shutting down; retry shortly", reason="SIDECAR_SHUTTING_DOWN", retry_after=1.0
-            )
-        self.count += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout)
 
 
 class Servicer(pb_grpc.TrengoSidecarServicer):
@@ -132,16 +72,19 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
     ) -> AsyncIterator[pb.DeliverResponse]:
         request_id = _request_id(context)
         await context.send_initial_metadata((("x-request-id", request_id),))
+        ids = StreamIds()
 
         def prepare(item: Any) -> tuple[str, Callable[[], Awaitable[pb.DeliverResponse]]]:
             """Parse now (to know whose event it is); deliver when that person's previous event is done."""
             try:
-                which = _decoded(item).WhichOneof("event")
+                ids.check(_decoded(item).id)
+                which = item.WhichOneof("event")
                 if which is None:
                     raise InvalidArgument("one of identify, track or send_event is required", field="event")
                 method, parse = _PARSERS[which]
                 event = parse(getattr(item, which))
             except SidecarError as exc:
+                self.refused("Deliver", exc, request_id)
                 answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=deliver_error(exc))
                 return f"invalid:{id(item)}", lambda: _ready(answer)
             except Exception:
@@ -151,11 +94,20 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             key = event.user_id or event.anonymous_id or event.email or event.phone or f"anonymous:{id(item)}"
             return key, lambda: self._answer(item.id, method, event, context, request_id)
 
+        ordered = OrderedByKey(prepare)
         try:
-            with self.in_flight.track():
-                async for answer in OrderedByKey(prepare).run(requests):
+            if self.in_flight.closing:
+                raise self.refused("Deliver", ShuttingDown(), request_id)
+            with self.in_flight.track(on_cut=ordered.stop):
+                async for answer in ordered.run(requests):
                     yield answer
-        except Unavailable as exc:  # shutting down
+            if ordered.stopped:
+                # Every event read was answered above; the ones the caller sent after are unread.
+                raise ShuttingDown(
+                    "the sidecar is shutting down: events not answered on this stream were not read; "
+                    "send them again"
+                )
+        except ShuttingDown as exc:
             await abort_with(context, exc)
 
     async def _answer(
@@ -181,6 +133,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         # out before the handler answers, or grpc would send a second set of initial metadata.
         metadata = asyncio.ensure_future(context.send_initial_metadata((("x-request-id", request_id),)))
         try:
+            if self.in_flight.closing:
+                raise self.refused(method, ShuttingDown(), request_id)
             with self.in_flight.track():
                 outcome = await self._run(method, parse, self._deadline(context), request_id)
             await metadata
@@ -194,6 +148,18 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             raise
         finally:
             _settle(metadata)
+
+    def refused(self, method: str, error: SidecarError, request_id: str) -> SidecarError:
+        """A call or event refused before delivery (auth, shutdown, a bad stream id): logged and counted
+        like any other, as the README promises one line per RPC. Returns the error, for raising."""
+        if self.observer:
+            self.observer.rpc(method, error.code.name, 0.0)
+        _log_rpc(method, error.code.name, 0.0, request_id, None, None, error)
+        return error
+
+    def refused_call(self, method: str, error: SidecarError, context: grpc.aio.ServicerContext) -> None:
+        """The same for a call refused by an interceptor (auth.py), which knows only its context."""
+        self.refused(method, error, _request_id(context))
 
     async def _run(
         self, method: str, parse: Callable[[], events.Event], deadline: Deadline, request_id: str
@@ -324,12 +290,19 @@ class Sidecar:
         )
         self.delivery = Delivery(config, self.client)
         self.servicer = Servicer(config, self.delivery)
-        self.health = health.aio.HealthServicer()
-        interceptors = [AuthInterceptor(config.auth_token.reveal(), SERVICE)] if config.auth_token else []
+        self.health = HealthServicer()
+        self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
+        self.readiness = Readiness(self.delivery, self.status)
+        interceptors = (
+            [AuthInterceptor(config.auth_token.reveal(), SERVICE, self.servicer.refused_call)]
+            if config.auth_token
+            else []
+        )
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
+                # Past maxMessageBytes the handler refuses (logged, counted); past this, grpc's core does.
+                ("grpc.max_receive_message_length", _transport_limit(config.max_message_bytes)),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
@@ -355,24 +328,29 @@ class Sidecar:
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 handler,
-                request_deserializer=_tolerant(request_type),
+                request_deserializer=_tolerant(request_type, self.config.max_message_bytes),
                 response_serializer=pb.DeliveryResult.SerializeToString,
             )
             for name, (handler, request_type) in unary.items()
         }
         handlers["Deliver"] = grpc.stream_stream_rpc_method_handler(
             self.servicer.Deliver,
-            request_deserializer=_tolerant(pb.DeliverRequest),
+            request_deserializer=_tolerant(pb.DeliverRequest, self.config.max_message_bytes),
             response_serializer=pb.DeliverResponse.SerializeToString,
         )
         return handlers
 
-    async def start(self) -> int:
-        """Bind and start; returns the port bound (0 for a unix socket)."""
+    async def start(self, check_trengo: bool = True) -> int:
+        """Bind and start; returns the port bound (0 for a unix socket).
+
+        ``check_trengo``: check the token and baseUrl first (health waits for it) and every few minutes.
+        """
         self.port = self._bind(self.config.listen)
+        await self.status.update()  # NOT_SERVING for both services until started (grpc's says SERVING)
         await self.server.start()
-        for name in ("", SERVICE):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if check_trengo:
+            await self.readiness.start()
+        await self.status.update(starting=False)
         return self.port
 
     def _bind(self, address: str) -> int:
@@ -397,8 +375,16 @@ class Sidecar:
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         ends = time.monotonic() + grace
         self.servicer.in_flight.closing = True
-        await self.health.enter_graceful_shutdown()
+        await self.readiness.stop()
+        await self.status.update(draining=True)
         await self.servicer.in_flight.wait_idle(grace)
+        if self.servicer.in_flight.count:
+            # The grace is over: calls still in flight are cut off, and each answers what it left
+            # behind (nothing written, or an unknown outcome), instead of grpc's bare cancel.
+            self.client.cut_off()
+            self.servicer.in_flight.cut_off()
+            await self.servicer.in_flight.wait_idle(CUT_OFF_SECONDS)
+        self.health.close()  # open Watch streams end now, not cancelled by server.stop
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
 

@@ -15,6 +15,8 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
+from .errors import InvalidArgument
+
 R = TypeVar("R")  # a request
 A = TypeVar("A")  # an answer
 
@@ -35,10 +37,18 @@ class OrderedByKey(Generic[R, A]):
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tails: dict[str, asyncio.Task[None]] = {}
         self._answers: asyncio.Queue[A | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Read no more requests; the ones read are still answered, then run() ends (shutdown)."""
+        self.stopped = True
+        if self._reader is not None:
+            self._reader.cancel()
 
     async def run(self, requests: AsyncIterator[R]) -> AsyncIterator[A]:
         """Answer every request; yields answers as they complete."""
-        reader = asyncio.create_task(self._read(requests))
+        reader = self._reader = asyncio.create_task(self._read(requests))
         try:
             while (answer := await self._answers.get()) is not None:
                 yield answer
@@ -51,13 +61,18 @@ class OrderedByKey(Generic[R, A]):
 
     async def _read(self, requests: AsyncIterator[R]) -> None:
         try:
-            async for request in requests:
-                await self._slots.acquire()
-                key, work = self._prepare(request)
-                before = self._tails.get(key)
-                task = asyncio.create_task(self._one(work, before))
-                self._tails[key] = task
-                task.add_done_callback(functools.partial(self._finished, key))
+            try:
+                async for request in requests:
+                    await self._slots.acquire()
+                    key, work = self._prepare(request)
+                    before = self._tails.get(key)
+                    task = asyncio.create_task(self._one(work, before))
+                    self._tails[key] = task
+                    task.add_done_callback(functools.partial(self._finished, key))
+            except asyncio.CancelledError:
+                if not self.stopped:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # stop(): answer what was read
             await asyncio.gather(*self._tails.values(), return_exceptions=True)
         finally:
             self._answers.put_nowait(None)
@@ -75,3 +90,27 @@ class OrderedByKey(Generic[R, A]):
     def _finished(self, key: str, task: asyncio.Task[None]) -> None:
         if self._tails.get(key) is task:
             del self._tails[key]
+
+
+class StreamIds:
+    """The ids of one Deliver stream: each must be non-empty and new, or answers cannot be matched.
+
+    The last MAX_IDS are remembered (a dict keeps insertion order): a stream that lives for days
+    must not grow without bound, and a reused id that old cannot be confused with a pending one.
+    """
+
+    MAX_IDS = 100_000
+
+    def __init__(self) -> None:
+        self._seen: dict[str, None] = {}
+
+    def check(self, id_: str) -> None:
+        if not id_:
+            raise InvalidArgument("id is required: each event's answer echoes it", field="id")
+        if id_ in self._seen:
+            raise InvalidArgument(
+                f"id {id_[:64]!r} was already used on this stream: each event needs its own", field="id"
+            )
+        self._seen[id_] = None
+        if len(self._seen) > self.MAX_IDS:
+            del self._seen[next(iter(self._seen))]

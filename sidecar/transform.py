@@ -111,11 +111,24 @@ def template_for(event: Event, templates: Mapping[str, Template]) -> Template:
     """A track's template; the event must be a key of eventTemplateMap (exact, case-sensitive)."""
     template = templates.get(event.event_name)
     if template is None:
+        near = _near_key(event.event_name, templates)
+        hint = f"did you mean {near[:80]!r}? (keys are exact and case-sensitive)" if near else (
+            "add it to deliver it to Trengo"
+        )
         raise FailedPrecondition(
-            f"event {event.event_name[:80]!r} is not in eventTemplateMap: add it to deliver it to Trengo",
+            f"event {event.event_name[:80]!r} is not in eventTemplateMap: {hint}",
             reason="EVENT_NOT_MAPPED",
         )
     return template
+
+
+def _near_key(name: str, templates: Mapping[str, Template]) -> str | None:
+    """A map key that differs from the event name only in case or surrounding blanks."""
+    wanted = " ".join(name.split()).casefold()
+    for key in templates:
+        if " ".join(key.split()).casefold() == wanted:
+            return key
+    return None
 
 
 def subject(event: Event, template: Template, kind: Kind) -> str | None:

@@ -21,7 +21,7 @@ import httpx
 
 from .config import Secret
 from .deadline import Deadline
-from .errors import FailedPrecondition, ResourceExhausted, SidecarError, Unavailable
+from .errors import FailedPrecondition, ResourceExhausted, ShuttingDown, SidecarError, Unavailable
 from .ratelimit import RateLimiter
 from .retry import LOST_ANSWER_STATUS, NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
 from .transform import Call
@@ -80,6 +80,10 @@ class OutcomeUnknown(Unavailable):
     reason = "TRENGO_OUTCOME_UNKNOWN"
 
 
+class CutOff(OutcomeUnknown):
+    """Shutdown's grace ran out while a write's answer was awaited: it may or may not have happened."""
+
+
 class _Retry(Exception):
     """An attempt failed and another may succeed: the error to report if none does, the wait before it."""
 
@@ -122,6 +126,19 @@ class TrengoClient:
         json_body = {**headers, "Content-Type": "application/json"}
         self._headers = {False: httpx.Headers(headers), True: httpx.Headers(json_body)}  # parsed once
         self.observer: Any = None  # metrics hook: observe(call, status, seconds), retried(call, why)
+        self._sending: set[asyncio.Task[Any]] = set()  # the tasks inside send(), for cut_off()
+        self.cut = False
+
+    def cut_off(self) -> None:
+        """Shutdown's grace is over: every call to Trengo ends now, with an answer that says what it left.
+
+        Cancelling is the only way to stop an exchange mid-flight; send() turns that cancellation
+        into SIDECAR_SHUTTING_DOWN (nothing was written, retry) or CutOff (a write may have happened),
+        so the caller hears the truth instead of grpc's bare "Cancelling all calls".
+        """
+        self.cut = True
+        for task in self._sending:
+            task.cancel()
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -142,13 +159,34 @@ class TrengoClient:
 
     async def send(self, call: Call, deadline: Deadline, records: list[CallRecord]) -> Any:
         """Send with retries; append the call's record to ``records``; return the parsed JSON answer."""
+        if self.cut:
+            raise ShuttingDown(f"the sidecar is shutting down: {call.method} {call.path} was not sent; retry")
         record = self.record(call)
         records.append(record)
         started = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
         try:
             return await self._attempts(call, deadline, record)
+        except asyncio.CancelledError:
+            if not self._cut_here(task):
+                raise
+            # Cut off between attempts (a rate-limit wait, a backoff): this attempt was not sent.
+            raise ShuttingDown(
+                f"the sidecar shut down before {call.method} {call.path} was sent; retry"
+            ) from None
         finally:
+            if task is not None:
+                self._sending.discard(task)
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+
+    def _cut_here(self, task: asyncio.Task[Any] | None) -> bool:
+        """Whether a CancelledError in ``task`` is cut_off()'s: then it is answered, not propagated."""
+        if not self.cut or task is None:
+            return False
+        task.uncancel()  # handled: later awaits in this task (the answer, the log line) must not see it
+        return True
 
     async def _attempts(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
         while True:
@@ -173,7 +211,7 @@ class TrengoClient:
             if record.attempts >= self.policy.max_attempts or needed >= deadline.remaining():
                 if error.retry_after is None:  # a hint of 0 s from Trengo stays a hint
                     error.retry_after = wait if wait > 0 else None
-                raise error
+                raise _gave_up(error, record.attempts, record.attempts >= self.policy.max_attempts, deadline)
             if self.observer:
                 self.observer.retried(call, error.reason)
             await asyncio.sleep(wait)
@@ -191,11 +229,25 @@ class TrengoClient:
             # trickling bytes would keep it going past the deadline. asyncio.timeout bounds the whole.
             async with asyncio.timeout(limit):
                 response = await self._exchange(request)
+        except asyncio.CancelledError:
+            if not self._cut_here(asyncio.current_task()):
+                raise
+            self._observe(call, 0, sent_at)
+            record.status_code = 0
+            if not call.unsafe_to_resend or request.extensions.get(UNSENT):
+                raise ShuttingDown(
+                    f"the sidecar shut down while {call.method} {call.path} was in flight; "
+                    "sending it again cannot write twice: retry"
+                ) from None
+            raise CutOff(
+                f"the sidecar shut down (shutdownGraceSeconds ran out) while {call.method} {call.path} "
+                "awaited Trengo's answer; the write may or may not have happened"
+            ) from None
         except (httpx.TransportError, TimeoutError) as exc:  # TimeoutError: the deadline, mid-request
             self._observe(call, 0, sent_at)
             record.status_code = 0
             unsent = isinstance(exc, NOT_SENT) or bool(request.extensions.get(UNSENT))
-            raise self._transport_error(call, exc, record, unsent) from exc
+            raise self._transport_error(call, exc, record, unsent, limit < self.timeout) from exc
         except httpx.DecodingError as exc:
             # An answer came whose body cannot be decoded (a bogus Content-Encoding): garbled, not a crash.
             self._observe(call, 0, sent_at)
@@ -234,12 +286,20 @@ class TrengoClient:
         if self.observer:
             self.observer.observe(call, status, time.monotonic() - sent_at)
 
-    def _transport_error(self, call: Call, exc: Exception, record: CallRecord, unsent: bool) -> Exception:
+    def _transport_error(
+        self, call: Call, exc: Exception, record: CallRecord, unsent: bool, deadline_bound: bool
+    ) -> Exception:
         """``unsent``: no byte of the request left (a refused connection, a deadline that ran out while
-        it waited for a connection): sending it again cannot write twice."""
-        cause = "no answer before the deadline" if type(exc) is TimeoutError else type(exc).__name__
-        if type(exc) is TimeoutError and unsent:
-            cause = "no connection to Trengo before the deadline"
+        it waited for a connection): sending it again cannot write twice. ``deadline_bound``: the
+        attempt had less than requestTimeoutSeconds, because the caller's deadline came first."""
+        cause = type(exc).__name__
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            waited = (
+                "before the deadline"
+                if deadline_bound
+                else f"within {self.timeout:g} s (requestTimeoutSeconds)"
+            )
+            cause = f"no {'connection to Trengo' if unsent else 'answer'} {waited}"
         what = f"{call.method} {call.path}: {cause}"
         if call.unsafe_to_resend and not unsent:
             # The request may have been processed: sending it again could write twice.
@@ -295,6 +355,18 @@ class TrengoClient:
         # cut-off body) is usually transient: retry it, so that when it persists the caller gets RetryInfo.
         error = Unavailable(message, reason="TRENGO_BAD_RESPONSE")
         return _Retry(error, self.policy.backoff(record.attempts))
+
+
+def _gave_up(error: SidecarError, attempts: int, all_used: bool, deadline: Deadline) -> SidecarError:
+    """The last attempt's error, saying how many were made and why no other was."""
+    if all_used:
+        why = f"{attempts} attempts, the most maxAttempts allows" if attempts > 1 else "maxAttempts is 1"
+    else:
+        tries = f"{attempts} attempts, and another" if attempts > 1 else "another attempt"
+        why = f"{tries} could not finish before the deadline ({deadline.remaining():.1f} s left)"
+    error.message = f"{error.message}; {why}"
+    error.args = (error.message,)
+    return error
 
 
 # Parsing a URL is a third of building an httpx.Request; a Track's URL (POST /tickets) never changes.

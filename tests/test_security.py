@@ -29,6 +29,7 @@ from sidecar import logs
 from sidecar.config import Config, load_config
 from sidecar.metrics import install_metrics
 from sidecar.simulator import SimulatorControl
+from sidecar.simulator.app import token_fingerprint
 from tests.grpc_helpers import Failure, failure
 from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, cli_env, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -78,7 +79,7 @@ def test_the_api_token_is_read_from_apitokenfile(make_sidecar, control, token_fi
     channel, stub = sidecar.stub()
     with channel:
         stub.Identify(identify(), timeout=5)
-    assert {r["headers"]["Authorization"] for r in control.requests()} == {f"Bearer {SECRET}"}
+    assert {r["token"] for r in control.requests()} == {token_fingerprint(f"Bearer {SECRET}")}
     assert len(control.contacts()) == 1
 
 
@@ -260,7 +261,7 @@ def test_the_cli_listens_on_a_unix_socket_with_the_token_from_the_environment(
             process.communicate()
     assert process.returncode == 0, stderr
     assert [c["id"] for c in control.contacts()] == [result.contact_id]
-    assert {r["headers"]["Authorization"] for r in control.requests()} == {f"Bearer {SECRET}"}
+    assert {r["token"] for r in control.requests()} == {token_fingerprint(f"Bearer {SECRET}")}
     assert "listening" in stderr and SECRET not in stderr
 
 

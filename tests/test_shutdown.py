@@ -7,6 +7,9 @@ health NOT_SERVING first, lets the call finish within ``shutdownGraceSeconds``, 
 
 from __future__ import annotations
 
+import asyncio
+import json
+import queue
 import signal
 import subprocess
 import sys
@@ -17,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from sidecar import events
+from sidecar.deadline import Deadline
 from sidecar.simulator import SimulatorControl, SimulatorThread
+from sidecar.trengo import OutcomeUnknown
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -33,8 +40,10 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def track() -> pb.TrackRequest:
-    return pb.TrackRequest(event="Checked Out", context=struct({"traits": {"email": "ann@example.com"}}))
+def track(message_id: str = "") -> pb.TrackRequest:
+    return pb.TrackRequest(
+        event="Checked Out", context=struct({"traits": {"email": "ann@example.com"}}), message_id=message_id
+    )
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -58,12 +67,12 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def health(self) -> int:
+    def health(self, service: str = "") -> int:
         """A Check on a new connection: the status, or -1 when the sidecar does not answer at all."""
         try:
             with grpc.insecure_channel(self.address) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
-                return int(stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+                return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status)
         except grpc.RpcError:
             return -1
 
@@ -72,26 +81,35 @@ class Process:
 def spawn(
     sim: SimulatorThread, control: SimulatorControl, tmp_path: Path
 ) -> Iterator[Callable[..., Process]]:
-    """spawn(**config): the sidecar CLI on a free port against the session simulator, ready to call."""
+    """spawn(env, serving, **config): the sidecar CLI on a free port against the session simulator.
+
+    ``serving``: wait for SERVING (else only for health to answer). Ready to call.
+    """
     started: list[Process] = []
 
-    def spawn(**overrides: Any) -> Process:
+    def spawn(env: dict[str, str] | None = None, serving: bool = True, **overrides: Any) -> Process:
         address = f"127.0.0.1:{free_port()}"
         config = tmp_path / f"sidecar-{len(started)}.yaml"
         raw = {
             "apiToken": TOKEN, "baseUrl": sim.base_url, "channelId": EMAIL_CHANNEL, "listen": address,
             "eventTemplateMap": TEMPLATES, "rateLimitPerMinute": 0, "shutdownGraceSeconds": 5, **overrides,
         }  # fmt: skip
+        raw = {key: value for key, value in raw.items() if value is not None}
         config.write_text(yaml.safe_dump(raw))
         log = tmp_path / f"sidecar-{len(started)}.log"
         with log.open("wb") as err:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "--config", str(config)],
-                cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err,
+                cwd=ROOT, env=cli_env(**(env or {})), stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
         process = Process(popen, address, log)
         started.append(process)
-        wait_for(lambda: popen.poll() is not None or process.health() == SERVING, "the sidecar to serve", 20)
+        # serving=False: wait until health answers at all, whatever it says (the readiness tests).
+        def up() -> bool:
+            status = process.health()
+            return status == SERVING if serving else status in (SERVING, NOT_SERVING)
+
+        wait_for(lambda: popen.poll() is not None or up(), "the sidecar to serve", 20)
         assert popen.poll() is None, f"the sidecar exited {popen.returncode}: {process.output()}"
         return process
 
@@ -157,8 +175,8 @@ def test_a_health_check_during_the_drain_answers_not_serving(spawn, control, ann
     assert len(answers) > 1 and set(answers) == {NOT_SERVING}, answers
 
 
-def test_a_call_longer_than_the_grace_is_cut_off_and_the_process_still_exits_0(spawn, control):
-    process = spawn(shutdownGraceSeconds=0.3)
+def test_a_call_cut_off_before_any_write_is_shutting_down_with_retry_info(spawn, control):
+    process = spawn(shutdownGraceSeconds=None, env={"SIDECAR_SHUTDOWN_GRACE_SECONDS": "0.3"})
     # A slow search, so the call cut off has written nothing and nothing lands late.
     control.add_fault(method="GET", path="/api/v2/contacts", delay=2.0)
     with grpc.insecure_channel(process.address) as channel:
@@ -170,12 +188,52 @@ def test_a_call_longer_than_the_grace_is_cut_off_and_the_process_still_exits_0(s
         assert unanswered(control, "/api/v2/contacts")  # it exited after the grace, not after Trengo
         with pytest.raises(grpc.RpcError) as caught:
             call.result()
-    assert caught.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    f = failure(caught.value)
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "SIDECAR_SHUTTING_DOWN", f
+    assert f.retry_delay is not None and f.retry_delay > 0, f  # nothing was written: retrying is safe
     assert not control.requests(method="POST") and control.contacts() == []
+    assert_clean_log(process.output())
+    assert "reason=SIDECAR_SHUTTING_DOWN" in process.output()  # the call's own log line
+
+
+@pytest.mark.parametrize("written", ["at once", "after the answer's delay"])
+def test_a_write_cut_off_by_the_grace_is_an_unknown_outcome_not_a_retryable_cancel(
+    spawn, control, ann, written
+):
+    """Issue 10, item 1: a ticket POST awaiting its answer when the grace ran out.
+
+    Trengo may have written the ticket at once and lost the answer, or be about to write it: from
+    the sidecar's side the two look the same, and either way a retry could open a second ticket.
+    """
+    process = spawn(shutdownGraceSeconds=None, env={"SIDECAR_SHUTDOWN_GRACE_SECONDS": "2"})
+    control.add_fault(method="POST", path=TICKETS, delay=6.0, after=written == "at once")
+    with grpc.insecure_channel(process.address) as channel:
+        call = pb_grpc.TrengoSidecarStub(channel).Track.future(track("m-cut"), timeout=20)
+        wait_for(lambda: unanswered(control, TICKETS), "the ticket POST to reach Trengo")
+        process.popen.send_signal(signal.SIGTERM)
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result()
+        assert unanswered(control, TICKETS)  # cut off by the grace, not answered by Trengo
+    f = failure(caught.value)
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_OUTCOME_UNKNOWN", f
+    assert f.retry_delay is None, f  # a retry could open a second ticket
+    assert "shut" in f.message and "POST /tickets" in f.message, f
+    assert process.popen.wait(timeout=5) == 0, process.output()
+    wait_for(lambda: not unanswered(control, TICKETS), "Trengo to finish the POST", timeout=10)
+    assert len(control.tickets()) == 1  # Trengo's one ticket, and the caller was told not to resend
+    assert_clean_log(process.output())
+    assert "reason=TRENGO_OUTCOME_UNKNOWN" in process.output()
+
+
+def assert_clean_log(output: str) -> None:
+    """No traceback, and no grpc complaint about a handler it had to cancel."""
+    assert "Traceback" not in output and "_handle_exceptions" not in output, output
+    assert "code=CANCELLED" not in output, output
 
 
 def test_a_new_call_during_the_drain_is_refused_as_shutting_down(spawn, control, ann):
-    process = spawn(shutdownGraceSeconds=5)
+    metrics = free_port()  # the refusal is counted and logged like any call (issue 10, item 12)
+    process = spawn(shutdownGraceSeconds=5, metricsListen=f"127.0.0.1:{metrics}", logFormat="json")
     control.add_fault(method="POST", path=TICKETS, delay=2.0)
     with grpc.insecure_channel(process.address) as channel:
         stub = pb_grpc.TrengoSidecarStub(channel)
@@ -188,8 +246,78 @@ def test_a_new_call_during_the_drain_is_refused_as_shutting_down(spawn, control,
         f = failure(caught.value)
         assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "SIDECAR_SHUTTING_DOWN", f
         assert f.retry_delay is not None
+        scraped = httpx.get(f"http://127.0.0.1:{metrics}/metrics", timeout=5, trust_env=False).text
         assert call.result().ticket_id > 0  # the call in flight still finished
     assert process.popen.wait(timeout=5) == 0, process.output()
     assert [c["identifier"] for c in control.contacts()] == [
         "ann@example.com"
     ]  # nothing from the refused call
+    assert 'trengo_sidecar_rpcs_total{code="UNAVAILABLE",method="Identify"} 1.0' in scraped, scraped
+    lines = [json.loads(line) for line in process.output().splitlines() if line.startswith("{")]
+    refused = [line for line in lines if line.get("reason") == "SIDECAR_SHUTTING_DOWN"]
+    assert [(line["rpc"], line["code"]) for line in refused] == [("Identify", "UNAVAILABLE")], lines
+
+
+def test_the_unknown_outcome_of_a_cut_off_write_is_kept_under_its_message_id(make_sidecar, control, ann):
+    """The answer a cut-off write got is what its message_id answers from then on: no second ticket.
+
+    In-process, because the memory it is kept in ends with the process (a persistent store keeps it
+    across the restart); what is checked is that the cut-off outcome was stored, not dropped."""
+    thread = make_sidecar()
+    sidecar = thread.sidecar
+    control.add_fault(method="POST", path=TICKETS, delay=5.0, after=True)
+    channel, stub = thread.stub()
+    with channel:
+        call = stub.Track.future(track("m-kept"), timeout=20)
+        wait_for(lambda: len(control.tickets()) == 1, "the ticket to be written")
+        thread.stop()  # grace 0.5 s: the answer is 5 s away
+        with pytest.raises(grpc.RpcError) as caught:
+            call.result()
+    assert failure(caught.value).reason == "TRENGO_OUTCOME_UNKNOWN"
+    replay = sidecar.delivery.deliver(events.from_track(track("m-kept")), Deadline.after(5))
+    with pytest.raises(OutcomeUnknown) as again:
+        asyncio.run(replay)
+    assert again.value.reason == "TRENGO_OUTCOME_UNKNOWN" and again.value.retry_after is None
+    assert len(control.requests(method="POST")) == 1 and len(control.tickets()) == 1
+
+
+def test_a_deliver_stream_open_at_the_end_of_the_grace_answers_its_events_then_ends(spawn, control, ann):
+    process = spawn(shutdownGraceSeconds=None, env={"SIDECAR_SHUTDOWN_GRACE_SECONDS": "1"})
+    control.add_fault(method="POST", path=TICKETS, delay=6.0, after=True)
+    sent: queue.Queue[pb.DeliverRequest | None] = queue.Queue()
+    sent.put(pb.DeliverRequest(id="t1", track=track("m-stream")))
+    with grpc.insecure_channel(process.address) as channel:
+        answers = pb_grpc.TrengoSidecarStub(channel).Deliver(iter(sent.get, None), timeout=20)
+        wait_for(lambda: len(control.tickets()) == 1, "the ticket to be written")
+        process.popen.send_signal(signal.SIGTERM)  # the stream stays open: the caller sends no end
+        first = next(answers)
+        with pytest.raises(grpc.RpcError) as caught:
+            next(answers)
+        sent.put(None)
+    assert first.id == "t1" and first.error.reason == "TRENGO_OUTCOME_UNKNOWN", first
+    assert first.error.retry_after_seconds == 0
+    f = failure(caught.value)
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "SIDECAR_SHUTTING_DOWN", f
+    assert process.popen.wait(timeout=5) == 0, process.output()
+    assert len(control.tickets()) == 1
+    assert_clean_log(process.output())
+
+
+def test_a_health_watch_open_at_the_end_of_the_grace_ends_without_a_traceback(spawn, control, ann):
+    process = spawn(shutdownGraceSeconds=None, env={"SIDECAR_SHUTDOWN_GRACE_SECONDS": "1"})
+    control.add_fault(method="POST", path=TICKETS, delay=6.0, after=True)
+    with grpc.insecure_channel(process.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=20)
+        assert next(watch).status == SERVING
+        call = pb_grpc.TrengoSidecarStub(channel).Track.future(track(), timeout=20)
+        wait_for(lambda: len(control.tickets()) == 1, "the ticket to be written")
+        process.popen.send_signal(signal.SIGTERM)
+        assert next(watch).status == NOT_SERVING
+        with pytest.raises(grpc.RpcError) as ended:
+            next(watch)
+        with pytest.raises(grpc.RpcError) as cut:
+            call.result()
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failure(cut.value).reason == "TRENGO_OUTCOME_UNKNOWN"
+    assert process.popen.wait(timeout=5) == 0, process.output()
+    assert_clean_log(process.output())

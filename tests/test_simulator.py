@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:  # lets the file run without the package being ins
     sys.path.insert(0, str(ROOT))
 
 from sidecar.simulator import SimulatorControl, SimulatorThread  # noqa: E402
+from sidecar.simulator.app import token_fingerprint  # noqa: E402
 from sidecar.simulator.state import SimState  # noqa: E402
 
 TOKEN = "test-token"
@@ -63,7 +64,21 @@ def test_missing_or_unknown_token_is_401_and_recorded(
         assert answer.json() == {"message": "Unauthenticated.", "errors": []}
     recorded = control.requests()
     assert [r["status"] for r in recorded] == [401, 401]
-    assert recorded[1]["headers"]["authorization"] == "Bearer nope"  # case-insensitive, value as sent
+    assert recorded[1]["headers"]["authorization"] == "Bearer ****"  # case-insensitive, value masked
+    assert recorded[0]["token"] is None and recorded[1]["token"] == token_fingerprint("Bearer nope")
+
+
+def test_recorded_requests_never_echo_the_token(api: httpx.Client, sim: SimulatorThread) -> None:
+    """Issue 10, item 3: /_sim/requests served the Authorization header as sent."""
+    api.get("/channels")
+    api.get("/channels", headers={"Proxy-Authorization": "Basic dXNlcjpwYXNz"})
+    served = httpx.get(f"{sim.control.root}/_sim/requests", timeout=5, trust_env=False)
+    assert TOKEN not in served.text and "dXNlcjpwYXNz" not in served.text
+    [first, second] = served.json()["requests"]
+    assert first["headers"]["Authorization"] == "Bearer ****"
+    assert second["headers"]["Proxy-Authorization"] == "Basic ****"
+    assert first["token"] == second["token"] == token_fingerprint(f"Bearer {TOKEN}")
+    assert first["token"] != token_fingerprint("Bearer other")
 
 
 def test_email_contact_shape_and_not_duplicated(api: httpx.Client, control: SimulatorControl) -> None:

@@ -8,6 +8,7 @@ shapes and messages, because the sidecar's error handling is tested against them
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import time
@@ -277,11 +278,36 @@ class Gate:
             "body": parsed,
             "raw_body": raw,
             "status": None,  # filled in once answered; 0 when the connection is dropped
-            "headers": dict(request.headers),
+            "headers": _masked(request.headers),
+            "token": token_fingerprint(request.headers.get("Authorization", "")),
             "at": time.time(),
         }
         self.state.requests.append(entry)
         return entry
+
+
+def _masked(headers: Any) -> dict[str, str]:
+    """The headers as /_sim/requests serves them: the credential masked, its scheme kept.
+
+    Like the control API's token count, /_sim/requests may be reachable by more than tests.
+    """
+    recorded = dict(headers)
+    for name in recorded:
+        if name.lower() in ("authorization", "proxy-authorization"):
+            scheme, _, credential = recorded[name].partition(" ")
+            recorded[name] = f"{scheme} ****" if credential else "****"
+    return recorded
+
+
+def token_fingerprint(authorization: str) -> str | None:
+    """Which token a request carried, without carrying it: a short SHA-256 of the bearer token.
+
+    Tests compare it with ``token_fingerprint("Bearer " + expected)``.
+    """
+    _, _, token = authorization.partition(" ")
+    if not token.strip():
+        return None
+    return "sha256:" + hashlib.sha256(token.strip().encode()).hexdigest()[:16]
 
 
 def create_app(state: SimState) -> web.Application:
