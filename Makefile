@@ -6,12 +6,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PROTO := protos/trengo/sidecar/v1/sidecar.proto
 STUBS := trengo/sidecar/v1/sidecar_pb2.py
+CLIENT_GEN := clients/python/trengo_sidecar_client/_gen
+CLIENT_STUBS := $(CLIENT_GEN)/sidecar_pb2.py
 NODE_DIR := clients/node
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: install proto run test lint test-python node buf bench clean
+.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel
 
-install: $(VENV)/.installed $(STUBS)
+install: $(VENV)/.installed $(STUBS) $(CLIENT_STUBS)
 
 # The venv, the generated stubs and the package (editable), all from scratch. The stamp lives
 # inside the venv, so a deleted .venv is rebuilt rather than trusted.
@@ -19,12 +21,15 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
-	$(MAKE) --no-print-directory proto
+	$(MAKE) --no-print-directory proto client-proto
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e clients/python
 	@touch $@
 
 $(STUBS): $(PROTO) | $(VENV)/.installed
 	$(MAKE) --no-print-directory proto
+
+$(CLIENT_STUBS): $(PROTO) | $(VENV)/.installed
+	$(MAKE) --no-print-directory client-proto
 
 # Python stubs (with .pyi for mypy) into trengo/sidecar/v1/, ignored by git.
 proto:
@@ -32,6 +37,19 @@ proto:
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=. \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTO)
 	touch trengo/__init__.py trengo/sidecar/__init__.py trengo/sidecar/v1/__init__.py
+
+# The Python client ships a copy of the stubs inside its own package, so its wheel stands alone (and
+# never clashes with the sidecar's trengo/ package). protoc writes absolute imports
+# (from trengo.sidecar.v1 import ...): sed makes the one in the grpc stubs relative.
+client-proto:
+	rm -rf $(CLIENT_GEN) && mkdir -p $(CLIENT_GEN).tmp
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=$(CLIENT_GEN).tmp \
+	  --grpc_python_out=$(CLIENT_GEN).tmp --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+	  --mypy_out=$(CLIENT_GEN).tmp --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+	  --mypy_grpc_out=$(CLIENT_GEN).tmp $(PROTO)
+	mv $(CLIENT_GEN).tmp/trengo/sidecar/v1 $(CLIENT_GEN) && rm -rf $(CLIENT_GEN).tmp
+	sed -i 's/^from trengo\.sidecar\.v1 import /from . import /' $(CLIENT_GEN)/sidecar_pb2_grpc.py*
+	touch $(CLIENT_GEN)/__init__.py
 
 run: install
 	@if [ -z "$$TRENGO_API_TOKEN$$TRENGO_API_TOKEN_FILE$(CONFIG)" ]; then \
@@ -65,8 +83,12 @@ test-python: install node
 
 test: lint buf test-python
 
+# The Python client's wheel, with its generated stubs inside, into dist/.
+client-wheel: install
+	$(BIN)/python -m build --wheel --outdir dist clients/python
+
 bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) trengo $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) trengo $(CLIENT_GEN) dist $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ import grpc
 
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import load, memory, procs, profiling, report, scenarios
+from . import load, memory, procs, profiling, report, scenarios, tracing
 from .results import Results
 
 LEVELS = [1, 4, 8, 16, 32]
@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-ceiling", action="store_true", help="skip the raw aiohttp client (the simulator's ceiling)"
     )
+    parser.add_argument("--no-tracing", action="store_true", help="skip the tracing off/on comparison")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     return parser.parse_args(argv)
 
@@ -141,6 +142,10 @@ def run(args: argparse.Namespace, results: Results, workdir: Path) -> None:
     sim, sim_url = procs.start_simulator(workdir)
     try:
         on_sidecar(sim, sim_url, results, workdir)
+        if not args.no_tracing:
+            say("tracing off and on ...")
+            warmup = 0.2 if results.quick else 0.5
+            results.tracing = tracing.run(sim, sim_url, workdir, results.seconds, warmup)
         say("memory ...")
         results.memory = memory.run(100_000)
         if args.profile:

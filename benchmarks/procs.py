@@ -25,8 +25,10 @@ LISTENING = re.compile(r"trengo-sim listening on (http://\S+/api/v2)")
 
 
 def child_env() -> dict[str, str]:
-    """The environment for the children: no proxy between them and localhost."""
+    """The environment for the children: no proxy between them and localhost, and no OTEL_* from the
+    shell (tracing is on only where the benchmark asks for it)."""
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -41,7 +43,14 @@ def free_port() -> int:
 class Process:
     """One child process, with its output in a log file; stopped with SIGTERM (then SIGKILL)."""
 
-    def __init__(self, name: str, args: list[str], workdir: Path, stdout_pipe: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: list[str],
+        workdir: Path,
+        stdout_pipe: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("wb")
@@ -49,7 +58,7 @@ class Process:
             args,
             stdout=subprocess.PIPE if stdout_pipe else self._log,
             stderr=self._log,
-            env=child_env(),
+            env={**child_env(), **(env or {})},
         )
 
     @property
@@ -161,6 +170,7 @@ def start_sidecar(
     name: str = "sidecar",
     wrapper: list[str] | None = None,
     timeout: float = 20.0,
+    env: dict[str, str] | None = None,
     **overrides: Any,
 ) -> tuple[Process, str]:
     """`python -m sidecar --config FILE --listen ...` (optionally under a wrapper such as pyinstrument)."""
@@ -169,7 +179,7 @@ def start_sidecar(
     config_path.write_text(json.dumps(sidecar_config(base_url, listen, **overrides), indent=2))
     module = ["-m", "sidecar", "--config", str(config_path), "--listen", listen]
     args = [sys.executable, *(wrapper or []), *module]
-    sidecar = Process(name, args, workdir)
+    sidecar = Process(name, args, workdir, env=env)
     try:
         wait_healthy(sidecar, listen, timeout)
     except BaseException:

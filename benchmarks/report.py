@@ -9,7 +9,17 @@ from sidecar.trengo import POOL_SIZE
 from . import plot
 from .machine import machine
 from .results import Results
-from .tables import bound_lines, calls_table, caveats, load_table, memory_table, profile_lines, targets_table
+from .tables import (
+    bound_lines,
+    calls_table,
+    caveats,
+    load_table,
+    memory_table,
+    profile_lines,
+    targets_table,
+    tracing_table,
+)
+from .tracing import spans_line
 
 
 def text(results: Results) -> str:
@@ -20,6 +30,8 @@ def text(results: Results) -> str:
         f"Track throughput and latency ({results.seconds:g}s per point, {results.pool} warm people)",
         load_table(results, False),
         *caveats(results),
+        *(["", "Tracing off and on (sidecar unary Track)", tracing_table(results, False),
+           spans_line(results.tracing)] if results.tracing else []),
         "",
         "Memory (tracemalloc, in-process)",
         memory_table(results, False),
@@ -59,6 +71,7 @@ def markdown(results: Results, png_name: str, info: dict[str, str]) -> str:
         calls_table(results, True),
         "",
         *_load_section(results, png_name),
+        *_tracing_section(results),
         *_memory_section(results),
     ]
     for profile in results.profiles:
@@ -115,6 +128,24 @@ def _load_section(results: Results, png_name: str) -> list[str]:
         *caveats(results),
         "",
         f"![latency distribution and throughput]({png_name})",
+        "",
+    ]
+
+
+def _tracing_section(results: Results) -> list[str]:
+    if not results.tracing:
+        return []
+    return [
+        "## Tracing off and on",
+        "",
+        "The same warm Tracks (sidecar unary) through fresh sidecar processes, alternately without OTEL_*",
+        "in their environment (off: the sidecar's default) and with `OTEL_EXPORTER_OTLP_ENDPOINT` set",
+        "(on: a server span and a Trengo-call span per Track, sampled always, batched and exported over",
+        "OTLP/gRPC to a receiver in the benchmark process). Two rounds each, averaged.",
+        "",
+        tracing_table(results, True),
+        "",
+        f"- {spans_line(results.tracing)}.",
         "",
     ]
 

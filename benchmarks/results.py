@@ -8,6 +8,7 @@ from .load import Point
 from .memory import MemoryRow
 from .profiling import Profile
 from .scenarios import CallsRow
+from .tracing import TracingRow
 
 # Every load mode, in table and legend order, with its label.
 MODES = {
@@ -32,6 +33,7 @@ class Results:
     sidecar_rss_mb: float = 0.0
     simulator_rss_mb: float = 0.0
     profiles: list[Profile] = field(default_factory=list)
+    tracing: list[TracingRow] = field(default_factory=list)  # the same Tracks with tracing off and on
     wall_seconds: float = 0.0
 
     @property

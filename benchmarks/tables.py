@@ -5,6 +5,7 @@ from __future__ import annotations
 from .load import Point
 from .profiling import Profile
 from .results import MODES, Results
+from .tracing import summary
 
 Target = tuple[str, str, bool | None]  # (target, measured, met?); None when there is no bar to meet
 
@@ -58,6 +59,13 @@ def _load_cells(p: Point, raw: Point | None) -> list[str]:
         p99r = f"{p.p99 / raw.p99:.2f}"
     cpu = ", ".join(f"{ms:.2f}" for ms in p.cpu_ms())
     return [f"{p.rate:,.0f}", ratio, f"{p.p50:.2f}", f"{p.p99:.2f}", p50d, p99r, cpu, str(p.errors)]
+
+
+def tracing_table(results: Results, markdown: bool) -> str:
+    header = ["in flight", "tracing", "events/s", "p50 ms", "sidecar CPU ms/event"]
+    rows = [[str(level), mode, f"{rate:,.0f}", f"{p50:.2f}", f"{cpu:.2f}"]
+            for mode, level, rate, p50, cpu in summary(results.tracing)]
+    return _table(header, sorted(rows, key=lambda r: int(r[0])), markdown)
 
 
 def memory_table(results: Results, markdown: bool) -> str:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return check_command(config)
     try:
         asyncio.run(_serve(config))
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:  # ConfigError: the OTEL_* environment (sidecar/tracing.py)
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -13,12 +13,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import events, filters
+from . import events, filters, reflection, tracing
 from .answers import abort_with, deliver_error, to_result
 from .auth import AuthInterceptor
 from .config import Config
@@ -298,6 +297,11 @@ class Sidecar:
             if config.auth_token
             else []
         )
+        self.tracing = tracing.from_env()  # None unless OTEL_EXPORTER_OTLP_ENDPOINT is set
+        if self.tracing:  # first, so that a call the auth refuses has its span too
+            interceptors.insert(0, self.tracing.interceptor(SERVICE))
+            self.client.span_hook = self.tracing.trengo_hook(config.base_url)
+            self.tracing.install_log_filter(logging.getLogger())
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -312,10 +316,7 @@ class Sidecar:
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server,
-        )
+        reflection.enable((SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         self.port = 0
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
@@ -387,6 +388,8 @@ class Sidecar:
         self.health.close()  # open Watch streams end now, not cancelled by server.stop
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
+        if self.tracing:
+            await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans, off the event loop
 
     async def serve_until_signal(self) -> None:
         stop = asyncio.Event()

@@ -51,6 +51,7 @@ class CallRecord:
     attempts: int = 0
     duration_ms: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    rate_limit_wait: float = 0.0  # seconds held by the rate limit (ours, and Trengo's 429s): for traces
 
 
 class TrengoError(FailedPrecondition):
@@ -126,6 +127,7 @@ class TrengoClient:
         json_body = {**headers, "Content-Type": "application/json"}
         self._headers = {False: httpx.Headers(headers), True: httpx.Headers(json_body)}  # parsed once
         self.observer: Any = None  # metrics hook: observe(call, status, seconds), retried(call, why)
+        self.span_hook: Any = None  # tracing hook, when on: span_hook(call, record, started, error)
         self._sending: set[asyncio.Task[Any]] = set()  # the tasks inside send(), for cut_off()
         self.cut = False
 
@@ -167,19 +169,25 @@ class TrengoClient:
         task = asyncio.current_task()
         if task is not None:
             self._sending.add(task)
+        error: BaseException | None = None  # for the span: sys.exception() may be an outer one
         try:
             return await self._attempts(call, deadline, record)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if not self._cut_here(task):
+                error = exc
                 raise
             # Cut off between attempts (a rate-limit wait, a backoff): this attempt was not sent.
-            raise ShuttingDown(
-                f"the sidecar shut down before {call.method} {call.path} was sent; retry"
-            ) from None
+            error = ShuttingDown(f"the sidecar shut down before {call.method} {call.path} was sent; retry")
+            raise error from None
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
             if task is not None:
                 self._sending.discard(task)
             record.duration_ms = round((time.monotonic() - started) * 1000, 3)
+            if self.span_hook:
+                self.span_hook(call, record, started, error)
 
     def _cut_here(self, task: asyncio.Task[Any] | None) -> bool:
         """Whether a CancelledError in ``task`` is cut_off()'s: then it is answered, not propagated."""
@@ -191,7 +199,7 @@ class TrengoClient:
     async def _attempts(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
         while True:
             record.attempts += 1
-            await self.limiter.acquire(deadline)
+            record.rate_limit_wait += await self.limiter.acquire(deadline)
             if call.unsafe_to_resend and deadline.remaining() < self.write_floor:
                 raise Unavailable(
                     f"too little time left before the deadline to send {call.method} {call.path} "
@@ -214,6 +222,8 @@ class TrengoClient:
                 raise _gave_up(error, record.attempts, record.attempts >= self.policy.max_attempts, deadline)
             if self.observer:
                 self.observer.retried(call, error.reason)
+            if isinstance(error, ResourceExhausted):  # Trengo's 429: its Retry-After is a rate-limit wait
+                record.rate_limit_wait += wait
             await asyncio.sleep(wait)
 
     async def _attempt(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:

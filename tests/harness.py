@@ -42,9 +42,9 @@ def free_port() -> int:
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    """The environment for a sidecar CLI subprocess: this one without TRENGO_*/SIDECAR_* (a developer's
-    shell must not change the config under test), unbuffered, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRENGO_", "SIDECAR_"))}
+    """The environment for a sidecar CLI subprocess: this one without TRENGO_*/SIDECAR_*/OTEL_* (a
+    developer's shell must not change the config under test), unbuffered, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRENGO_", "SIDECAR_", "OTEL_"))}
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 

@@ -17,6 +17,7 @@ from trengo_sidecar_client import FollowUpFailure, TrengoSidecarClient
 from sidecar.metrics import start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, struct
+from tests.test_grpcurl import grpcurl, ok  # noqa: F401 (grpcurl: a fixture)
 from tests.test_logs import handled, json_lines  # noqa: F401 (json_lines: a fixture)
 from tests.test_metrics import scrape, value
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -374,3 +375,17 @@ def test_concurrent_identifies_bringing_the_same_value_write_it_once(crm, contro
     assert len(control.requests(path_prefix="/api/v2/contacts/", method="POST")) == 1
     assert sum(r.url.endswith("/custom_fields") for result in results for r in result.requests) == 1
     assert control.contacts()[0]["custom_field_data"] == {str(fields["Plan"]): "pro"}
+
+
+def test_grpcurl_shows_the_follow_ups_and_a_failed_one(shop, control, ann, grpcurl):  # noqa: F811
+    sidecar, _ = shop
+    control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/labels", status=422, count=1)
+    body = {
+        "event": "Order Placed",
+        "properties": {"order_id": "A-17"},
+        "context": {"traits": {"email": ann["identifier"]}},
+    }
+    answer = ok(grpcurl(sidecar.address, "trengo.sidecar.v1.TrengoSidecar/Track", body=body))
+    assert [r["url"].rsplit("/", 1)[1] for r in answer["requests"]][-3:] == ["messages", "labels", "labels"]
+    [failed] = answer["failed_followups"]
+    assert failed["kind"] == "label" and failed["target"] == "VIP" and failed["reason"] == "TRENGO_REJECTED"

@@ -7,8 +7,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from trengo.sidecar.v1 import sidecar_pb2 as pb
-
+from ._gen import sidecar_pb2 as pb
 from .result import Action, DeliveryResult, FollowUpFailure, TrengoCall
 
 CHANNEL_ID = "trengoChannelId"

@@ -7,10 +7,9 @@ from typing import Any, Self
 
 import grpc
 
-from trengo.sidecar.v1 import sidecar_pb2 as pb
-from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
-
 from . import _convert as cv
+from ._gen import sidecar_pb2 as pb
+from ._gen import sidecar_pb2_grpc as pb_grpc
 from .errors import from_rpc_error
 from .result import DeliveryResult
 
