@@ -89,6 +89,7 @@ client-wheel: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.queue
 
 clean:
 	rm -rf $(VENV) trengo $(CLIENT_GEN) dist $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

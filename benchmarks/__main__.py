@@ -17,7 +17,7 @@ import grpc
 
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import load, memory, procs, profiling, report, scenarios, tracing
+from . import fleet, load, memory, procs, profiling, report, scenarios, tracing
 from .results import Results
 
 LEVELS = [1, 4, 8, 16, 32]
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-ceiling", action="store_true", help="skip the raw aiohttp client (the simulator's ceiling)"
+    )
+    parser.add_argument(
+        "--no-fleet", action="store_true", help="skip the fleet scenario (sidecars sharing one store)"
     )
     parser.add_argument("--no-tracing", action="store_true", help="skip the tracing off/on comparison")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
@@ -148,6 +151,9 @@ def run(args: argparse.Namespace, results: Results, workdir: Path) -> None:
             results.tracing = tracing.run(sim, sim_url, workdir, results.seconds, warmup)
         say("memory ...")
         results.memory = memory.run(100_000)
+        if not args.no_fleet:
+            say(f"fleet: {fleet.SIDECARS} sidecars on one token, memory then PostgreSQL ...")
+            results.fleet = fleet.lines(*fleet.run(sim_url, workdir))
         if args.profile:
             profile(Path(args.profile), sim_url, results, workdir)
     finally:

@@ -40,6 +40,8 @@ def text(results: Results) -> str:
         "Targets",
         targets_table(results, False),
     ]
+    if results.fleet:
+        parts += ["", "Many sidecars, one token (benchmarks/fleet.py)", *results.fleet]
     for profile in results.profiles:
         parts += ["", f"Profile: {profile.label}", *profile_lines(profile)]
     return "\n".join(parts)
@@ -74,6 +76,8 @@ def markdown(results: Results, png_name: str, info: dict[str, str]) -> str:
         *_tracing_section(results),
         *_memory_section(results),
     ]
+    if results.fleet:
+        lines += ["## Many sidecars, one token", "", *results.fleet, ""]
     for profile in results.profiles:
         lines += [
             f"## Profile at {profile.in_flight} in flight",

@@ -33,6 +33,7 @@ class Results:
     sidecar_rss_mb: float = 0.0
     simulator_rss_mb: float = 0.0
     profiles: list[Profile] = field(default_factory=list)
+    fleet: list[str] = field(default_factory=list)  # the fleet scenario's lines (benchmarks/fleet.py)
     tracing: list[TracingRow] = field(default_factory=list)  # the same Tracks with tracing off and on
     wall_seconds: float = 0.0
 

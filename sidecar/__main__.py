@@ -27,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--listen", metavar="ADDR", help="host:port or unix:///path (default 127.0.0.1:50051)"
     )
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
+    parser.add_argument(
+        "--store", metavar="URL", help="memory: (default), sqlite:///abs/path.db or postgresql://... (shared)"
+    )
     parser.add_argument("--log-format", choices=("text", "json"))
     parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
@@ -39,10 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["deliveries"]:  # the operator's queue commands (sidecar/queue/cli.py)
+        from .queue.cli import main as deliveries
+
+        return deliveries(argv[1:])
     args = parse_args(argv)
     overrides = {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "store": args.store,
         "logFormat": args.log_format,
         "logLevel": args.log_level,
     }
@@ -97,6 +106,7 @@ async def _serve(config: Config) -> None:
                 "channel_identifier": config.channel_identifier,
                 "dedup": config.enable_dedup,
                 "events": len(config.event_templates),
+                "store": config.store.masked(),
             }
         },
     )

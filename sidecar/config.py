@@ -58,6 +58,22 @@ class Secret:
     __str__ = __repr__
 
 
+class StoreUrl(Secret):
+    """The ``store`` URL: shows itself with its password masked (logs, --check-config, errors)."""
+
+    __slots__ = ()
+
+    def masked(self) -> str:
+        from .state.url import mask_url
+
+        return mask_url(self._value)
+
+    def __repr__(self) -> str:
+        return f"StoreUrl({self.masked()!r})"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True)
 class Config:
     api_token: Secret = field(default_factory=lambda: Secret(""))
@@ -89,8 +105,23 @@ class Config:
     backoff_max_seconds: float = 5.0
     rate_limit_per_minute: int = 120
     rate_limit_queue_size: int = 1000
+    rate_limit_window_seconds: float = 60.0  # Trengo's minute; tests shrink it
+    # state (sidecar/state/): memory:, sqlite:///abs/path.db, postgresql://...
+    store: StoreUrl = field(default_factory=lambda: StoreUrl("memory:"))
+    store_pool_size: int = 4
     idempotency_window_seconds: float = 86_400.0
     idempotency_cache_size: int = 100_000
+    # the delivery queue (Enqueue): RudderStack's retry schedule, and the worker
+    queue_concurrency: int = 4
+    queue_retry_base_seconds: float = 10.0
+    queue_retry_max_seconds: float = 300.0
+    queue_give_up_attempts: int = 3
+    queue_give_up_seconds: float = 3 * 3600.0
+    queue_max_age_seconds: float = 24 * 3600.0
+    queue_lease_seconds: float = 60.0
+    queue_poll_seconds: float = 1.0
+    queue_attempt_timeout_seconds: float = 60.0
+    queue_retention_seconds: float = 7 * 86400.0
     # server
     max_message_bytes: int = 4 * 1024 * 1024
     auth_token: Secret = field(default_factory=lambda: Secret(""))
@@ -127,8 +158,21 @@ _KEYS: dict[str, tuple[str, str]] = {
     "backoffMaxSeconds": ("backoff_max_seconds", "SIDECAR_BACKOFF_MAX_SECONDS"),
     "rateLimitPerMinute": ("rate_limit_per_minute", "TRENGO_RATE_LIMIT_PER_MINUTE"),
     "rateLimitQueueSize": ("rate_limit_queue_size", "SIDECAR_RATE_LIMIT_QUEUE_SIZE"),
+    "rateLimitWindowSeconds": ("rate_limit_window_seconds", "SIDECAR_RATE_LIMIT_WINDOW_SECONDS"),
+    "store": ("store", "SIDECAR_STORE"),
+    "storePoolSize": ("store_pool_size", "SIDECAR_STORE_POOL_SIZE"),
     "idempotencyWindowSeconds": ("idempotency_window_seconds", "SIDECAR_IDEMPOTENCY_WINDOW_SECONDS"),
     "idempotencyCacheSize": ("idempotency_cache_size", "SIDECAR_IDEMPOTENCY_CACHE_SIZE"),
+    "queueConcurrency": ("queue_concurrency", "SIDECAR_QUEUE_CONCURRENCY"),
+    "queueRetryBaseSeconds": ("queue_retry_base_seconds", "SIDECAR_QUEUE_RETRY_BASE_SECONDS"),
+    "queueRetryMaxSeconds": ("queue_retry_max_seconds", "SIDECAR_QUEUE_RETRY_MAX_SECONDS"),
+    "queueGiveUpAttempts": ("queue_give_up_attempts", "SIDECAR_QUEUE_GIVE_UP_ATTEMPTS"),
+    "queueGiveUpSeconds": ("queue_give_up_seconds", "SIDECAR_QUEUE_GIVE_UP_SECONDS"),
+    "queueMaxAgeSeconds": ("queue_max_age_seconds", "SIDECAR_QUEUE_MAX_AGE_SECONDS"),
+    "queueLeaseSeconds": ("queue_lease_seconds", "SIDECAR_QUEUE_LEASE_SECONDS"),
+    "queuePollSeconds": ("queue_poll_seconds", "SIDECAR_QUEUE_POLL_SECONDS"),
+    "queueAttemptTimeoutSeconds": ("queue_attempt_timeout_seconds", "SIDECAR_QUEUE_ATTEMPT_TIMEOUT_SECONDS"),
+    "queueRetentionSeconds": ("queue_retention_seconds", "SIDECAR_QUEUE_RETENTION_SECONDS"),
     "maxMessageBytes": ("max_message_bytes", "SIDECAR_MAX_MESSAGE_BYTES"),
     "authToken": ("auth_token", "SIDECAR_AUTH_TOKEN"),
     "authTokenFile": ("auth_token", "SIDECAR_AUTH_TOKEN_FILE"),
@@ -249,6 +293,8 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
+    if attr == "store":
+        return _store(key, _text(key, value).strip())
     if attr in _CONSENT_KEYS:
         return _CONSENT_KEYS[attr](key, value)
     if attr == "custom_field_map":
@@ -289,6 +335,15 @@ def _number(key: str, value: Any, kind: type[int] | type[float]) -> int | float:
     if not math.isfinite(number) or (kind is int and number != int(number)):
         raise ConfigError(key, f"must be a {'whole ' if kind is int else ''}number, not {value!r}")
     return kind(number)
+
+
+def _store(key: str, url: str) -> StoreUrl:
+    from .state.url import check_url
+
+    problem = check_url(url)
+    if problem:
+        raise ConfigError(key, problem)
+    return StoreUrl(url)
 
 
 def _templates(key: str, value: Any) -> Mapping[str, Template]:
@@ -346,6 +401,14 @@ def _check(c: Config) -> None:
         "defaultDeadlineSeconds": c.default_deadline_seconds,
         "rateLimitQueueSize": c.rate_limit_queue_size,
         "idempotencyCacheSize": c.idempotency_cache_size,
+        "queueRetryMaxSeconds": c.queue_retry_max_seconds,
+        "queueMaxAgeSeconds": c.queue_max_age_seconds,
+        "queueLeaseSeconds": c.queue_lease_seconds,
+        "queuePollSeconds": c.queue_poll_seconds,
+        "queueAttemptTimeoutSeconds": c.queue_attempt_timeout_seconds,
+        "queueRetentionSeconds": c.queue_retention_seconds,
+        "rateLimitWindowSeconds": c.rate_limit_window_seconds,
+        "storePoolSize": c.store_pool_size,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -356,10 +419,17 @@ def _check(c: Config) -> None:
         "shutdownGraceSeconds": c.shutdown_grace_seconds,
         "backoffBaseSeconds": c.backoff_base_seconds,
         "backoffMaxSeconds": c.backoff_max_seconds,
+        "queueConcurrency": c.queue_concurrency,
+        "queueRetryBaseSeconds": c.queue_retry_base_seconds,
+        "queueGiveUpAttempts": c.queue_give_up_attempts,
+        "queueGiveUpSeconds": c.queue_give_up_seconds,
     }
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(key, "must not be negative")
+    if c.queue_lease_seconds <= c.request_timeout_seconds:
+        # A dead sidecar's last write must land (or time out) before another takes the person's next event.
+        raise ConfigError("queueLeaseSeconds", "must be greater than requestTimeoutSeconds")
     if c.metrics_listen and not _is_host_port(c.metrics_listen):
         raise ConfigError("metricsListen", f"must be HOST:PORT, not {c.metrics_listen!r}")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):

@@ -8,19 +8,23 @@ costs one Trengo call; the reference destination spends two.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import transform as tf
 from .cache import FlightTimeout, SingleFlight, TTLCache
 from .config import Config
 from .deadline import Deadline
-from .errors import FailedPrecondition, NotFound, SidecarError, Unavailable
+from .errors import FailedPrecondition, NotFound, StoreError
 from .events import Event
 from .followup_plan import FollowUpFailure
 from .followups import FollowUps
+from .idempotency import Idempotency
+from .state import ContactRecord, State, open_state
+from .state.waiting import busy, holding
 from .trengo import (
     CallRecord,
     CutOff,
@@ -33,6 +37,7 @@ from .trengo import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("sidecar")
 MAX_CHANNEL_PAGES = 40  # 1,000 channels: more than any Trengo account we have seen
 CHANNEL_RELIST_SECONDS = 30.0
 
@@ -87,25 +92,38 @@ class _Upsert:
 
 
 class Delivery:
-    def __init__(self, config: Config, client: TrengoClient) -> None:
+    """Delivers events; its state (``state``, from sidecar/state/) is given to it, and it talks only to
+    that interface: it never knows which backend it has. ``scope`` (a hash of the token) keeps one
+    token's contacts and results apart from another's in a shared store."""
+
+    def __init__(
+        self, config: Config, client: TrengoClient, state: State | None = None, scope: str = ""
+    ) -> None:
         self.config = config
         self.client = client
-        self.contacts: TTLCache[str, int] = TTLCache(
+        self.state: State = state if state is not None else open_state("memory:")
+        self.scope = scope
+        # In front of the store (the only copy with memory:), bounded as before: id and name per key.
+        self.contacts: TTLCache[str, ContactRecord] = TTLCache(
             config.contact_cache_size, config.contact_cache_ttl_seconds
         )
         # the channel list: id -> Trengo type, with the time.monotonic() it was fetched
         self.channels: TTLCache[str, tuple[dict[int, str], float]] = TTLCache(
             1, config.channel_cache_ttl_seconds
         )
-        self.results: TTLCache[str, Outcome | SidecarError] = TTLCache(
-            config.idempotency_cache_size, config.idempotency_window_seconds
+        self.idempotency = Idempotency(
+            self.state, window_seconds=config.idempotency_window_seconds, scope=scope
         )
         self._flights: SingleFlight[tuple[str, str]] = SingleFlight()
         self.followups = FollowUps(config, client)
-        self.replays = 0  # results given back for a repeated message_id, for metrics
+
+    @property
+    def replays(self) -> int:
+        return self.idempotency.replays
 
     async def aclose(self) -> None:
         self._flights.cancel_all()
+        self.idempotency.cancel_all()
         self.followups.cancel()
         await self.client.aclose()
 
@@ -115,28 +133,19 @@ class Delivery:
         """Deliver once per message_id: a repeat within the window gets the first result back."""
         if not event.message_id or event.dry_run:
             return await self._deliver(event, deadline)
-        stored = self.results.get(event.message_id)
-        if stored is None:
-            result, shared = await self._shared(
-                ("message", event.message_id), lambda: self._remembered(event, deadline), deadline
-            )
-            if not shared:
-                return result
-            stored = result
-        self.replays += 1
-        if isinstance(stored, SidecarError):
-            raise stored.with_traceback(None)  # not a growing traceback on every replay
-        return replace(stored, calls=[], replayed=True)
+        work = lambda: self._deliver(event, deadline)  # noqa: E731
+        return await self.idempotency.deliver(event.message_id, deadline, work)
 
-    async def _remembered(self, event: Event, deadline: Deadline) -> Outcome:
-        try:
-            outcome = await self._deliver(event, deadline)
-        except OutcomeUnknown as exc:
-            # Sending again could write twice: the same message_id gets this answer until the window ends.
-            self.results.set(event.message_id, exc)
-            raise
-        self.results.set(event.message_id, replace(outcome, calls=[]))  # a replay lists no calls
-        return outcome
+    def check(self, event: Event) -> None:
+        """Refuse, before any Trengo call, what ``deliver`` would refuse without one (Enqueue asks)."""
+        if event.kind == "track":
+            tf.template_for(event, self.config.event_templates)
+        self._precheck_identifier(event)
+
+    async def deliver_again(self, event: Event, deadline: Deadline) -> Outcome:
+        """An operator asked for this event to be sent again: deliver it without giving back the result
+        stored for its message_id (that one stays: a synchronous call with it still gets it back)."""
+        return await self._deliver(event, deadline)
 
     async def _deliver(self, event: Event, deadline: Deadline) -> Outcome:
         template = tf.template_for(event, self.config.event_templates) if event.kind == "track" else None
@@ -214,39 +223,55 @@ class Delivery:
             contact_id = await self._create(run, ident)
             return run.outcome("create_contact", contact_id)
         key = tf.cache_key(ident, run.kind)
-        cached = self.contacts.get(key)
-        if cached is not None:
+        record = await self._cached(key)
+        if record is not None:
+            cached = record.contact_id
             run.cache_hit = True
             if not event.name:
                 return run.outcome("none", cached)
             try:
                 await self._write(run, tf.update_contact(cached, event.name))
+                if not event.dry_run:
+                    await self._remember(run, ident, cached, event.name)
                 return run.outcome("update_contact", cached)
             except TrengoError as exc:
                 if exc.status != 404:
                     raise
-                self.contacts.discard(key)  # deleted in Trengo behind our back: look it up again
+                await self._forget(key)  # deleted in Trengo behind our back: look it up again
                 run.cache_hit = False
         if event.dry_run:  # a dry run must not share a real run's writes, nor lend it its own
             upsert, shared = await self._upsert(run, ident), False
         else:
             upsert, shared = await self._shared(
-                ("upsert", key), lambda: self._upsert(run, ident), run.deadline
+                ("upsert", key), lambda: self._fleet_upsert(run, ident, key), run.deadline
             )
         if shared and event.name and event.name != upsert.name:
             await self._write(run, tf.update_contact(upsert.contact_id, event.name))
             return run.outcome("update_contact", upsert.contact_id)
         return run.outcome(upsert.action if not shared else "none", upsert.contact_id)
 
-    async def _upsert(self, run: _Run, ident: str) -> _Upsert:
+    async def _fleet_upsert(self, run: _Run, ident: str, key: str) -> _Upsert:
+        """The upsert under the store's lock for this person: one search and one create across every
+        sidecar on the store. The holder reads the store again first: another may just have made it."""
+        async with holding(self.state, self._scoped(key), run.deadline):
+            record = await self._stored(key)
+            if record is None:
+                return await self._upsert(run, ident)
+            run.cache_hit = True
+            return await self._upsert(run, ident, found=record.contact_id)
+
+    async def _upsert(self, run: _Run, ident: str, found: int | None = None) -> _Upsert:
         """Search, then update the one match or create the contact (a dry run: contact id 0)."""
-        found = await self._search(run, ident)
+        if found is None:
+            found = await self._search(run, ident)
         name = run.event.name
         if found is None:
             return _Upsert(await self._create(run, ident), "create_contact", name)
         if not name:
             return _Upsert(found, "none", None)
         await self._write(run, tf.update_contact(found, name))
+        if not run.event.dry_run:
+            await self._remember(run, ident, found, name)
         return _Upsert(found, "update_contact", name)
 
     async def _update_known(self, run: _Run, contact_id: int, ident: str | None) -> Outcome:
@@ -260,7 +285,7 @@ class Delivery:
                 raise NotFound(f"trengoContactId {contact_id} does not exist in Trengo") from None
             raise
         if ident and not run.event.dry_run:  # Trengo just confirmed the id: the next event skips the search
-            self._remember(run, ident, contact_id)
+            await self._remember(run, ident, contact_id, run.event.name)
         return run.outcome("update_contact", contact_id)
 
     async def _create(self, run: _Run, ident: str) -> int:
@@ -281,7 +306,7 @@ class Delivery:
         if answer is None:  # a dry run
             return 0
         contact_id = record_id(call, answer)
-        self._remember(run, ident, contact_id)
+        await self._remember(run, ident, contact_id, run.event.name)
         return contact_id
 
     # --- track ---------------------------------------------------------------------
@@ -300,23 +325,24 @@ class Delivery:
         except TrengoError as exc:
             if not (run.cache_hit and exc.status == 422 and "contact_id" in exc.fields):
                 raise
-            # Trengo no longer knows the cached contact: drop it, search once more, retry.
-            self.contacts.discard(key)
+            # Trengo no longer knows the cached contact: drop it (for every sidecar), search once more, retry.
+            await self._forget(key)
             run.cache_hit = False
             contact_id = await self._find_for_track(run, tf.identifier(event, run.kind), key)
             ticket_id = await self._ticket(run, contact_id, subject)
         return run.outcome("create_ticket", contact_id, ticket_id)
 
     async def _find_for_track(self, run: _Run, ident: str, key: str) -> int:
-        cached = self.contacts.get(key)
+        cached = await self._cached(key)
         if cached is not None:
             run.cache_hit = True
-            return cached
+            return cached.contact_id
         # An identify for this person may be creating the contact right now: use its answer.
         upsert, upserting = await self._joined(("upsert", key), run.deadline)
         if upserting:
             return int(upsert.contact_id)
-        found, _ = await self._shared(("find", key), lambda: self._search(run, ident), run.deadline)
+        search = lambda: self._fleet_search(run, ident, key)  # noqa: E731
+        found, _ = await self._shared(("find", key), search, run.deadline)
         if found is None:
             raise NotFound(
                 f"no Trengo contact has this {run.kind}: send an identify first, or pass a trengoContactId",
@@ -331,12 +357,21 @@ class Delivery:
 
     # --- shared steps ----------------------------------------------------------------
 
+    async def _fleet_search(self, run: _Run, ident: str, key: str) -> int | None:
+        """A track's search, under the lock an identify creating this person elsewhere holds."""
+        async with holding(self.state, self._scoped(key), run.deadline):
+            record = await self._stored(key)
+            if record is not None:
+                run.cache_hit = True
+                return record.contact_id
+            return await self._search(run, ident)
+
     async def _search(self, run: _Run, ident: str) -> int | None:
         call = tf.search_contacts(ident)
         answer = await self.client.send(call, run.deadline, run.calls)
         found = tf.matching_contact(contact_list(call, answer), ident, run.kind)
         if found is not None:
-            self._remember(run, ident, found)
+            await self._remember(run, ident, found, None)
         return found
 
     async def _write(self, run: _Run, call: tf.Call) -> dict[str, Any] | None:
@@ -354,20 +389,54 @@ class Delivery:
         try:
             return await self._flights.run(key, work, deadline.remaining())
         except FlightTimeout:
-            raise _busy() from None
+            raise busy() from None
 
     async def _joined(self, key: tuple[str, str], deadline: Deadline) -> tuple[Any, bool]:
         try:
             return await self._flights.join(key, deadline.remaining())
         except FlightTimeout:
-            raise _busy() from None
+            raise busy() from None
 
-    def _remember(self, run: _Run, ident: str, contact_id: int) -> None:
-        self.contacts.set(tf.cache_key(ident, run.kind), contact_id)
+    # --- the contact store -------------------------------------------------------------------------
 
+    async def _cached(self, key: str) -> ContactRecord | None:
+        """The contact from the in-process front, else from a shared store (which fills the front)."""
+        record = self.contacts.get(key)
+        if record is None and self.state.shared:
+            record = await self._stored(key)
+            if record is not None:
+                self.contacts.set(key, record)
+        return record
 
-def _busy() -> Unavailable:
-    return Unavailable(
-        "a concurrent call for the same person or message_id did not finish before this call's deadline",
-        retry_after=1.0,
-    )
+    async def _stored(self, key: str) -> ContactRecord | None:
+        """The store's record (None with memory:, whose only copy is the front). A store that cannot
+        answer is a miss, at once: the caller then waits for the store's lock (or searches), so nothing
+        is created twice, and the wait for the store happens in one place."""
+        if not self.state.shared:
+            return None
+        try:
+            return await self.state.get_contact(self._scoped(key))
+        except StoreError:
+            return None
+
+    async def _remember(self, run: _Run, ident: str, contact_id: int, name: str | None) -> None:
+        key = tf.cache_key(ident, run.kind)
+        record = ContactRecord(contact_id, name)
+        self.contacts.set(key, record)
+        if self.state.shared:
+            ttl = self.config.contact_cache_ttl_seconds
+            try:  # a cache: Trengo has the contact whatever happens here
+                await self.state.put_contact(self._scoped(key), record, ttl)
+            except StoreError as exc:
+                log.warning("a contact could not be stored: %s", exc.message)
+
+    async def _forget(self, key: str) -> None:
+        self.contacts.discard(key)
+        if self.state.shared:
+            try:
+                await self.state.discard_contact(self._scoped(key))
+            except StoreError as exc:
+                log.warning("a stale contact could not be dropped from the store: %s", exc.message)
+
+    def _scoped(self, key: str) -> str:
+        return f"{self.scope}:contact:{key}"

@@ -87,3 +87,16 @@ class ConfigError(ValueError):
     def __init__(self, key: str, problem: str) -> None:
         super().__init__(f"config {key}: {problem}")
         self.key = key
+
+
+class StoreError(Unavailable):
+    """The state store (SQLite, PostgreSQL) could not be used; retrying may help.
+
+    Every backend's driver errors are wrapped into this one, at the seam. Its message must never
+    carry the store's password: backends build it from the masked URL and the driver error's class.
+    """
+
+    reason = "STORE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message, retry_after=retry_after)

@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from .filters import RULES
+from .queue.metrics import collect as queue_metrics
 from .readiness import RESULTS
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 PREFIX = "trengo_sidecar"
 # RPCs answer within their deadline (30 s by default); Trengo calls within requestTimeoutSeconds (10 s).
 RPC_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+STORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 TRENGO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 ENDPOINTS = frozenset({"/contacts", "/contacts/{id}", "/channels", "/channels/{id}/contacts", "/tickets"})
@@ -77,6 +79,13 @@ class SidecarMetrics:
         self.trengo_duration = Histogram(
             f"{PREFIX}_trengo_request_duration_seconds", "Time of one HTTP attempt to Trengo.",
             ("endpoint", "method"), buckets=TRENGO_BUCKETS, registry=registry)
+        self.store_duration = Histogram(
+            f"{PREFIX}_store_duration_seconds", "Time of one state-store operation, by operation "
+            "(flight_lock includes the wait for another holder).", ("operation",), buckets=STORE_BUCKETS,
+            registry=registry)
+        self.store_errors = Counter(
+            f"{PREFIX}_store_errors", "State-store operations that failed (the store was unreachable "
+            "or refused), by operation.", ("operation",), registry=registry)
         self.trengo_retries = Counter(
             f"{PREFIX}_trengo_retries", "Trengo calls tried again, by endpoint template and the "
             "reason of the failed attempt.", ("endpoint", "reason"), registry=registry)
@@ -114,6 +123,13 @@ class SidecarMetrics:
     def retried(self, call: Call, reason: str) -> None:
         self.trengo_retries.labels(endpoint(call.path), reason).inc()
 
+    # --- ObservedState.observer ------------------------------------------------------------------
+
+    def store(self, operation: str, seconds: float, ok: bool) -> None:
+        self.store_duration.labels(operation).observe(seconds)
+        if not ok:
+            self.store_errors.labels(operation).inc()
+
 
 class ReadCollector(Collector):
     """Figures the sidecar keeps itself, read when Prometheus scrapes.
@@ -128,8 +144,7 @@ class ReadCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         delivery = self._sidecar.delivery
-        caches: dict[str, TTLCache[Any, Any]] = {"contacts": delivery.contacts, "channels": delivery.channels,
-                                                 "idempotency": delivery.results}
+        caches: dict[str, TTLCache[Any, Any]] = {"contacts": delivery.contacts, "channels": delivery.channels}
         hits = CounterMetricFamily(f"{PREFIX}_cache_hits", "Cache look-ups that found a live entry.",
                                    labels=("cache",))
         misses = CounterMetricFamily(f"{PREFIX}_cache_misses", "Cache look-ups that found nothing live.",
@@ -140,6 +155,10 @@ class ReadCollector(Collector):
             hits.add_metric((name,), cache.hits)
             misses.add_metric((name,), cache.misses)
             entries.add_metric((name,), len(cache))
+        # Results live in the store (shared, maybe): their hits and misses, not an entry count.
+        hits.add_metric(("idempotency",), delivery.idempotency.hits)
+        misses.add_metric(("idempotency",), delivery.idempotency.misses)
+        entries.add_metric(("idempotency",), delivery.idempotency.entries())
         yield from (hits, misses, entries)
 
         limiter = self._sidecar.client.limiter
@@ -147,10 +166,25 @@ class ReadCollector(Collector):
                                   "for a client-side rate-limit slot.", value=limiter.waited_seconds)
         yield GaugeMetricFamily(f"{PREFIX}_rate_limit_queue_depth", "Trengo calls waiting for a "
                                 "rate-limit slot now.", value=limiter.waiting)
+        yield CounterMetricFamily(f"{PREFIX}_rate_limit_shared_waits", "Times the store's rate limit "
+                                  "(the sliding log every sidecar on the token shares, or a 429's hold) "
+                                  "made a Trengo call wait.", value=limiter.shared_waits)
+
+        sidecar = self._sidecar
+        yield GaugeMetricFamily(f"{PREFIX}_store_up", "1 while the state store answers, else 0.",
+                                value=1 if sidecar.store_health.up else 0)
+        why = GaugeMetricFamily(f"{PREFIX}_not_serving", "1 for each reason the service "
+                                "trengo.sidecar.v1.TrengoSidecar reports NOT_SERVING now.",
+                                labels=("reason",))
+        failing = set(sidecar.not_serving_reasons())
+        for reason in sorted({"starting", "draining", "trengo_misconfigured", "store_unavailable", *failing}):
+            why.add_metric((reason,), 1 if reason in failing else 0)
+        yield why
 
         yield CounterMetricFamily(
             f"{PREFIX}_idempotent_replays", "Results given back again for a repeated message_id "
             "(replayed=true), without calling Trengo.", value=delivery.replays)
+        yield from queue_metrics(self._sidecar.queue)
         yield from _trengo_check(self._sidecar)
 
 
@@ -180,6 +214,7 @@ def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegis
     metrics = SidecarMetrics(registry)
     sidecar.servicer.observer = metrics
     sidecar.client.observer = metrics
+    sidecar.state.observer = metrics
     registry.register(ReadCollector(sidecar))
     if process:
         ProcessCollector(registry=registry)

@@ -63,12 +63,16 @@ class Conditions:
     starting: bool = True  # the first Trengo check has not ended (nor had its time) yet
     draining: bool = False  # SIGTERM received: new calls are refused
     trengo_misconfigured: bool = False  # the last Trengo check found a wrong token or baseUrl
+    store_unavailable: bool = False  # the state store (``store``) does not answer (sidecar/state/health.py)
 
 
 def decide(conditions: Conditions, service: str) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
-    """The status of ``service`` ("" for the whole server). Today both answer alike."""
-    del service  # a condition that concerns one service only would look at it
+    """The status of ``service`` ("" for the whole server)."""
     if conditions.starting or conditions.draining or conditions.trengo_misconfigured:
+        return health_pb2.HealthCheckResponse.NOT_SERVING
+    if service and conditions.store_unavailable:
+        # Only the service says so: "" is what the pod's probes read, and a store outage must not take
+        # the application out of service (its calls answer STORE_UNAVAILABLE meanwhile).
         return health_pb2.HealthCheckResponse.NOT_SERVING
     return health_pb2.HealthCheckResponse.SERVING
 
@@ -255,3 +259,4 @@ async def _check_once(config: Config) -> TrengoCheck:
         return await check_trengo(sidecar.delivery)
     finally:
         await sidecar.delivery.aclose()
+        await sidecar.state.aclose()  # a PostgreSQL store's pools, opened by the check's rate-limit slot

@@ -28,9 +28,13 @@ from .decoding import transport_limit as _transport_limit
 from .delivery import Delivery, Outcome
 from .drain import CUT_OFF_SECONDS, InFlight
 from .errors import InvalidArgument, ShuttingDown, SidecarError
+from .queue.service import QueueService, queue_connections
 from .ratelimit import RateLimiter
 from .readiness import Health, HealthServicer, Readiness
 from .retry import RetryPolicy
+from .state import open_state, scope_of
+from .state.health import StoreHealth
+from .state.observed import ObservedState
 from .stream import OrderedByKey, StreamIds
 from .trengo import TrengoClient
 
@@ -280,15 +284,34 @@ class Sidecar:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # The state, from config, given to those that use it (sidecar/state/: memory, SQLite, PostgreSQL).
+        self.state = ObservedState(
+            open_state(
+                config.store.reveal(),
+                pool_size=config.store_pool_size + queue_connections(config),
+                contact_cache_size=config.contact_cache_size,
+                result_cache_size=config.idempotency_cache_size,
+            )
+        )
+        scope = scope_of(config.api_token.reveal())  # a hash of the token, never the token
+        limiter = RateLimiter(
+            config.rate_limit_per_minute,
+            config.rate_limit_queue_size,
+            self.state,
+            key=scope,
+            window=config.rate_limit_window_seconds,
+        )
         self.client = TrengoClient(
             config.base_url,
             config.api_token,
             timeout=config.request_timeout_seconds,
             policy=RetryPolicy(config.max_attempts, config.backoff_base_seconds, config.backoff_max_seconds),
-            limiter=RateLimiter(config.rate_limit_per_minute, config.rate_limit_queue_size),
+            limiter=limiter,
         )
-        self.delivery = Delivery(config, self.client)
-        self.servicer = Servicer(config, self.delivery)
+        self.delivery = Delivery(config, self.client, self.state, scope)
+        # The queue's RPCs of the service are served by QueueService (sidecar/queue/), registered beside.
+        self.servicer = Servicer(config, self.delivery)  # type: ignore[abstract]
+        self.queue = QueueService(config, self.delivery, lambda: self.servicer.observer)
         self.health = HealthServicer()
         self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
         self.readiness = Readiness(self.delivery, self.status)
@@ -312,12 +335,27 @@ class Sidecar:
             ],
         )
         # Registered, as grpcio-tools' generated code does, so grpc matches the method in its core.
-        handlers = self._handlers()
+        handlers = {**self._handlers(), **self.queue.handlers()}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.server.add_registered_method_handlers(SERVICE, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable((SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         self.port = 0
+        self.store_health = StoreHealth(self.state, self._store_changed)
+
+    def not_serving_reasons(self) -> list[str]:
+        """Why the service is NOT_SERVING now (for trengo_sidecar_not_serving{reason}); [] when it serves."""
+        conditions = self.status.conditions
+        named = {
+            "starting": conditions.starting,
+            "draining": conditions.draining,
+            "trengo_misconfigured": conditions.trengo_misconfigured,
+            "store_unavailable": conditions.store_unavailable,
+        }
+        return [reason for reason, holds in named.items() if holds]
+
+    async def _store_changed(self) -> None:
+        await self.status.update(store_unavailable=not self.store_health.up)
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The generated registration, with deserializers that turn a decode error into INVALID_ARGUMENT."""
@@ -348,6 +386,9 @@ class Sidecar:
         """
         self.port = self._bind(self.config.listen)
         await self.status.update()  # NOT_SERVING for both services until started (grpc's says SERVING)
+        await self.store_health.start()  # a store that is down is retried in the background
+        # The queue's tables in the same store (sidecar/queue/), opened once the store answers.
+        await self.queue.start(self.state, lambda: self.store_health.started and self.store_health.up)
         await self.server.start()
         if check_trengo:
             await self.readiness.start()
@@ -379,6 +420,7 @@ class Sidecar:
         await self.readiness.stop()
         await self.status.update(draining=True)
         await self.servicer.in_flight.wait_idle(grace)
+        await self.queue.stop(max(0.0, ends - time.monotonic()))
         if self.servicer.in_flight.count:
             # The grace is over: calls still in flight are cut off, and each answers what it left
             # behind (nothing written, or an unknown outcome), instead of grpc's bare cancel.
@@ -388,6 +430,8 @@ class Sidecar:
         self.health.close()  # open Watch streams end now, not cancelled by server.stop
         await self.server.stop(max(0.0, ends - time.monotonic()))
         await self.delivery.aclose()
+        await self.store_health.aclose()
+        await self.state.aclose()
         if self.tracing:
             await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans, off the event loop
 

@@ -9,6 +9,7 @@ the contract gives them. The token is only ever in the Authorization header.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import json
 import time
@@ -38,6 +39,10 @@ BAD_RESPONSE_RETRY_SECONDS = 1.0  # RetryInfo for a read answered 200 with the w
 # idempotency window. Refused unsent, it is a clean UNAVAILABLE that the caller may simply retry.
 MIN_WRITE_SECONDS = 0.25
 TOO_LATE_RETRY_SECONDS = 0.1  # RetryInfo for such a refusal: a retry with a fresh deadline can go at once
+# Set by the queue worker (sidecar/queue/worker.py) in the task delivering one queued event: told
+# ``await sending(call)`` just before a write that cannot be resent goes out (it records that durably,
+# so a crash after it counts as an unknown outcome), and ``answered(status)`` after every attempt.
+ATTEMPT_HOOK: contextvars.ContextVar[Any] = contextvars.ContextVar("trengo_attempt_hook", default=None)
 
 
 @dataclass(slots=True)
@@ -206,6 +211,9 @@ class TrengoClient:
                     "and hear back; it was not sent",
                     retry_after=TOO_LATE_RETRY_SECONDS,
                 )
+            hook = ATTEMPT_HOOK.get()
+            if hook is not None and call.unsafe_to_resend:
+                await hook.sending(call)
             sent_at = time.monotonic()
             try:
                 return await self._attempt(call, deadline, record)
@@ -295,6 +303,9 @@ class TrengoClient:
     def _observe(self, call: Call, status: int, sent_at: float) -> None:
         if self.observer:
             self.observer.observe(call, status, time.monotonic() - sent_at)
+        hook = ATTEMPT_HOOK.get()
+        if hook is not None:
+            hook.answered(status)
 
     def _transport_error(
         self, call: Call, exc: Exception, record: CallRecord, unsent: bool, deadline_bound: bool

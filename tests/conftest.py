@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -8,6 +9,7 @@ import pytest
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_config
+from tests.postgres import Postgres
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 
@@ -21,7 +23,7 @@ def sim() -> Iterator[SimulatorThread]:
 def control(sim: SimulatorThread) -> SimulatorControl:
     """The simulator, emptied for this test: what it records is what this test caused."""
     sim.control.reset()
-    sim.control.configure(rate_limit_per_minute=0, tokens=[TOKEN])
+    sim.control.configure(rate_limit_per_minute=0, rate_window_seconds=60, tokens=[TOKEN])
     return sim.control
 
 
@@ -56,3 +58,21 @@ def stub(sidecar: SidecarThread) -> Iterator[pb_grpc.TrengoSidecarStub]:
 def ann(control: SimulatorControl) -> dict[str, Any]:
     """Ann's contact on the email channel, already in the simulator."""
     return control.add_contact(name="Ann", identifier="ann@example.com", channel_id=EMAIL_CHANNEL)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server for the session (tests/postgres.py); never skipped."""
+    server = Postgres()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres, request: pytest.FixtureRequest) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL, for this test alone."""
+    if not postgres.running():
+        postgres.start()  # a fault test before this one stopped it
+    name = "t_" + hashlib.blake2b(request.node.nodeid.encode(), digest_size=8).hexdigest()
+    return postgres.create_database(name)

@@ -39,7 +39,7 @@ def test_a_caller_sharing_a_run_is_answered_by_its_own_deadline(stub, control):
 
 def test_the_idempotency_memory_keeps_results_without_their_calls(sidecar, stub, control):
     stub.Identify(pb.IdentifyRequest(traits=struct({"email": "m@example.com"}), message_id="m-1"))
-    stored = sidecar.sidecar.delivery.results.get("m-1")
+    stored = sidecar.call(sidecar.sidecar.delivery.idempotency.stored("m-1"))
     assert stored is not None and stored.calls == [] and stored.contact_id > 0
 
 

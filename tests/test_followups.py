@@ -17,6 +17,7 @@ from trengo_sidecar_client import FollowUpFailure, TrengoSidecarClient
 from sidecar.metrics import start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, struct
+from tests.queue_helpers import FAST_QUEUE, settled
 from tests.test_grpcurl import grpcurl, ok  # noqa: F401 (grpcurl: a fixture)
 from tests.test_logs import handled, json_lines  # noqa: F401 (json_lines: a fixture)
 from tests.test_metrics import scrape, value
@@ -389,3 +390,35 @@ def test_grpcurl_shows_the_follow_ups_and_a_failed_one(shop, control, ann, grpcu
     assert [r["url"].rsplit("/", 1)[1] for r in answer["requests"]][-3:] == ["messages", "labels", "labels"]
     [failed] = answer["failed_followups"]
     assert failed["kind"] == "label" and failed["target"] == "VIP" and failed["reason"] == "TRENGO_REJECTED"
+
+
+# --- queued delivery and a shared store ----------------------------------------------
+
+
+def test_a_queued_track_gets_its_note_and_labels_and_reports_a_failed_one(
+    make_sidecar, control, ann, labels, tmp_path
+):
+    config = {**FAST_QUEUE, "eventTemplateMap": [*FAST_QUEUE["eventTemplateMap"], ORDER]}
+    _, stub = make_sidecar(store=f"sqlite:///{tmp_path}/state.db", **config).stub()
+    control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/labels", status=422, count=1)
+    accepted = stub.Enqueue(pb.EnqueueRequest(track=order(message_id="q-1")), timeout=5)
+    status = settled(stub, [accepted.message_id])[accepted.message_id]
+    assert status.state == pb.DELIVERY_STATE_DELIVERED and status.result.ticket_id == FIRST_TICKET
+    [failed] = status.result.failed_followups
+    assert (failed.kind, failed.target, failed.reason) == ("label", "VIP", "TRENGO_REJECTED")
+    [ticket] = control.tickets()
+    assert len(ticket["messages"]) == 1 and [label["name"] for label in ticket["labels"]] == ["Orders"]
+
+
+def test_a_replay_from_a_sqlite_store_gives_back_the_failed_follow_ups(
+    make_sidecar, control, ann, labels, tmp_path
+):
+    sidecar = make_sidecar(store=f"sqlite:///{tmp_path}/state.db", eventTemplateMap=[ORDER], maxAttempts=1)
+    _, stub = sidecar.stub()
+    control.add_fault(method="POST", path=f"/api/v2/tickets/{FIRST_TICKET}/messages", status=503, count=1)
+    first = stub.Track(order(message_id="m-s1"))
+    again = stub.Track(order(message_id="m-s1"))
+    assert again.replayed and again.ticket_id == first.ticket_id
+    assert [(f.kind, f.reason) for f in again.failed_followups] == [("note", "TRENGO_UNAVAILABLE")]
+    assert list(again.failed_followups) == list(first.failed_followups)
+    assert len(control.tickets()) == 1

@@ -51,7 +51,9 @@ def test_list_shows_the_service_health_and_both_reflections(grpcurl, sidecar):
         SERVICE,
     ]
     methods = grpcurl(sidecar.address, "list", SERVICE)
-    assert methods.stdout.split() == [f"{SERVICE}.{m}" for m in ("Deliver", "Identify", "SendEvent", "Track")]
+    rpcs = ("Deliver", "Enqueue", "GetDelivery", "Identify", "ListDeliveries", "RetryDeliveries", "SendEvent",
+            "Track", "WatchDeliveries")  # fmt: skip
+    assert methods.stdout.split() == [f"{SERVICE}.{m}" for m in rpcs]
 
 
 def test_describe_gives_the_contract_over_reflection(grpcurl, sidecar):

@@ -171,7 +171,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_example_is_all_there() -> None:
     kinds = sorted(doc["kind"] for _, doc in MANIFESTS)
-    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "Secret"], kinds
+    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "Secret", "Secret"], kinds
     assert (K8S_DIR / "README.md").is_file()
 
 
@@ -553,3 +553,16 @@ def test_dockerfile_generates_stubs_like_make_proto() -> None:
     installs = [c for c in commands if "install" in c and c[0].endswith("pip")]
     for requirement in tools:
         assert any(requirement in c for c in installs), f"the builder should pip install {requirement!r}"
+
+
+def test_the_store_url_comes_from_a_secret() -> None:
+    [store] = [e for e in _sidecar().get("env", []) if e["name"] == "SIDECAR_STORE"]
+    ref = store["valueFrom"]["secretKeyRef"]
+    assert "value" not in store, "the store URL holds a password: it belongs in a Secret"
+    assert ref["key"] in _secret_values(_named("Secret", ref["name"]))
+
+
+def test_no_probe_reads_the_service_a_store_outage_turns_not_serving() -> None:
+    """The store's outage turns trengo.sidecar.v1.TrengoSidecar NOT_SERVING; the pod stays in service."""
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert _sidecar()[kind]["grpc"].get("service", "") == "", kind

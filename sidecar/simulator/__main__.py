@@ -35,12 +35,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="accepted bearer token, repeatable (default: $TRENGO_SIM_TOKENS, else demo-token)",
     )
     parser.add_argument("--rate-limit-per-minute", type=int, default=0, help="per-token limit; 0 = off")
+    parser.add_argument(
+        "--rate-window-seconds", type=float, default=60.0, help="the limit's rolling window (default 60)"
+    )
     parser.add_argument("--extra-channels", type=int, default=0, help="extra EMAIL channels, for pagination")
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
     simulator = Simulator(args.tokens or _default_tokens(), args.rate_limit_per_minute, args.extra_channels)
+    simulator.state.rate_window_seconds = args.rate_window_seconds
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -125,6 +125,9 @@ class ControlApi:
         try:
             data = await _json_object(request)
             limit = int(data.get("rate_limit_per_minute", self.state.rate_limit_per_minute))
+            window = float(data.get("rate_window_seconds", self.state.rate_window_seconds))
+            if not window > 0:
+                raise ValueError("rate_window_seconds must be greater than 0")
             tokens = data.get("tokens")
             if tokens is not None and not (
                 isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
@@ -133,10 +136,13 @@ class ControlApi:
         except (ValueError, TypeError) as exc:
             return _bad_request(f"bad config: {exc}")
         self.state.rate_limit_per_minute = limit
+        self.state.rate_window_seconds = window
         if tokens is not None:
             self.state.tokens = set(tokens)
         # Token values are never echoed back: the control API may be reachable by more than tests.
-        return web.json_response({"rate_limit_per_minute": limit, "tokens": len(self.state.tokens)})
+        return web.json_response(
+            {"rate_limit_per_minute": limit, "rate_window_seconds": window, "tokens": len(self.state.tokens)}
+        )
 
 
 class HeaderDict(dict[str, str]):

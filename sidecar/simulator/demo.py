@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import os
 import signal
+import tempfile
 
 from .. import logs
 from ..config import build_config
@@ -50,6 +51,14 @@ Try it (grpcurl, or `buf curl --protocol grpc --http2-prior-knowledge http://{li
     {listen} trengo.sidecar.v1.TrengoSidecar/Track      # a ticket with an internal note and a label
   curl -s {sim_root}/_sim/tickets     # what the simulator stored
 
+Enqueue accepts for later delivery (the queue is SQLite in {state}); GetDelivery follows it:
+
+  grpcurl -plaintext -d '{{"track": {{"event": "Checked Out", "messageId": "order-1",
+    "context": {{"traits": {{"email": "ann@example.com"}}}}}}}}' \\
+    {listen} trengo.sidecar.v1.TrengoSidecar/Enqueue
+  grpcurl -plaintext -d '{{"messageId": "order-1"}}' {listen} trengo.sidecar.v1.TrengoSidecar/GetDelivery
+  trengo-sidecar deliveries --address {listen} list --state failed
+
 Ctrl-C to stop.
 """
 
@@ -61,9 +70,14 @@ async def run(listen: str, sim_port: int) -> None:
     for title in DEMO_FIELDS:
         simulator.state.extras.add_field(title)
     base_url = await simulator.start("127.0.0.1", sim_port)
-    sidecar = Sidecar(build_config({**DEMO_CONFIG, "baseUrl": base_url, "listen": listen}))
+    # The queue's SQLite in a folder of this run's own: the simulator forgets everything when it stops,
+    # so events queued for it must not outlive it either.
+    state = tempfile.mkdtemp(prefix="trengo-sidecar-demo-")
+    raw = {**DEMO_CONFIG, "baseUrl": base_url, "listen": listen, "store": f"sqlite:///{state}/state.db"}
+    sidecar = Sidecar(build_config(raw))
     await sidecar.start()
-    print(EXAMPLE.format(listen=listen, sim=base_url, sim_root=base_url.removesuffix("/api/v2")), flush=True)
+    sim_root = base_url.removesuffix("/api/v2")
+    print(EXAMPLE.format(listen=listen, sim=base_url, sim_root=sim_root, state=state), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

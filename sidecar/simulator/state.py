@@ -181,6 +181,7 @@ class SimState:
     ) -> None:
         self.tokens: set[str] = set(tokens)
         self.rate_limit_per_minute = rate_limit_per_minute
+        self.rate_window_seconds = RATE_WINDOW_SECONDS  # Trengo's minute; tests shrink it
         self.extra_channels = extra_channels
         self.reset()
 
@@ -256,18 +257,19 @@ class SimState:
         return None
 
     def check_rate(self, token: str, now: float) -> RateDecision | None:
-        """Sliding 60 s window per token; None when rate limiting is off."""
+        """Sliding window (60 s, as Trengo's) per token; None when rate limiting is off."""
         limit = self.rate_limit_per_minute
+        span = self.rate_window_seconds
         if limit <= 0:
             return None
         window = self._rate.setdefault(token, deque())
-        while window and window[0] <= now - RATE_WINDOW_SECONDS:
+        while window and window[0] <= now - span:
             window.popleft()
         if len(window) >= limit:
-            reset_at = window[0] + RATE_WINDOW_SECONDS
+            reset_at = window[0] + span
             return RateDecision(False, limit, 0, reset_at, max(1, math.ceil(reset_at - now)))
         window.append(now)
-        return RateDecision(True, limit, limit - len(window), window[0] + RATE_WINDOW_SECONDS, 0)
+        return RateDecision(True, limit, limit - len(window), window[0] + span, 0)
 
 
 def paginate(

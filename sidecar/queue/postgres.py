@@ -1,0 +1,238 @@
+"""The queue on PostgreSQL, shared by every sidecar on the store (psycopg 3, async, over a pool).
+
+Claims take rows with ``FOR UPDATE SKIP LOCKED`` (as procrastinate and
+rudder-server's jobsdb do): two sidecars claiming at once never wait for each
+other and never take the same row, and a row's own conditions are checked
+again on its newest version, so a head another sidecar just took is skipped.
+Times are the server's (``clock_timestamp()``), so leases mean the same on
+every pod; tests may pass a clock instead.
+
+Each change of outcome takes the next cursor from one counter row, whose
+lock is held to commit: cursors are therefore visible in the order they were
+given, so a watcher reading "after N" never skips one that commits late.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ..state.sql import load_queries
+from .store import STATES, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
+
+T = TypeVar("T")
+Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
+EXPIRED_MESSAGE = (
+    "the sidecar delivering this event stopped after its write may have been sent; whether Trengo did it "
+    "is unknown, so it is not sent again (retry it to resend)"
+)
+
+
+class PostgresQueue:
+    """On the state's PostgreSQL backend: its pool (``state.pool``) and its migrations."""
+
+    def __init__(self, state: Any, clock: Callable[[], float] | None = None) -> None:
+        self.state = state
+        self.pool = state.pool
+        self.clock = clock  # None: the server's clock
+
+    def _now(self) -> float | None:
+        return None if self.clock is None else self.clock()
+
+    async def _run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                return await work(conn)
+        except psycopg.Error as exc:  # PoolTimeout is one too
+            # The class and SQLSTATE only: a driver's message can name the host, never our business.
+            code = getattr(exc, "sqlstate", None) or ""
+            raise QueueError(
+                f"the queue's store {self.state.url} is unavailable: {type(exc).__name__} {code}".strip()
+            ) from None
+
+    async def open(self) -> None:
+        await self.state.migrate("queue", [Q["migrate_1"]])
+
+    async def close(self) -> None:
+        """The pool belongs to whoever opened it."""
+
+    async def _next_seq(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        cursor = await conn.execute(Q["next_seq"])
+        row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def enqueue(self, job: NewJob) -> bool:
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute(
+                Q["enqueue"],
+                {
+                    "message_id": job.message_id,
+                    "person": job.person,
+                    "event": Jsonb(job.event),
+                    "now": self._now(),
+                },
+            )
+            return await cursor.fetchone() is not None
+
+        return await self._run(insert)
+
+    async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
+        async def take(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            now = self._now()
+            await self._settle_expired(conn, now)
+            cursor = await conn.execute(Q["due_heads"], {"now": now, "limit": limit})
+            ids = [row[0] for row in await cursor.fetchall()]
+            if not ids:
+                return []
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(Q["take"], {"ids": ids, "owner": owner, "lease": lease_seconds, "now": now})
+            jobs = {job.id: job for job in map(_job, await cursor.fetchall())}
+            return [jobs[i] for i in ids]
+
+        return await self._run(take)
+
+    async def _settle_expired(self, conn: psycopg.AsyncConnection[Any], now: float | None) -> None:
+        cursor = await conn.execute(Q["expired"], {"now": now})
+        for job_id, write_sent in await cursor.fetchall():
+            if write_sent:
+                error = Jsonb(unknown_error(EXPIRED_MESSAGE))
+                seq = await self._next_seq(conn)
+                await conn.execute(Q["expired_sent"], {"id": job_id, "error": error, "seq": seq, "now": now})
+            else:
+                await conn.execute(Q["give_back"], {"id": job_id, "owner": None})
+
+    async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
+        async def beat(conn: psycopg.AsyncConnection[Any]) -> None:
+            params = {"ids": ids, "owner": owner, "lease": lease_seconds, "now": self._now()}
+            await conn.execute(Q["heartbeat"], params)
+
+        if ids:
+            await self._run(beat)
+
+    async def mark_sending(self, owner: str, job_id: int) -> bool:
+        async def mark(conn: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute(Q["mark_sending"], {"id": job_id, "owner": owner, "now": self._now()})
+            return await cursor.fetchone() is not None
+
+        return await self._run(mark)
+
+    async def finish(self, owner: str, job_id: int, outcome: Outcome) -> bool:
+        async def end(conn: psycopg.AsyncConnection[Any]) -> bool:
+            cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
+            if await cursor.fetchone() is None:
+                return False
+            await conn.execute(
+                Q["finish"],
+                {
+                    "id": job_id,
+                    "state": outcome.state,
+                    "result": _jsonb(outcome.result),
+                    "error": _jsonb(outcome.error),
+                    "next": outcome.next_attempt_at or None,
+                    "seq": await self._next_seq(conn),
+                    "now": self._now(),
+                },
+            )
+            return True
+
+        return await self._run(end)
+
+    async def release(self, owner: str, job_id: int) -> None:
+        async def give_back(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(Q["give_back"], {"id": job_id, "owner": owner})
+
+        await self._run(give_back)
+
+    async def get(self, message_id: str) -> Job | None:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> Job | None:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(Q["get"], {"message_id": message_id})
+            row = await cursor.fetchone()
+            return None if row is None else _job(row)
+
+        return await self._run(read)
+
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
+        return await self._rows(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
+
+    async def changes(self, after_seq: int, limit: int) -> list[Job]:
+        return await self._rows(Q["changes"], {"after": after_seq, "limit": limit})
+
+    async def _rows(self, query: str, params: dict[str, Any]) -> list[Job]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(query, params)
+            return [_job(row) for row in await cursor.fetchall()]
+
+        return await self._run(read)
+
+    async def retry_failed(self, message_ids: list[str] | None) -> int:
+        async def retry(conn: psycopg.AsyncConnection[Any]) -> int:
+            if message_ids is None:
+                cursor = await conn.execute(Q["all_failed"])
+                ids = [row[0] for row in await cursor.fetchall()]
+            else:
+                ids = []
+                for message_id in dict.fromkeys(message_ids):
+                    cursor = await conn.execute(Q["state_of"], {"message_id": message_id})
+                    row = await cursor.fetchone()
+                    if row is None or row[1] != "failed":
+                        raise RetryRefused(message_id, None if row is None else row[1])
+                    ids.append(row[0])
+            for job_id in ids:
+                seq = await self._next_seq(conn)
+                await conn.execute(Q["requeue"], {"id": job_id, "seq": seq, "now": self._now()})
+            return len(ids)
+
+        return await self._run(retry)
+
+    async def prune(self, delivered_before: float) -> int:
+        async def delete(conn: psycopg.AsyncConnection[Any]) -> int:
+            cursor = await conn.execute(Q["prune"], {"before": delivered_before})
+            return cursor.rowcount
+
+        return await self._run(delete)
+
+    async def stats(self) -> Stats:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> Stats:
+            cursor = await conn.execute(Q["depth"])
+            depth = {state: count for state, count in await cursor.fetchall()}
+            cursor = await conn.execute(Q["oldest"])
+            oldest = await cursor.fetchone()
+            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0] if oldest else None)
+
+        return await self._run(read)
+
+
+def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        message_id=row["message_id"],
+        person=row["person"],
+        event=_json(row["event"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        accepted_at=row["accepted_at"],
+        next_attempt_at=row["next_attempt_at"],
+        write_sent=row["write_sent"],
+        forced=row["forced"],
+        result=_json(row["result"]),
+        error=_json(row["error"]),
+        seq=row["seq"],
+        retry_from=row["retry_from"],
+    )

@@ -1,0 +1,136 @@
+-- The queue's queries on PostgreSQL, by name (sidecar/queue/postgres.py runs them).
+-- now: a Unix time from the caller's clock, or NULL for the server's.
+
+-- name: migrate_1
+CREATE TABLE IF NOT EXISTS queue_meta (
+  key TEXT PRIMARY KEY,
+  value BIGINT NOT NULL
+);
+INSERT INTO queue_meta (key, value) VALUES ('seq', 0), ('schema_version', 1) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS queue_deliveries (
+  id BIGSERIAL PRIMARY KEY,
+  message_id TEXT NOT NULL UNIQUE,
+  person TEXT NOT NULL,
+  event JSONB NOT NULL,
+  state TEXT NOT NULL,
+  active BOOLEAN NOT NULL DEFAULT TRUE,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  accepted_at DOUBLE PRECISION NOT NULL,
+  retry_from DOUBLE PRECISION NOT NULL,
+  next_attempt_at DOUBLE PRECISION NOT NULL,
+  lease_owner TEXT,
+  lease_until DOUBLE PRECISION,
+  write_sent BOOLEAN NOT NULL DEFAULT FALSE,
+  forced BOOLEAN NOT NULL DEFAULT FALSE,
+  result JSONB,
+  error JSONB,
+  seq BIGINT NOT NULL DEFAULT 0,
+  finished_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS queue_person_active ON queue_deliveries (person, id) WHERE active;
+CREATE INDEX IF NOT EXISTS queue_due ON queue_deliveries (next_attempt_at, id) WHERE active;
+CREATE INDEX IF NOT EXISTS queue_seq ON queue_deliveries (seq) WHERE seq > 0;
+CREATE INDEX IF NOT EXISTS queue_state ON queue_deliveries (state, id);
+
+-- name: next_seq
+UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value;
+
+-- name: enqueue
+INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at)
+SELECT %(message_id)s, %(person)s, %(event)s, 'queued', now_.t, now_.t, now_.t
+FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
+ON CONFLICT (message_id) DO NOTHING
+RETURNING id;
+
+-- name: expired
+SELECT id, write_sent FROM queue_deliveries
+WHERE active AND state = 'delivering'
+  AND lease_until < COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FOR UPDATE SKIP LOCKED;
+
+-- name: expired_sent
+UPDATE queue_deliveries
+SET state = 'failed', active = FALSE, attempts = attempts + 1, error = %(error)s, lease_owner = NULL,
+    lease_until = NULL, finished_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8), seq = %(seq)s
+WHERE id = %(id)s;
+
+-- name: give_back
+UPDATE queue_deliveries
+SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'queued' END, lease_owner = NULL,
+    lease_until = NULL, write_sent = FALSE
+WHERE id = %(id)s AND state = 'delivering' AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s);
+
+-- name: due_heads
+-- A person's head (lowest active id), due, with nothing of that person in flight.
+SELECT d.id FROM queue_deliveries d
+WHERE d.active AND d.state IN ('queued', 'retrying')
+  AND d.next_attempt_at <= COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+  AND NOT EXISTS (SELECT 1 FROM queue_deliveries e
+                  WHERE e.active AND e.person = d.person AND (e.id < d.id OR e.state = 'delivering'))
+ORDER BY d.next_attempt_at, d.id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED;
+
+-- name: take
+UPDATE queue_deliveries
+SET state = 'delivering', lease_owner = %(owner)s, write_sent = FALSE,
+    lease_until = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) + %(lease)s::float8
+WHERE id = ANY(%(ids)s)
+RETURNING *;
+
+-- name: heartbeat
+UPDATE queue_deliveries
+SET lease_until = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) + %(lease)s::float8
+WHERE id = ANY(%(ids)s) AND lease_owner = %(owner)s AND state = 'delivering';
+
+-- name: mark_sending
+UPDATE queue_deliveries SET write_sent = TRUE
+WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'delivering'
+  AND lease_until >= COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+RETURNING id;
+
+-- name: held
+SELECT 1 FROM queue_deliveries
+WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'delivering'
+FOR UPDATE;
+
+-- name: finish
+UPDATE queue_deliveries
+SET state = %(state)s, active = (%(state)s = 'retrying'), attempts = attempts + 1, result = %(result)s,
+    error = %(error)s,
+    next_attempt_at = COALESCE(%(next)s::float8, %(now)s::float8, extract(epoch FROM clock_timestamp())::float8),
+    lease_owner = NULL, lease_until = NULL, write_sent = FALSE, forced = FALSE, seq = %(seq)s,
+    finished_at = CASE WHEN %(state)s = 'retrying' THEN NULL
+                       ELSE COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) END
+WHERE id = %(id)s;
+
+-- name: get
+SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;
+
+-- name: by_state
+SELECT * FROM queue_deliveries WHERE state = %(state)s AND id > %(after)s ORDER BY id LIMIT %(limit)s;
+
+-- name: changes
+SELECT * FROM queue_deliveries WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s;
+
+-- name: all_failed
+SELECT id FROM queue_deliveries WHERE state = 'failed' ORDER BY id FOR UPDATE;
+
+-- name: state_of
+SELECT id, state FROM queue_deliveries WHERE message_id = %(message_id)s FOR UPDATE;
+
+-- name: requeue
+UPDATE queue_deliveries
+SET state = 'queued', active = TRUE, forced = TRUE, finished_at = NULL, seq = %(seq)s, attempts = 0,
+    retry_from = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8),
+    next_attempt_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+WHERE id = %(id)s;
+
+-- name: prune
+DELETE FROM queue_deliveries WHERE state = 'delivered' AND finished_at < %(before)s;
+
+-- name: depth
+SELECT state, count(*) FROM queue_deliveries GROUP BY state;
+
+-- name: oldest
+SELECT min(accepted_at) FROM queue_deliveries WHERE active;

@@ -1,0 +1,370 @@
+"""The queue on SQLite: its tables in the state's file, on the state's connection and thread.
+
+The state's SQLite backend runs each operation as one BEGIN IMMEDIATE
+transaction in its own thread, with synchronous=FULL, so a commit is on disk
+when it returns. Enqueues that arrive while a commit is under way go into
+the next one together (group commit): at 32 in flight one fsync answers many
+callers, and each caller still hears back only after its row is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from .store import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    RETRYING,
+    STATES,
+    Job,
+    NewJob,
+    Outcome,
+    RetryRefused,
+    Stats,
+    unknown_error,
+)
+
+T = TypeVar("T")
+MAX_BATCH = 512
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue_meta (
+  key TEXT PRIMARY KEY,
+  value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_deliveries (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  message_id TEXT NOT NULL UNIQUE,
+  person TEXT NOT NULL,
+  event TEXT NOT NULL,
+  state TEXT NOT NULL,
+  active INTEGER NOT NULL DEFAULT 1,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  accepted_at REAL NOT NULL,
+  retry_from REAL NOT NULL,
+  next_attempt_at REAL NOT NULL,
+  lease_owner TEXT,
+  lease_until REAL,
+  write_sent INTEGER NOT NULL DEFAULT 0,
+  forced INTEGER NOT NULL DEFAULT 0,
+  result TEXT,
+  error TEXT,
+  seq INTEGER NOT NULL DEFAULT 0,
+  finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS queue_person_active ON queue_deliveries (person, id) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS queue_due ON queue_deliveries (next_attempt_at, id) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS queue_seq ON queue_deliveries (seq);
+CREATE INDEX IF NOT EXISTS queue_state ON queue_deliveries (state, id);
+INSERT OR IGNORE INTO queue_meta (key, value) VALUES ('seq', 0);
+"""
+
+COLUMNS = (
+    "id, message_id, person, event, state, attempts, accepted_at, next_attempt_at, write_sent, forced, "
+    "result, error, seq, retry_from"
+)
+INSERT = (
+    "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, "
+    "next_attempt_at) VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
+)
+# A job whose lease ran out: its holder died (or stalled past the lease).
+EXPIRED_SENT = (
+    "UPDATE queue_deliveries SET state = 'failed', active = 0, attempts = attempts + 1, error = ?, "
+    "lease_owner = NULL, lease_until = NULL, finished_at = ?, seq = ? "
+    "WHERE id = ?"
+)
+# The person's head (lowest active id), due, and nothing of that person in flight.
+DUE_HEADS = """
+SELECT id FROM queue_deliveries d
+WHERE d.active = 1 AND d.state IN ('queued', 'retrying') AND d.next_attempt_at <= ?
+  AND NOT EXISTS (SELECT 1 FROM queue_deliveries e
+                  WHERE e.active = 1 AND e.person = d.person AND (e.id < d.id OR e.state = 'delivering'))
+ORDER BY d.next_attempt_at, d.id LIMIT ?
+"""
+
+
+class SqlRunner(Protocol):
+    """What the queue needs of the state's SQLite backend (sidecar/state/sqlite.py)."""
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def migrate(self, component: str, steps: list[str]) -> None: ...
+
+
+class SqliteQueue:
+    def __init__(self, runner: SqlRunner, clock: Callable[[], float] = time.time) -> None:
+        self.runner = runner
+        self.clock = clock
+        self._pending: list[tuple[NewJob, asyncio.Future[bool]]] = []
+        self._flushing = False
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.runner.run(work)
+
+    def _next_seq(self, db: sqlite3.Connection) -> int:
+        row = db.execute(
+            "UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value"
+        ).fetchone()
+        return int(row[0])
+
+    async def open(self) -> None:
+        await self.runner.migrate("queue", [SCHEMA])
+
+    async def close(self) -> None:
+        """The runner belongs to whoever opened it."""
+
+    # --- enqueue: group commit ---------------------------------------------------------
+
+    async def enqueue(self, job: NewJob) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                jobs = [job for job, _ in batch]
+                try:
+                    inserted = await self._run(functools.partial(self._insert, jobs=jobs))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), new in zip(batch, inserted, strict=True):
+                    if not future.done():  # the caller may have gone away; the row stays accepted
+                        future.set_result(new)
+        finally:
+            self._flushing = False
+
+    def _insert(self, db: sqlite3.Connection, *, jobs: list[NewJob]) -> list[bool]:
+        now = self.clock()
+        inserted = []
+        seen: set[str] = set()
+        for job in jobs:
+            if job.message_id in seen:  # twice in one batch: the second is the duplicate
+                inserted.append(False)
+                continue
+            seen.add(job.message_id)
+            event = json.dumps(job.event, separators=(",", ":"))
+            cursor = db.execute(INSERT, (job.message_id, job.person, event, now, now, now))
+            inserted.append(cursor.rowcount == 1)
+        return inserted
+
+    # --- the worker's operations -----------------------------------------------------------
+
+    async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
+        return await self._run(lambda db: self._claim(db, owner, lease_seconds, limit))
+
+    def _claim(self, db: sqlite3.Connection, owner: str, lease_seconds: float, limit: int) -> list[Job]:
+        now = self.clock()
+        self._settle_expired(db, now)
+        ids = [row[0] for row in db.execute(DUE_HEADS, (now, limit))]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        db.execute(
+            f"UPDATE queue_deliveries SET state = 'delivering', lease_owner = ?, lease_until = ?, "
+            f"write_sent = 0 WHERE id IN ({marks})",
+            (owner, now + lease_seconds, *ids),
+        )
+        rows = db.execute(f"SELECT {COLUMNS} FROM queue_deliveries WHERE id IN ({marks})", ids).fetchall()
+        jobs = {job.id: job for job in map(_job, rows)}
+        return [jobs[i] for i in ids]
+
+    def _settle_expired(self, db: sqlite3.Connection, now: float) -> None:
+        expired = db.execute(
+            "SELECT id, write_sent FROM queue_deliveries "
+            "WHERE active = 1 AND state = 'delivering' AND lease_until < ?",
+            (now,),
+        ).fetchall()
+        for job_id, write_sent in expired:
+            if write_sent:
+                error = unknown_error(
+                    "the sidecar delivering this event stopped after its write may have been sent; "
+                    "whether Trengo did it is unknown, so it is not sent again (retry it to resend)"
+                )
+                db.execute(EXPIRED_SENT, (json.dumps(error), now, self._next_seq(db), job_id))
+            else:
+                # Nothing was written: it goes back as it was (retrying if it had failed before).
+                db.execute(
+                    "UPDATE queue_deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' "
+                    "ELSE 'queued' END, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+                    (job_id,),
+                )
+
+    async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
+        def beat(db: sqlite3.Connection) -> None:
+            marks = ",".join("?" * len(ids))
+            db.execute(
+                f"UPDATE queue_deliveries SET lease_until = ? WHERE lease_owner = ? "
+                f"AND state = 'delivering' AND id IN ({marks})",
+                (self.clock() + lease_seconds, owner, *ids),
+            )
+
+        if ids:
+            await self._run(beat)
+
+    async def mark_sending(self, owner: str, job_id: int) -> bool:
+        def mark(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE queue_deliveries SET write_sent = 1 WHERE id = ? AND lease_owner = ? "
+                "AND state = 'delivering' AND lease_until >= ?",
+                (job_id, owner, self.clock()),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(mark)
+
+    async def finish(self, owner: str, job_id: int, outcome: Outcome) -> bool:
+        def end(db: sqlite3.Connection) -> bool:
+            now = self.clock()
+            active = 1 if outcome.state == RETRYING else 0
+            if not self._holds(db, owner, job_id):
+                return False
+            db.execute(
+                "UPDATE queue_deliveries SET state = ?, active = ?, attempts = attempts + 1, "
+                "result = ?, error = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, "
+                "write_sent = 0, forced = 0, finished_at = ?, seq = ? WHERE id = ?",
+                (
+                    outcome.state,
+                    active,
+                    _dumps(outcome.result),
+                    _dumps(outcome.error),
+                    outcome.next_attempt_at or now,
+                    None if active else now,
+                    self._next_seq(db),
+                    job_id,
+                ),
+            )
+            return True
+
+        return await self._run(end)
+
+    def _holds(self, db: sqlite3.Connection, owner: str, job_id: int) -> bool:
+        row = db.execute(
+            "SELECT 1 FROM queue_deliveries WHERE id = ? AND lease_owner = ? AND state = 'delivering'",
+            (job_id, owner),
+        ).fetchone()
+        return row is not None
+
+    async def release(self, owner: str, job_id: int) -> None:
+        def give_back(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE queue_deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' "
+                "ELSE 'queued' END, lease_owner = NULL, lease_until = NULL, write_sent = 0 "
+                "WHERE id = ? AND lease_owner = ? AND state = 'delivering'",
+                (job_id, owner),
+            )
+
+        await self._run(give_back)
+
+    # --- reads and operator actions ------------------------------------------------------------
+
+    async def get(self, message_id: str) -> Job | None:
+        def read(db: sqlite3.Connection) -> Job | None:
+            row = db.execute(
+                f"SELECT {COLUMNS} FROM queue_deliveries WHERE message_id = ?", (message_id,)
+            ).fetchone()
+            return None if row is None else _job(row)
+
+        return await self._run(read)
+
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
+        def read(db: sqlite3.Connection) -> list[Job]:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM queue_deliveries WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
+                (state, after_id, limit),
+            ).fetchall()
+            return [_job(row) for row in rows]
+
+        return await self._run(read)
+
+    async def changes(self, after_seq: int, limit: int) -> list[Job]:
+        def read(db: sqlite3.Connection) -> list[Job]:
+            rows = db.execute(
+                f"SELECT {COLUMNS} FROM queue_deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            ).fetchall()
+            return [_job(row) for row in rows]
+
+        return await self._run(read)
+
+    async def retry_failed(self, message_ids: list[str] | None) -> int:
+        def retry(db: sqlite3.Connection) -> int:
+            now = self.clock()
+            if message_ids is None:
+                ids = [row[0] for row in db.execute("SELECT id FROM queue_deliveries WHERE state = 'failed'")]
+            else:
+                ids = []
+                for message_id in dict.fromkeys(message_ids):
+                    row = db.execute(
+                        "SELECT id, state FROM queue_deliveries WHERE message_id = ?", (message_id,)
+                    ).fetchone()
+                    if row is None or row[1] != FAILED:
+                        raise RetryRefused(message_id, None if row is None else row[1])
+                    ids.append(row[0])
+            for job_id in ids:
+                db.execute(
+                    "UPDATE queue_deliveries SET state = 'queued', active = 1, forced = 1, "
+                    "next_attempt_at = ?, accepted_at = ?, finished_at = NULL, seq = ? WHERE id = ?",
+                    (now, now, self._next_seq(db), job_id),
+                )
+            return len(ids)
+
+        return await self._run(retry)
+
+    async def prune(self, delivered_before: float) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
+                "DELETE FROM queue_deliveries WHERE state = 'delivered' AND finished_at < ?",
+                (delivered_before,),
+            )
+            return cursor.rowcount
+
+        return await self._run(delete)
+
+    async def stats(self) -> Stats:
+        def read(db: sqlite3.Connection) -> Stats:
+            depth = dict(db.execute("SELECT state, count(*) FROM queue_deliveries GROUP BY state"))
+            oldest = db.execute("SELECT min(accepted_at) FROM queue_deliveries WHERE active = 1").fetchone()
+            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0])
+
+        return await self._run(read)
+
+
+def _dumps(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    return Job(
+        id=row[0],
+        message_id=row[1],
+        person=row[2],
+        event=json.loads(row[3]),
+        state=row[4],
+        attempts=row[5],
+        accepted_at=row[6],
+        next_attempt_at=row[7],
+        write_sent=bool(row[8]),
+        forced=bool(row[9]),
+        result=json.loads(row[10]) if row[10] else None,
+        error=json.loads(row[11]) if row[11] else None,
+        seq=row[12],
+        retry_from=row[13],
+    )
+
+
+__all__ = ["DELIVERED", "DELIVERING", "SqliteQueue"]

@@ -1,0 +1,132 @@
+"""The queue's records and the one interface its backends (SQLite, PostgreSQL) implement.
+
+Every method is one atomic operation in the store, so no read-then-write
+crosses the seam (a claim that checks "is this the person's head?" and takes
+the lease does both in one transaction). Times are Unix seconds on the
+store's clock: SQLite's is this host's, PostgreSQL's is the server's, so
+leases mean the same on every sidecar of a fleet.
+
+States: queued -> delivering -> delivered | retrying | failed; retrying ->
+delivering again; failed -> queued by an operator's retry. ``active`` is
+true until delivered or failed: the person's active event with the lowest
+id is the only one that may be delivered (order per person).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import StoreError
+
+# The store could not do what was asked (unreachable, locked past its timeout): the state's own error,
+# UNAVAILABLE with reason STORE_UNAVAILABLE and RetryInfo, raised by the backends at the seam.
+QueueError = StoreError
+
+QUEUED, DELIVERING, RETRYING, DELIVERED, FAILED = "queued", "delivering", "retrying", "delivered", "failed"
+STATES = (QUEUED, DELIVERING, RETRYING, DELIVERED, FAILED)
+UNKNOWN_REASON = "TRENGO_OUTCOME_UNKNOWN"
+
+
+def unknown_error(message: str) -> dict[str, Any]:
+    """The DeliverError (protobuf JSON) of a write whose outcome nobody can know: UNAVAILABLE, no retry."""
+    return {"code": 14, "message": message, "reason": UNKNOWN_REASON}
+
+
+class RetryRefused(Exception):
+    """An operator's retry named an event that is unknown, or is not failed; nothing was queued."""
+
+    def __init__(self, message_id: str, state: str | None) -> None:
+        what = "no such message_id" if state is None else f"it is {state}, not failed"
+        super().__init__(f"cannot retry {message_id!r}: {what}")
+        self.message_id = message_id
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """An accepted event, as Enqueue stores it."""
+
+    message_id: str
+    person: str
+    event: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Job:
+    id: int
+    message_id: str
+    person: str
+    event: dict[str, Any]
+    state: str
+    attempts: int
+    accepted_at: float
+    next_attempt_at: float
+    write_sent: bool = False  # this attempt may have sent a write (set before it goes out)
+    forced: bool = False  # queued again by an operator: the stored idempotency result is stale
+    result: dict[str, Any] | None = None  # a DeliveryResult, as protobuf JSON
+    error: dict[str, Any] | None = None  # a DeliverError, as protobuf JSON
+    seq: int = 0  # the cursor of its last change, for WatchDeliveries
+    retry_from: float = 0.0  # when the retry schedule's clock started: accepted, or retried by an operator
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, for ``finish``."""
+
+    state: str  # delivered, retrying or failed
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    next_attempt_at: float = 0.0
+
+
+@dataclass(slots=True)
+class Stats:
+    depth: dict[str, int] = field(default_factory=dict)  # state -> events
+    oldest_queued_at: float | None = None  # accepted_at of the oldest event not yet delivered or failed
+
+
+class QueueStore(Protocol):
+    async def open(self) -> None:
+        """Create or migrate the tables (safe when many sidecars start at once)."""
+
+    async def close(self) -> None: ...
+
+    async def enqueue(self, job: NewJob) -> bool:
+        """Store the job durably (committed when this returns); False if its message_id was already
+        accepted, in which case nothing changed."""
+
+    async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
+        """Take up to ``limit`` due jobs, each its person's head with nothing of that person in flight,
+        leased to ``owner``. First settles expired leases: a job whose write may have been sent
+        becomes failed (TRENGO_OUTCOME_UNKNOWN); any other goes back to its earlier state."""
+
+    async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
+        """Extend the leases ``owner`` still holds on these jobs."""
+
+    async def mark_sending(self, owner: str, job_id: int) -> bool:
+        """Record, durably, that a write may now be sent; False if the lease was lost (do not send)."""
+
+    async def finish(self, owner: str, job_id: int, outcome: Outcome) -> bool:
+        """End the attempt (attempts + 1); False if ``owner`` no longer held the lease."""
+
+    async def release(self, owner: str, job_id: int) -> None:
+        """Give the job back unattempted (shutdown before any write was sent)."""
+
+    async def get(self, message_id: str) -> Job | None: ...
+
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
+        """Jobs in ``state`` with id > after_id, oldest first."""
+
+    async def changes(self, after_seq: int, limit: int) -> list[Job]:
+        """Jobs whose last change has a cursor > after_seq, in cursor order."""
+
+    async def retry_failed(self, message_ids: list[str] | None) -> int:
+        """Queue failed jobs again (all of them for None), their retry schedule started afresh (attempts
+        0, retry_from now); raises RetryRefused, changing nothing, if a named one is unknown or not
+        failed. Returns how many were queued."""
+
+    async def prune(self, delivered_before: float) -> int:
+        """Delete delivered jobs finished before that time; returns how many."""
+
+    async def stats(self) -> Stats: ...

@@ -1,0 +1,251 @@
+"""One contract suite for the queue's store, run against every durable backend, with a fake clock.
+
+The properties the worker leans on: acceptance once per message_id, only a person's head is claimed
+(and never two of a person at once), an expired lease settles as unknown if a write may have gone,
+operator retries, the cursor of changes, retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.queue.postgres import PostgresQueue
+from sidecar.queue.sqlite import SqliteQueue
+from sidecar.queue.store import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    QUEUED,
+    RETRYING,
+    NewJob,
+    Outcome,
+    QueueStore,
+    RetryRefused,
+)
+from sidecar.state import open_state
+
+LEASE = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Run = Callable[[Callable[[QueueStore], Awaitable[Any]]], Any]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Run, Clock]]:
+    """run(fn): fn(store) on a fresh store of that backend, on one event loop for the test."""
+    clock = Clock()
+    loop = asyncio.new_event_loop()
+    queue: QueueStore
+    if request.param == "sqlite":
+        state = open_state(f"sqlite:///{tmp_path}/state.db", clock=clock)
+        queue = SqliteQueue(state, clock)
+    else:
+        state = open_state(request.getfixturevalue("pg_url"))
+        queue = PostgresQueue(state, clock)
+    loop.run_until_complete(state.start())
+    loop.run_until_complete(queue.open())
+
+    def run(fn: Callable[[QueueStore], Awaitable[Any]]) -> Any:
+        return loop.run_until_complete(fn(queue))
+
+    yield run, clock
+    loop.run_until_complete(state.aclose())
+    loop.close()
+
+
+def job(message_id: str, person: str) -> NewJob:
+    return NewJob(message_id, person, {"kind": "track", "message_id": message_id})
+
+
+def enqueue_all(run: Run, *jobs: NewJob) -> list[bool]:
+    """Accepted one after another: acceptance order is each person's order."""
+
+    async def go(q: QueueStore) -> list[bool]:
+        return [await q.enqueue(j) for j in jobs]
+
+    return list(run(go))
+
+
+def claim(run: Run, owner: str = "a", limit: int = 10) -> list[str]:
+    return [j.message_id for j in run(lambda q: q.claim(owner, LEASE, limit))]
+
+
+def settle(run: Run, message_id: str, outcome: Outcome, owner: str = "a") -> bool:
+    async def go(q: QueueStore) -> bool:
+        found = await q.get(message_id)
+        assert found is not None
+        return await q.finish(owner, found.id, outcome)
+
+    return bool(run(go))
+
+
+def state(run: Run, message_id: str) -> str:
+    found = run(lambda q: q.get(message_id))
+    return str(found.state)
+
+
+def test_a_message_id_is_accepted_once(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+    assert enqueue_all(run, job("m1", "p"), job("m1", "p"), job("m2", "p")) == [True, False, True]
+    assert enqueue_all(run, job("m1", "q")) == [False]
+    assert run(lambda q: q.get("m1")).person == "p"
+
+
+def test_concurrent_enqueues_of_one_message_id_accept_it_once(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+
+    async def go(q: QueueStore) -> list[bool]:
+        return list(await asyncio.gather(*(q.enqueue(job(f"m{i % 3}", "p")) for i in range(12))))
+
+    assert sorted(run(go)) == [False] * 9 + [True] * 3
+
+
+def test_only_each_persons_head_is_claimed_and_one_at_a_time(store: tuple[Run, Clock]) -> None:
+    run, clock = store
+    enqueue_all(run, job("p1", "p"), job("p2", "p"), job("q1", "q"))
+    assert sorted(claim(run)) == ["p1", "q1"]
+    assert claim(run, "b") == []  # p1 and q1 are in flight; p2 waits behind p1
+    settle(run, "p1", Outcome(RETRYING, error={"message": "503"}, next_attempt_at=clock.now + 10))
+    assert claim(run, "b") == []  # p1 retrying holds p2 back
+    clock.now += 10
+    assert claim(run, "b") == ["p1"]
+    settle(run, "p1", Outcome(FAILED, error={"reason": "TRENGO_REJECTED"}), owner="b")
+    assert claim(run, "b") == ["p2"]  # failed for good: the next one goes
+
+
+def test_an_expired_lease_settles_by_whether_a_write_may_have_gone(store: tuple[Run, Clock]) -> None:
+    run, clock = store
+    enqueue_all(run, job("sent", "p"), job("unsent", "q"))
+    claimed = run(lambda q: q.claim("dead", LEASE, 10))
+    sent = next(j for j in claimed if j.message_id == "sent")
+    assert run(lambda q: q.mark_sending("dead", sent.id)) is True
+    clock.now += LEASE + 1
+    assert claim(run, "alive") == ["unsent"]  # given back and claimed again, its write never went
+    failed = run(lambda q: q.get("sent"))
+    assert (failed.state, failed.error["reason"], failed.attempts) == (FAILED, "TRENGO_OUTCOME_UNKNOWN", 1)
+    assert run(lambda q: q.mark_sending("dead", sent.id)) is False  # the dead owner cannot write now
+    assert settle(run, "sent", Outcome(DELIVERED), owner="dead") is False
+
+
+def test_a_heartbeat_keeps_the_lease(store: tuple[Run, Clock]) -> None:
+    run, clock = store
+    enqueue_all(run, job("m", "p"))
+    (claimed,) = run(lambda q: q.claim("a", LEASE, 10))
+    clock.now += LEASE - 1
+    run(lambda q: q.heartbeat("a", [claimed.id], LEASE))
+    clock.now += LEASE - 1
+    assert claim(run, "b") == []
+    assert state(run, "m") == DELIVERING
+
+
+def test_release_gives_it_back_as_it_was(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+    enqueue_all(run, job("m", "p"))
+    (claimed,) = run(lambda q: q.claim("a", LEASE, 10))
+    run(lambda q: q.release("a", claimed.id))
+    assert state(run, "m") == QUEUED
+    assert claim(run, "b") == ["m"]
+
+
+def test_operator_retry_of_failed_events(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+    enqueue_all(run, job("f1", "p"), job("f2", "q"), job("ok", "r"))
+    claim(run)
+    settle(run, "f1", Outcome(FAILED, error={"reason": "X"}))
+    settle(run, "f2", Outcome(FAILED, error={"reason": "X"}))
+    settle(run, "ok", Outcome(DELIVERED, result={"ticket_id": "1"}))
+    with pytest.raises(RetryRefused):
+        run(lambda q: q.retry_failed(["f1", "ok"]))  # ok is delivered: nothing changes
+    with pytest.raises(RetryRefused):
+        run(lambda q: q.retry_failed(["nope"]))
+    assert state(run, "f1") == FAILED
+    assert run(lambda q: q.retry_failed(["f1"])) == 1
+    assert run(lambda q: q.get("f1")).forced is True
+    assert run(lambda q: q.retry_failed(None)) == 1  # f2, the only failed one left
+    assert sorted(claim(run)) == ["f1", "f2"]
+
+
+def test_changes_follow_a_cursor(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+    enqueue_all(run, job("a", "p"), job("b", "q"))
+    assert run(lambda q: q.changes(0, 10)) == []  # acceptance is not a change of outcome
+    claim(run)
+    settle(run, "b", Outcome(DELIVERED))
+    settle(run, "a", Outcome(FAILED, error={"reason": "X"}))
+    changes = run(lambda q: q.changes(0, 10))
+    assert [(c.message_id, c.state) for c in changes] == [("b", DELIVERED), ("a", FAILED)]
+    assert [c.message_id for c in run(lambda q: q.changes(changes[0].seq, 10))] == ["a"]
+    run(lambda q: q.retry_failed(["a"]))
+    assert [(c.message_id, c.state) for c in run(lambda q: q.changes(changes[1].seq, 10))] == [("a", QUEUED)]
+
+
+def test_delivered_events_are_pruned_after_retention(store: tuple[Run, Clock]) -> None:
+    run, clock = store
+    enqueue_all(run, job("old", "p"), job("failed", "q"), job("new", "r"))
+    claim(run)
+    settle(run, "old", Outcome(DELIVERED))
+    settle(run, "failed", Outcome(FAILED, error={"reason": "X"}))
+    clock.now += 100
+    settle(run, "new", Outcome(DELIVERED))
+    assert run(lambda q: q.prune(clock.now - 50)) == 1
+    assert run(lambda q: q.get("old")) is None
+    assert state(run, "failed") == FAILED  # failed events stay for an operator
+    stats = run(lambda q: q.stats())
+    assert stats.depth[DELIVERED] == 1 and stats.depth[FAILED] == 1
+
+
+def test_by_state_pages_oldest_first(store: tuple[Run, Clock]) -> None:
+    run, _ = store
+    enqueue_all(run, *(job(f"m{i}", f"p{i}") for i in range(5)))
+    first = run(lambda q: q.by_state(QUEUED, 0, 2))
+    assert [j.message_id for j in first] == ["m0", "m1"]
+    rest = run(lambda q: q.by_state(QUEUED, first[-1].id, 10))
+    assert [j.message_id for j in rest] == ["m2", "m3", "m4"]
+    stats = run(lambda q: q.stats())
+    assert stats.depth[QUEUED] == 5 and stats.oldest_queued_at == run(lambda q: q.get("m0")).accepted_at
+
+
+def test_nested_flight_locks_that_share_a_lock_file_do_not_wait_on_themselves(tmp_path: Path) -> None:
+    """A queued track takes its message_id's lock, then its person's; on SQLite the two keys can hash
+    to one lock file, which the process then already holds (the crash test once hung on it)."""
+    import hashlib
+
+    from sidecar.state import sqlite as state_sqlite
+
+    def bucket(key: str) -> int:
+        digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") % state_sqlite.LOCK_FILES
+
+    outer = "message:m-1"
+    inner = next(f"person:p{n}" for n in range(100_000) if bucket(f"person:p{n}") == bucket(outer))
+
+    async def main() -> None:
+        state = open_state(f"sqlite:///{tmp_path}/state.db")
+        await state.start()
+        other = open_state(f"sqlite:///{tmp_path}/state.db")  # another sidecar on the same file
+        try:
+            async with asyncio.timeout(5):
+                async with state.flight_lock(outer, outer=True), state.flight_lock(inner):
+                    with pytest.raises(TimeoutError):  # held against the other sidecar all along
+                        async with asyncio.timeout(0.2), other.flight_lock(inner):
+                            pass
+            async with asyncio.timeout(1), other.flight_lock(inner):
+                pass  # and free once released
+        finally:
+            await state.aclose()
+            await other.aclose()
+
+    asyncio.run(main())
