@@ -11,11 +11,20 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .result import Action, DeliveryResult, FollowUpFailure, TrengoCall
+from .result import (
+    Action,
+    DeliveryError,
+    DeliveryResult,
+    DeliveryState,
+    DeliveryStatus,
+    Enqueued,
+    FollowUpFailure,
+    TrengoCall,
+)
 
 __all__ = [
-    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryResult", "FailedPrecondition",
-    "FollowUpFailure",
-    "InvalidArgument", "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient",
-    "Unauthenticated", "Unavailable",
+    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryError", "DeliveryResult",
+    "DeliveryState", "DeliveryStatus", "Enqueued", "FailedPrecondition", "FollowUpFailure", "InvalidArgument",
+    "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient", "Unauthenticated",
+    "Unavailable",
 ]
