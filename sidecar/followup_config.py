@@ -76,7 +76,8 @@ def _note(where: str, source: Any) -> Any:
     if source is None or source == "":
         return None
     if not isinstance(source, str):
-        raise ConfigError(where, "must be a string (a Handlebars template)")
+        hint = "; in YAML, quote it: note: '{{ order_id }}'" if isinstance(source, dict) else ""
+        raise ConfigError(where, f"must be a string (a Handlebars template){hint}")
     try:
         return compile_template(source.strip())
     except TemplateError as exc:
