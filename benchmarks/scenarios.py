@@ -6,6 +6,10 @@ channels (it trusts channelIdentifier): 2 calls per Track, 2 per dedup Identify 
 name), 4 for a new person's identify then track, on either channel kind. The simulator records
 every /api/v2 request; each scenario resets it, sets its stage, and counts only the requests its
 measured events caused.
+
+The follow-up scenarios (an eventTemplateMap entry with ``note`` and ``labels``, a customFieldMap)
+count the extra writes those keys cost; the reference cannot make them, so its column there is its
+own calls plus the same writes made as separate steps (as Pipedream's Trengo actions would).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from google.protobuf import struct_pb2
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import EVENT, SMS_CHANNEL_ID
+from . import CUSTOM_FIELD_TITLES, EVENT, FOLLOWUP_EVENT, LABELS, SMS_CHANNEL_ID
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,6 +61,13 @@ def identify_request(address: str, n: int, name: str = "") -> pb.IdentifyRequest
     trait, channel = _person(address)
     traits: dict[str, Any] = {trait: address, "name": name or f"Customer {n}", "plan": "pro"}
     return pb.IdentifyRequest(user_id=f"u-{address}", traits=struct(traits), external_ids=channel)
+
+
+def fields_request(address: str, n: int, tier: str) -> pb.IdentifyRequest:
+    """An identify whose traits fill the two mapped custom fields (customFieldMap)."""
+    traits = {"email": address, "name": f"Customer {n}", "tier": tier}
+    context = {"traits": {"address": {"city": "Utrecht"}}}
+    return pb.IdentifyRequest(user_id=f"u-{address}", traits=struct(traits), context=struct(context))
 
 
 def track_request(address: str, n: int, event: str = EVENT) -> pb.TrackRequest:
@@ -95,6 +106,13 @@ class SimCounter:
 
     async def reset(self) -> None:
         (await self._http.post("/_sim/reset")).raise_for_status()
+
+    async def seed(self) -> None:
+        """The labels and custom fields the follow-up scenarios name (same ids after every reset)."""
+        for name in LABELS:
+            (await self._http.post("/_sim/labels", json={"name": name})).raise_for_status()
+        for title in CUSTOM_FIELD_TITLES:
+            (await self._http.post("/_sim/custom_fields", json={"title": title})).raise_for_status()
 
     async def requests(self) -> list[dict[str, Any]]:
         response = await self._http.get("/_sim/requests")
@@ -166,8 +184,8 @@ async def calls_per_event(
             CallsRow("warm_track", "warm: track (contact seen before)", "event", people, calls, 2.0, "1.0")
         )
 
-        same = [email(f"{tag}.same", i) for i in range(people)]
-        calls = await session.calls(session.identify(same), session.identify(same))
+        repeat = [email(f"{tag}.repeat", i) for i in range(people)]
+        calls = await session.calls(session.identify(repeat), session.identify(repeat))
         scenario = "warm: identify again, the same name"
         rows.append(CallsRow("repeat_identify", scenario, "event", people, calls, 2.0, "0"))
 
@@ -176,9 +194,11 @@ async def calls_per_event(
         scenario = "warm: identify with a changed name"
         rows.append(CallsRow("warm_identify", scenario, "event", people, calls, 2.0, "1.0"))
 
+        rows += await followup_rows(session, tag, people)
+
         many = [email(f"{tag}.many", i) for i in range(people * 5)]
         await session.calls(session.identify(many))
-        everyone = len(set(new + phones + fresh + warm + same + again + many))
+        everyone = len(set(new + phones + fresh + warm + repeat + again + many))
         scenario = f"channel look-ups ({session.events} events, {everyone} people, cold start included)"
         rows.append(CallsRow("channels", scenario, "event", session.events, session.listings, 0.0, "~0"))
     return rows
@@ -197,6 +217,7 @@ class Session:
     async def calls(self, *steps: Awaitable[int]) -> int:
         """Reset the simulator, run the steps in turn; returns the Trengo calls made by the last alone."""
         await self.counter.reset()
+        await self.counter.seed()
         *stage, run = steps
         for step in stage:
             self.events += await step
@@ -210,8 +231,14 @@ class Session:
         await bounded(self.stub.Identify, identify_requests(addresses, name), self.concurrency)
         return len(addresses)
 
-    async def track(self, addresses: list[str]) -> int:
-        await bounded(self.stub.Track, track_requests(addresses), self.concurrency)
+    async def track(self, addresses: list[str], event: str = EVENT) -> int:
+        requests = [track_request(a, n, event) for n, a in enumerate(addresses)]
+        await bounded(self.stub.Track, requests, self.concurrency)
+        return len(addresses)
+
+    async def identify_fields(self, addresses: list[str], tier: str) -> int:
+        requests = [fields_request(a, n, tier) for n, a in enumerate(addresses)]
+        await bounded(self.stub.Identify, requests, self.concurrency)
         return len(addresses)
 
     async def identify_then_track(self, addresses: list[str]) -> int:
@@ -223,3 +250,60 @@ class Session:
 
         await bounded(person, range(len(addresses)), self.concurrency)
         return 2 * len(addresses)
+
+
+async def followup_rows(session: Session, tag: str, people: int) -> list[CallsRow]:
+    """Warm people, with the follow-up keys: a ticket with a note and two labels; an identify that
+    fills two custom fields, then the same identify again (its values unchanged: not written again).
+    Label and custom field names are listed once per sidecar, in the set-up of the first two rows."""
+    extra = 1 + len(LABELS)
+    noted = [email(f"{tag}.noted", i) for i in range(people)]
+    warm_up = [email(f"{tag}.noted.warmup", 0)]
+    calls = await session.calls(
+        session.identify(noted + warm_up),
+        session.track(warm_up, FOLLOWUP_EVENT),
+        session.track(noted, FOLLOWUP_EVENT),
+    )
+    rows = [
+        CallsRow(
+            "warm_track_followups",
+            f"warm: track with a note and {len(LABELS)} labels",
+            "event",
+            people,
+            calls,
+            2.0 + extra,
+            f"{1 + extra:.1f}",
+        )
+    ]
+    fields = len(CUSTOM_FIELD_TITLES)
+    filled = [email(f"{tag}.fields", i) for i in range(people)]
+    calls = await session.calls(
+        session.identify_fields(warm_up, "gold"),
+        session.identify(filled),
+        session.identify_fields(filled, "gold"),
+    )
+    rows.append(
+        CallsRow(
+            "warm_identify_fields",
+            f"warm: identify filling {fields} custom fields",
+            "event",
+            people,
+            calls,
+            2.0 + fields,
+            f"{fields:.1f}",  # the name is unchanged: no update (issue 13), the fields only
+        )
+    )
+    same = [email(f"{tag}.same", i) for i in range(people)]
+    calls = await session.calls(session.identify_fields(same, "gold"), session.identify_fields(same, "gold"))
+    rows.append(
+        CallsRow(
+            "warm_identify_fields_same",
+            "warm: the same identify again (fields unchanged)",
+            "event",
+            people,
+            calls,
+            2.0 + fields,
+            "0",  # name and fields unchanged: nothing to send
+        )
+    )
+    return rows

@@ -104,6 +104,8 @@ def _call_targets(results: Results) -> list[Target]:
         ("new_identify_track_phone", 3.0, "new person identify+track, phone channel: 3.0 (ref 4.0)"),
         ("repeat_identify", 0.0, "Identify again with the same name: 0 calls (ref 2.0)"),
         ("warm_identify", 1.0, "Identify with a changed name: 1.0 calls/event"),
+        ("warm_track_followups", 4.0, "warm Track with a note and 2 labels: 4.0 calls/event"),
+        ("warm_identify_fields_same", 0.0, "warm Identify, name and custom fields unchanged: 0 calls"),
     ):
         if (row := by_key.get(key)) is not None:
             out.append((label, f"{row.per_event:.2f}", row.per_event <= limit + 1e-9))
