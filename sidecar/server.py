@@ -318,6 +318,7 @@ class Sidecar:
             interceptors.insert(0, self.tracing.interceptor(SERVICE))
             self.client.span_hook = self.tracing.trengo_hook(config.base_url)
             self.tracing.install_log_filter(logging.getLogger())
+            self.queue.tracing = self.tracing  # Enqueue stores the trace; the worker links its span to it
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[

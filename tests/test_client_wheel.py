@@ -37,8 +37,13 @@ with TrengoSidecarClient(sys.argv[1], timeout=10) as sidecar:
         refused = None
     except FailedPrecondition as error:
         refused = error.reason
+    try:  # the queue's RPCs are in the wheel's stubs too (this sidecar's store is memory:)
+        sidecar.enqueue_identify(email="wheel@example.com")
+        not_durable = None
+    except FailedPrecondition as error:
+        not_durable = error.reason
 print(json.dumps({"contact": contact.contact_id, "action": contact.action, "ticket": ticket.ticket_id,
-                  "refused": refused, "from": trengo_sidecar_client.__file__}))
+                  "refused": refused, "not_durable": not_durable, "from": trengo_sidecar_client.__file__}))
 """
 
 
@@ -89,6 +94,7 @@ def test_installed_alone_in_a_clean_venv_it_calls_a_running_sidecar(wheel, sidec
     answer = json.loads(run(python, "-I", "-c", SCRIPT, sidecar.address, cwd=tmp_path))
     assert answer["from"].startswith(str(env))  # the installed wheel, not this checkout
     assert answer["action"] == "create_contact" and answer["refused"] == "EVENT_NOT_MAPPED"
+    assert answer["not_durable"] == "STORE_NOT_DURABLE"
     [contact] = control.contacts()
     assert contact["id"] == answer["contact"] and contact["name"] == "Wheely"
     creates = [r["path"] for r in control.requests(method="POST")]

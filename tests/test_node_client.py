@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.queue_helpers import FAST_QUEUE
+
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "clients" / "node"
 AUTH_TOKEN = "node-client-auth-token"
@@ -35,10 +37,12 @@ def run_node(args: list[str], env: dict[str, str]) -> subprocess.CompletedProces
     return result
 
 
-def test_node_client_suite(node, make_sidecar, sim):
+def test_node_client_suite(node, make_sidecar, sim, tmp_path):
     plain, guarded = make_sidecar(), make_sidecar(authToken=AUTH_TOKEN)
+    queued = make_sidecar(store=f"sqlite:///{tmp_path}/state.db", **FAST_QUEUE)  # for queue.test.js
     env = {"SIDECAR_ADDR": plain.address, "SIM_URL": sim.control.root,
-           "SIDECAR_AUTH_ADDR": guarded.address, "SIDECAR_AUTH_TOKEN": AUTH_TOKEN}
+           "SIDECAR_AUTH_ADDR": guarded.address, "SIDECAR_AUTH_TOKEN": AUTH_TOKEN,
+           "SIDECAR_QUEUE_ADDR": queued.address}
     result = run_node([node, "--test", "--test-reporter=tap", "clients/node/test"], env)
     # A suite that skipped itself (no env) would exit 0 too: insist everything ran.
     assert "\n# fail 0" in result.stdout and "\n# skipped 0" in result.stdout, result.stdout

@@ -57,7 +57,7 @@ class PostgresQueue:
             ) from None
 
     async def open(self) -> None:
-        await self.state.migrate("queue", [Q["migrate_1"]])
+        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"]])
 
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""
@@ -76,6 +76,7 @@ class PostgresQueue:
                     "message_id": job.message_id,
                     "person": job.person,
                     "event": Jsonb(job.event),
+                    "trace": Jsonb(job.trace) if job.trace else None,
                     "now": self._now(),
                 },
             )
@@ -235,4 +236,5 @@ def _job(row: dict[str, Any]) -> Job:
         error=_json(row["error"]),
         seq=row["seq"],
         retry_from=row["retry_from"],
+        trace=_json(row.get("trace")),
     )

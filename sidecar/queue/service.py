@@ -22,7 +22,7 @@ from google.protobuf import json_format, timestamp_pb2
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
-from .. import events, filters
+from .. import events, filters, tracing
 from ..answers import abort_with
 from ..config import Config
 from ..decoding import decoded, tolerant
@@ -153,6 +153,7 @@ class QueueService:
         self._ready: Callable[[], bool] = lambda: True
         self._opening: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self.tracing: Any = None  # the sidecar's Tracing, set by server.py when tracing is on
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -188,7 +189,8 @@ class QueueService:
                 log.warning("queue: the store is not usable yet, retrying: %s", exc)
                 await asyncio.sleep(STORE_RETRY_SECONDS)
         if self.config.queue_concurrency > 0 and self.store is not None:
-            self.worker = Worker(self.store, self.delivery, policy_of(self.config), settings_of(self.config))
+            policy, settings = policy_of(self.config), settings_of(self.config)
+            self.worker = Worker(self.store, self.delivery, policy, settings, tracing=self.tracing)
             self.worker.start()
 
     async def stop(self, grace: float) -> None:
@@ -274,7 +276,8 @@ class QueueService:
                 observer.filtered(dropped.rule)
             return pb.EnqueueResponse(message_id=message_id, filtered_reason=dropped.reason)
         self.delivery.check(event)
-        new = await store.enqueue(NewJob(message_id, person(event), asdict(event)))
+        trace = (tracing.carrier() or None) if self.tracing is not None else None  # off: no work at all
+        new = await store.enqueue(NewJob(message_id, person(event), asdict(event), trace))
         if new and self.worker is not None:
             self.worker.wake()
         return pb.EnqueueResponse(message_id=message_id, duplicate=not new)

@@ -14,7 +14,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .store import (
@@ -65,14 +65,16 @@ CREATE INDEX IF NOT EXISTS queue_seq ON queue_deliveries (seq);
 CREATE INDEX IF NOT EXISTS queue_state ON queue_deliveries (state, id);
 INSERT OR IGNORE INTO queue_meta (key, value) VALUES ('seq', 0);
 """
+# Step 2: the Enqueue's trace context (W3C traceparent, as JSON), so the delivery's span links to it.
+TRACE_COLUMN = "ALTER TABLE queue_deliveries ADD COLUMN trace TEXT;"
 
 COLUMNS = (
     "id, message_id, person, event, state, attempts, accepted_at, next_attempt_at, write_sent, forced, "
-    "result, error, seq, retry_from"
+    "result, error, seq, retry_from, trace"
 )
 INSERT = (
     "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, "
-    "next_attempt_at) VALUES (?, ?, ?, 'queued', ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
+    "next_attempt_at, trace) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
 )
 # A job whose lease ran out: its holder died (or stalled past the lease).
 EXPIRED_SENT = (
@@ -115,7 +117,7 @@ class SqliteQueue:
         return int(row[0])
 
     async def open(self) -> None:
-        await self.runner.migrate("queue", [SCHEMA])
+        await self.runner.migrate("queue", [SCHEMA, TRACE_COLUMN])
 
     async def close(self) -> None:
         """The runner belongs to whoever opened it."""
@@ -158,7 +160,8 @@ class SqliteQueue:
                 continue
             seen.add(job.message_id)
             event = json.dumps(job.event, separators=(",", ":"))
-            cursor = db.execute(INSERT, (job.message_id, job.person, event, now, now, now))
+            trace = _dumps(job.trace) if job.trace else None
+            cursor = db.execute(INSERT, (job.message_id, job.person, event, now, now, now, trace))
             inserted.append(cursor.rowcount == 1)
         return inserted
 
@@ -344,7 +347,7 @@ class SqliteQueue:
         return await self._run(read)
 
 
-def _dumps(value: dict[str, Any] | None) -> str | None:
+def _dumps(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
@@ -364,6 +367,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         error=json.loads(row[11]) if row[11] else None,
         seq=row[12],
         retry_from=row[13],
+        trace=json.loads(row[14]) if row[14] else None,
     )
 
 

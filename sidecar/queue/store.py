@@ -50,6 +50,7 @@ class NewJob:
     message_id: str
     person: str
     event: dict[str, Any]
+    trace: dict[str, str] | None = None  # the Enqueue's trace context (traceparent), when it was traced
 
 
 @dataclass(slots=True)
@@ -68,6 +69,7 @@ class Job:
     error: dict[str, Any] | None = None  # a DeliverError, as protobuf JSON
     seq: int = 0  # the cursor of its last change, for WatchDeliveries
     retry_from: float = 0.0  # when the retry schedule's clock started: accepted, or retried by an operator
+    trace: dict[str, str] | None = None  # the Enqueue's trace context, for the delivery span's link
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
+from opentelemetry.trace import Status, StatusCode
 
 from ..answers import deliver_error, to_result
 from ..deadline import Deadline
@@ -80,6 +81,17 @@ class _Attempt:
         self.last_status = status
 
 
+def _describe(span: Any, job: Job, outcome: Outcome | None) -> None:
+    """What a queued delivery's span carries: the message_id (what GetDelivery is asked with), the
+    attempt, its outcome and, when it failed, the error's reason (never its message)."""
+    span.set_attribute("messaging.message.id", job.message_id)
+    span.set_attribute("trengo_sidecar.queue.attempt", job.attempts + 1)
+    span.set_attribute("trengo_sidecar.queue.outcome", outcome.state if outcome else "released")
+    if outcome is not None and outcome.state != DELIVERED:
+        span.set_attribute("error.type", (outcome.error or {}).get("reason") or outcome.state)
+        span.set_status(Status(StatusCode.ERROR))
+
+
 def classify(error: SidecarError, last_status: int) -> str:
     """Which retry rule an attempt's failure falls under (policy.py has the rules)."""
     if isinstance(error, OutcomeUnknown):
@@ -103,8 +115,10 @@ class Worker:
         policy: QueuePolicy,
         settings: WorkerSettings,
         clock: Any = time.time,
+        tracing: Any = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing  # a sidecar.tracing.Tracing, or None when tracing is off
         self.delivery = delivery
         self.policy = policy
         self.settings = settings
@@ -164,7 +178,10 @@ class Worker:
         ATTEMPT_HOOK.set(attempt)  # this task's own context: seen only by its own Trengo calls
         BACKGROUND.set(True)
         try:
-            outcome = await self._attempt(job, attempt)
+            with self._span(job) as span:
+                outcome = await self._attempt(job, attempt)
+                if span is not None:
+                    _describe(span, job, outcome)
             if outcome is None:
                 await self.store.release(self.owner, job.id)
                 self.attempts["released"] += 1
@@ -178,6 +195,12 @@ class Worker:
         finally:
             self._running.pop(job.id, None)
             self._wake.set()
+
+    def _span(self, job: Job) -> contextlib.AbstractContextManager[Any]:
+        """The attempt's span, linked to the Enqueue's trace, its Trengo calls its children; off, none."""
+        if self.tracing is None:
+            return contextlib.nullcontext()
+        return self.tracing.linked_span("deliver queued", job.trace or {})
 
     async def _attempt(self, job: Job, attempt: _Attempt) -> Outcome | None:
         """Deliver once; the Outcome to store, or None to give the event back unattempted."""

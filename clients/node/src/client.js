@@ -131,12 +131,19 @@ function decodeDetails(metadata) {
   }
 }
 
-function checkFields(method, request) {
+function checkFields(method, request, without = []) {
   if (request === null || typeof request !== 'object') throw new TypeError(`${method} takes an object`);
-  const unknown = Object.keys(request).filter((key) => !REQUEST_FIELDS[method].includes(key));
+  const known = REQUEST_FIELDS[method].filter((key) => !without.includes(key));
+  const unknown = Object.keys(request).filter((key) => !known.includes(key));
   if (unknown.length) {
-    throw new TypeError(`${method}: unknown field(s) ${unknown.join(', ')}; known: ${REQUEST_FIELDS[method].join(', ')}`);
+    throw new TypeError(`${method}: unknown field(s) ${unknown.join(', ')}; known: ${known.join(', ')}`);
   }
+}
+
+/** A google.protobuf.Timestamp ({ seconds, nanos }) as a Date; null when unset. */
+function toDate(timestamp) {
+  if (!timestamp) return null;
+  return new Date(Number(timestamp.seconds || 0) * 1000 + Math.floor((timestamp.nanos || 0) / 1e6));
 }
 
 class TrengoSidecarClient {
@@ -168,6 +175,38 @@ class TrengoSidecarClient {
   /** Deliver a RudderStack/Segment-spec event, as its plain JSON object. */
   sendEvent(event, { dryRun = false, ...callOptions } = {}) {
     return this.#call('SendEvent', () => ({ event: toStruct(event), dryRun }), callOptions);
+  }
+
+  // --- the queue: accepted now, delivered at Trengo's pace (the sidecar needs a durable store) ---
+
+  /** Queue an identify (the fields of identify() but dryRun); resolves once the sidecar has stored it:
+   * { messageId, duplicate, filteredReason }. */
+  enqueueIdentify(request = {}, callOptions = {}) {
+    return this.#call('Enqueue', () => {
+      checkFields('Identify', request, ['dryRun']);
+      return { identify: { ...request, traits: toStruct(request.traits), context: toStruct(request.context) } };
+    }, callOptions);
+  }
+
+  /** Queue a track (the fields of track() but dryRun); resolves as enqueueIdentify does. */
+  enqueueTrack(request = {}, callOptions = {}) {
+    return this.#call('Enqueue', () => {
+      checkFields('Track', request, ['dryRun']);
+      return { track: { ...request, properties: toStruct(request.properties), context: toStruct(request.context) } };
+    }, callOptions);
+  }
+
+  /** Queue a RudderStack/Segment-spec event, as its plain JSON object. */
+  enqueueSendEvent(event, callOptions = {}) {
+    return this.#call('Enqueue', () => ({ sendEvent: { event: toStruct(event) } }), callOptions);
+  }
+
+  /** Where a queued event is: { messageId, state ('DELIVERY_STATE_DELIVERED', ...), attempts, result,
+   * error, acceptedAt, nextAttemptAt } with the times as Dates (null when unset). An unknown messageId
+   * rejects with NOT_FOUND / DELIVERY_NOT_FOUND. */
+  async getDelivery(messageId, callOptions = {}) {
+    const status = await this.#call('GetDelivery', () => ({ messageId }), callOptions);
+    return { ...status, acceptedAt: toDate(status.acceptedAt), nextAttemptAt: toDate(status.nextAttemptAt) };
   }
 
   close() {

@@ -11,10 +11,18 @@ from .errors import (
     Unauthenticated,
     Unavailable,
 )
-from .result import Action, DeliveryResult, TrengoCall
+from .result import (
+    Action,
+    DeliveryError,
+    DeliveryResult,
+    DeliveryState,
+    DeliveryStatus,
+    Enqueued,
+    TrengoCall,
+)
 
 __all__ = [
-    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryResult", "FailedPrecondition",
-    "InvalidArgument", "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient",
-    "Unauthenticated", "Unavailable",
+    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryError", "DeliveryResult",
+    "DeliveryState", "DeliveryStatus", "Enqueued", "FailedPrecondition", "InvalidArgument", "NotFound",
+    "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient", "Unauthenticated", "Unavailable",
 ]

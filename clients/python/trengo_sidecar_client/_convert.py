@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC
 from typing import Any
 
+import grpc
 from google.protobuf import struct_pb2
 
 from ._gen import sidecar_pb2 as pb
-from .result import Action, DeliveryResult, TrengoCall
+from .result import (
+    Action,
+    DeliveryError,
+    DeliveryResult,
+    DeliveryState,
+    DeliveryStatus,
+    Enqueued,
+    TrengoCall,
+)
 
 CHANNEL_ID = "trengoChannelId"
 CONTACT_ID = "trengoContactId"
@@ -67,6 +77,36 @@ def to_result(message: pb.DeliveryResult, request_id: str | None) -> DeliveryRes
         message_id=message.message_id,
         request_id=request_id,
         filtered_reason=message.filtered_reason,
+    )
+
+
+def to_enqueued(message: pb.EnqueueResponse, request_id: str | None) -> Enqueued:
+    return Enqueued(message_id=message.message_id, duplicate=message.duplicate,
+                    filtered_reason=message.filtered_reason, request_id=request_id)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def to_status(message: pb.DeliveryStatus, request_id: str | None) -> DeliveryStatus:
+    try:
+        state = DeliveryState(pb.DeliveryState.Name(message.state).removeprefix("DELIVERY_STATE_").lower())
+    except ValueError:  # a state newer than this client
+        state = DeliveryState.UNSPECIFIED
+    error = message.error
+    return DeliveryStatus(
+        message_id=message.message_id,
+        state=state,
+        attempts=message.attempts,
+        accepted_at=message.accepted_at.ToDatetime(tzinfo=UTC),
+        result=to_result(message.result, None) if message.HasField("result") else None,
+        error=DeliveryError(code=_CODES.get(error.code, grpc.StatusCode.UNKNOWN), reason=error.reason,
+                            message=error.message, field=error.field,
+                            retry_after_seconds=error.retry_after_seconds)
+        if message.HasField("error") else None,
+        next_attempt_at=message.next_attempt_at.ToDatetime(tzinfo=UTC)
+        if message.HasField("next_attempt_at") else None,
+        request_id=request_id,
     )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Self
+from collections.abc import Callable, Mapping
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -11,10 +11,11 @@ from . import _convert as cv
 from ._gen import sidecar_pb2 as pb
 from ._gen import sidecar_pb2_grpc as pb_grpc
 from .errors import from_rpc_error
-from .result import DeliveryResult
+from .result import DeliveryResult, DeliveryStatus, Enqueued
 
 Json = Mapping[str, Any]
 Id = int | str
+T = TypeVar("T")
 
 
 def _identify(email: str | None, phone: str | None, name: str | None, traits: Json | None,
@@ -83,12 +84,47 @@ class TrengoSidecarClient(_Options):
         request = pb.SendEventRequest(event=cv.to_struct(event, "event"), dry_run=dry_run)
         return self._call(self._stub.SendEvent, request, timeout)
 
+    # --- the queue: accepted now, delivered at Trengo's pace (the sidecar needs a durable store) ---
+
+    def enqueue_identify(self, *, email: str | None = None, phone: str | None = None,
+                         name: str | None = None, traits: Json | None = None, context: Json | None = None,
+                         user_id: str = "", anonymous_id: str = "", channel_id: Id | None = None,
+                         contact_id: Id | None = None, message_id: str = "",
+                         timeout: float | None = None) -> Enqueued:
+        """Queue an identify; answered once the sidecar has durably stored it."""
+        event = _identify(email, phone, name, traits, context, user_id, anonymous_id, channel_id,
+                          contact_id, message_id, False)
+        return self._ask(self._stub.Enqueue, pb.EnqueueRequest(identify=event), timeout, cv.to_enqueued)
+
+    def enqueue_track(self, event: str, *, email: str | None = None, phone: str | None = None,
+                      properties: Json | None = None, context: Json | None = None, user_id: str = "",
+                      anonymous_id: str = "", channel_id: Id | None = None, contact_id: Id | None = None,
+                      message_id: str = "", timeout: float | None = None) -> Enqueued:
+        """Queue a track; answered once the sidecar has durably stored it."""
+        track = _track(event, email, phone, properties, context, user_id, anonymous_id, channel_id,
+                       contact_id, message_id, False)
+        return self._ask(self._stub.Enqueue, pb.EnqueueRequest(track=track), timeout, cv.to_enqueued)
+
+    def enqueue_send_event(self, event: Json, *, timeout: float | None = None) -> Enqueued:
+        """Queue a RudderStack/Segment-spec event (its JSON as a dict), unchanged."""
+        request = pb.EnqueueRequest(send_event=pb.SendEventRequest(event=cv.to_struct(event, "event")))
+        return self._ask(self._stub.Enqueue, request, timeout, cv.to_enqueued)
+
+    def get_delivery(self, message_id: str, *, timeout: float | None = None) -> DeliveryStatus:
+        """Where a queued event is; NotFound (DELIVERY_NOT_FOUND) for a message_id never accepted."""
+        request = pb.GetDeliveryRequest(message_id=message_id)
+        return self._ask(self._stub.GetDelivery, request, timeout, cv.to_status)
+
     def _call(self, method: Any, request: Any, timeout: float | None) -> DeliveryResult:
+        return self._ask(method, request, timeout, cv.to_result)
+
+    def _ask(self, method: Any, request: Any, timeout: float | None,
+             convert: Callable[[Any, str | None], T]) -> T:
         try:
             response, call = method.with_call(request, **self._kwargs(timeout))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
-        return cv.to_result(response, cv.request_id(call.initial_metadata()))
+        return convert(response, cv.request_id(call.initial_metadata()))
 
     def close(self) -> None:
         self._channel.close()
@@ -136,13 +172,50 @@ class AsyncTrengoSidecarClient(_Options):
         request = pb.SendEventRequest(event=cv.to_struct(event, "event"), dry_run=dry_run)
         return await self._call(self._stub.SendEvent, request, timeout)
 
+    # --- the queue: accepted now, delivered at Trengo's pace (the sidecar needs a durable store) ---
+
+    async def enqueue_identify(self, *, email: str | None = None, phone: str | None = None,
+                               name: str | None = None, traits: Json | None = None,
+                               context: Json | None = None, user_id: str = "", anonymous_id: str = "",
+                               channel_id: Id | None = None, contact_id: Id | None = None,
+                               message_id: str = "", timeout: float | None = None) -> Enqueued:
+        """Queue an identify; answered once the sidecar has durably stored it."""
+        event = _identify(email, phone, name, traits, context, user_id, anonymous_id, channel_id,
+                          contact_id, message_id, False)
+        return await self._ask(self._stub.Enqueue, pb.EnqueueRequest(identify=event), timeout,
+                               cv.to_enqueued)
+
+    async def enqueue_track(self, event: str, *, email: str | None = None, phone: str | None = None,
+                            properties: Json | None = None, context: Json | None = None, user_id: str = "",
+                            anonymous_id: str = "", channel_id: Id | None = None,
+                            contact_id: Id | None = None, message_id: str = "",
+                            timeout: float | None = None) -> Enqueued:
+        """Queue a track; answered once the sidecar has durably stored it."""
+        track = _track(event, email, phone, properties, context, user_id, anonymous_id, channel_id,
+                       contact_id, message_id, False)
+        return await self._ask(self._stub.Enqueue, pb.EnqueueRequest(track=track), timeout, cv.to_enqueued)
+
+    async def enqueue_send_event(self, event: Json, *, timeout: float | None = None) -> Enqueued:
+        """Queue a RudderStack/Segment-spec event (its JSON as a dict), unchanged."""
+        request = pb.EnqueueRequest(send_event=pb.SendEventRequest(event=cv.to_struct(event, "event")))
+        return await self._ask(self._stub.Enqueue, request, timeout, cv.to_enqueued)
+
+    async def get_delivery(self, message_id: str, *, timeout: float | None = None) -> DeliveryStatus:
+        """Where a queued event is; NotFound (DELIVERY_NOT_FOUND) for a message_id never accepted."""
+        request = pb.GetDeliveryRequest(message_id=message_id)
+        return await self._ask(self._stub.GetDelivery, request, timeout, cv.to_status)
+
     async def _call(self, method: Any, request: Any, timeout: float | None) -> DeliveryResult:
+        return await self._ask(method, request, timeout, cv.to_result)
+
+    async def _ask(self, method: Any, request: Any, timeout: float | None,
+                   convert: Callable[[Any, str | None], T]) -> T:
         call = method(request, **self._kwargs(timeout))
         try:
             response = await call
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
-        return cv.to_result(response, cv.request_id(await call.initial_metadata()))
+        return convert(response, cv.request_id(await call.initial_metadata()))
 
     async def close(self) -> None:
         await self._channel.close()

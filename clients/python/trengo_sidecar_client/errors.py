@@ -51,11 +51,13 @@ class InvalidArgument(SidecarError):
 
 
 class FailedPrecondition(SidecarError):
-    """Configuration or Trengo's data forbids it (EVENT_NOT_MAPPED, DUPLICATE_CONTACTS, ...)."""
+    """Configuration or Trengo's data forbids it (EVENT_NOT_MAPPED, DUPLICATE_CONTACTS, ...; for an enqueue
+    on a sidecar whose store is memory:, STORE_NOT_DURABLE)."""
 
 
 class NotFound(SidecarError):
-    """No Trengo contact for the person (CONTACT_NOT_FOUND)."""
+    """No Trengo contact for the person (CONTACT_NOT_FOUND); from get_delivery, a message_id never
+    accepted (DELIVERY_NOT_FOUND)."""
 
 
 class Unavailable(SidecarError):

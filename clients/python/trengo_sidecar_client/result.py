@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+import grpc
 
 
 class Action(StrEnum):
@@ -53,3 +56,50 @@ class DeliveryResult:
     message_id: str = ""
     request_id: str | None = None  # the sidecar's x-request-id for this call, for its logs
     filtered_reason: str = ""  # for Action.FILTERED: "consent denied: C0004", "integrations.Trengo is false"
+
+
+# --- the queue: Enqueue and GetDelivery ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """Enqueue's answer: the event is durably accepted (delivery follows; see get_delivery)."""
+
+    message_id: str  # the event's own, or the one the sidecar generated for it
+    duplicate: bool = False  # that message_id was accepted before: nothing new was queued
+    filtered_reason: str = ""  # not queued, as RudderStack would not deliver it (consent, integrations)
+    request_id: str | None = None  # x-request-id, when the sidecar sends one (its queue RPCs do not yet)
+
+
+class DeliveryState(StrEnum):
+    UNSPECIFIED = "unspecified"
+    QUEUED = "queued"
+    DELIVERING = "delivering"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class DeliveryError:
+    """Why a queued event failed (or, while retrying, why its last attempt did)."""
+
+    code: grpc.StatusCode
+    reason: str  # e.g. "TRENGO_REJECTED", "TRENGO_OUTCOME_UNKNOWN"
+    message: str
+    field: str = ""
+    retry_after_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeliveryStatus:
+    """GetDelivery's answer: where a queued event is."""
+
+    message_id: str
+    state: DeliveryState
+    attempts: int
+    accepted_at: datetime  # timezone-aware, UTC
+    result: DeliveryResult | None = None  # once delivered
+    error: DeliveryError | None = None  # once failed; while retrying, the last error
+    next_attempt_at: datetime | None = None  # while queued or retrying
+    request_id: str | None = None  # x-request-id, when the sidecar sends one (its queue RPCs do not yet)

@@ -32,12 +32,17 @@ CREATE INDEX IF NOT EXISTS queue_due ON queue_deliveries (next_attempt_at, id) W
 CREATE INDEX IF NOT EXISTS queue_seq ON queue_deliveries (seq) WHERE seq > 0;
 CREATE INDEX IF NOT EXISTS queue_state ON queue_deliveries (state, id);
 
+-- name: migrate_2
+-- The Enqueue's trace context (W3C traceparent), so the delivery's span links to it (issue 14).
+ALTER TABLE queue_deliveries ADD COLUMN IF NOT EXISTS trace JSONB;
+
 -- name: next_seq
 UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value;
 
 -- name: enqueue
-INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at)
-SELECT %(message_id)s, %(person)s, %(event)s, 'queued', now_.t, now_.t, now_.t
+INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at,
+                              trace)
+SELECT %(message_id)s, %(person)s, %(event)s, 'queued', now_.t, now_.t, now_.t, %(trace)s
 FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id;
