@@ -133,3 +133,23 @@ def test_a_ticket_write_answered_with_a_failure_leaves_no_mark(fleet, control, s
     result = restarted.stub.Track(track("m-1"), timeout=20)
     assert result.ticket_id > 0 and not result.replayed
     assert len(control.tickets()) == 1
+
+
+def test_a_sidecar_waiting_for_a_killed_ones_message_id_answers_outcome_unknown(fleet, control, store, ann):
+    """Across processes: b waits for a's message_id lock; a is SIGKILLed mid-ticket; the lock dies
+    with a, and b finds the mark rather than writing a second ticket (whether it was already waiting
+    or came just after, the answer is the same)."""
+    a, b = fleet.spawn(2, store=store, requestTimeoutSeconds=20)
+    control.add_fault(method="POST", path=TICKETS, delay=30, after=True)
+    first = a.stub.Track.future(track("m-1"), timeout=40)
+    wait_for(lambda: unanswered(control, TICKETS), "a's ticket POST to reach Trengo")
+    waiting = b.stub.Track.future(track("m-1"), timeout=20)
+    a.kill()
+    first.cancel()
+    with pytest.raises(grpc.RpcError) as caught:
+        waiting.result()
+    f = failure(caught.value)
+    assert f.code == grpc.StatusCode.UNAVAILABLE and f.reason == "TRENGO_OUTCOME_UNKNOWN", f
+    assert f.retry_delay is None, f
+    assert len(control.tickets()) == 1
+    assert len(control.requests(path_prefix=TICKETS, method="POST")) == 1
