@@ -8,7 +8,8 @@ import logging
 import sys
 
 from . import logs
-from .config import Config, load_config
+from .config import LOG_FORMATS, LOG_LEVELS, Config, load
+from .config_report import check_config, env_help, version
 from .errors import ConfigError
 
 log = logging.getLogger("sidecar")
@@ -18,8 +19,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="trengo-sidecar",
         description="A gRPC sidecar that delivers Identify and Track events to Trengo.",
-        epilog="Config keys come from --config, then TRENGO_*/SIDECAR_* environment variables, then flags.",
+        epilog="Config keys come from --config, then the environment variables below, then flags.\n\n"
+        + env_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"trengo-sidecar {version()}")
     parser.add_argument(
         "--config", metavar="FILE", help="JSON or YAML config (RudderStack keys: apiToken, ...)"
     )
@@ -30,9 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--store", metavar="URL", help="memory: (default), sqlite:///abs/path.db or postgresql://... (shared)"
     )
-    parser.add_argument("--log-format", choices=("text", "json"))
-    parser.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    parser.add_argument("--check-config", action="store_true", help="validate the config, print it, and exit")
+    # Values are checked by the config, as the same key's env and file values are: in any case.
+    parser.add_argument("--log-format", metavar="{" + ",".join(LOG_FORMATS) + "}")
+    parser.add_argument("--log-level", metavar="{" + ",".join(LOG_LEVELS) + "}")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config, print it as a config file with where each value came from, and exit",
+    )
     parser.add_argument(
         "--check-trengo",
         action="store_true",
@@ -56,14 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         "logLevel": args.log_level,
     }
     try:
-        config = load_config(args.config, overrides=overrides)
+        loaded = load(args.config, overrides=overrides)
     except ConfigError as exc:
-        print(f"trengo-sidecar: {exc}", file=sys.stderr)
+        print(config_problems(exc), file=sys.stderr)
         return 2
+    config = loaded.config
     logs.setup(config.log_format, config.log_level)
     if args.check_config:
-        print(describe(config))
+        print(check_config(loaded))
         return 0
+    for warning in loaded.warnings:
+        log.warning(warning)
     if args.check_trengo:
         from .readiness import check_command
 
@@ -76,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def describe(config: Config) -> str:
-    """The effective config, token masked: safe to print."""
-    return "\n".join(
-        f"{name}: {value!r}" for name, value in vars(config).items() if name != "event_templates"
-    ) + ("\nevent_templates: " + ", ".join(repr(k) for k in config.event_templates))
+def config_problems(exc: ConfigError) -> str:
+    """Every problem found, one per line, each naming its key (and env variable or flag)."""
+    if len(exc.problems) == 1:
+        return f"trengo-sidecar: bad config: {exc.line()}"
+    lines = "".join(f"\n  {problem.line()}" for problem in exc.problems)
+    return f"trengo-sidecar: bad config ({len(exc.problems)} problems):{lines}"
 
 
 async def _serve(config: Config) -> None:
@@ -90,11 +103,17 @@ async def _serve(config: Config) -> None:
     try:
         port = await sidecar.start()
     except RuntimeError as exc:  # grpc's "Failed to bind"
-        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+        raise OSError(f"listen {config.listen}: cannot listen there: {exc}") from None
     if config.metrics_listen:
         from .metrics import start_metrics
 
-        start_metrics(config.metrics_listen, sidecar)
+        try:
+            start_metrics(config.metrics_listen, sidecar)
+        except OSError as exc:
+            # Stop the server that did start, so the loop closes with nothing left running on it.
+            await sidecar.stop(grace=0)
+            problem = exc.strerror or str(exc)
+            raise OSError(f"metricsListen {config.metrics_listen}: cannot serve metrics: {problem}") from None
     log.info(
         "trengo-sidecar listening",
         extra={

@@ -9,21 +9,20 @@ the key, raised at start-up, never at the first event.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
 from . import filters
+from .config_sources import close_match, env_values, json_value, read_file, unknown_env
 from .errors import ConfigError
 from .templates import Template, TemplateError, compile_template
+from .tls_files import tls_problems
 
 DEFAULT_BASE_URL = "https://app.trengo.com/api/v2"
 IDENTIFIER_KINDS = ("email", "phone", "auto")
@@ -178,12 +177,47 @@ _KEYS: dict[str, tuple[str, str]] = {
     "logFormat": ("log_format", "SIDECAR_LOG_FORMAT"),
     "logLevel": ("log_level", "SIDECAR_LOG_LEVEL"),
 }
+# Keys of RudderStack's Trengo destination config (rudder-integrations-config's db-config.json, and the
+# live-events flags its control plane adds to every destination) that mean nothing to a sidecar: a
+# pasted config keeps them, the sidecar ignores them and --check-config says so.
+IGNORED_KEYS: dict[str, str] = {
+    "connectionMode": "RudderStack's cloud/device mode per source; the sidecar is its own mode",
+    "eventDelivery": "RudderStack's live-events switch",
+    "eventDeliveryTS": "RudderStack's live-events switch",
+}
+# More names for a key's variable (alias -> key). The prefixes follow one rule, TRENGO_* for the
+# destination's own keys and baseUrl, SIDECAR_* for the sidecar's settings; the one setting named
+# against it keeps its name (the contract) and is also read under the rule's.
+ENV_ALIASES: dict[str, str] = {"SIDECAR_RATE_LIMIT_PER_MINUTE": "rateLimitPerMinute"}
+# TRENGO_*/SIDECAR_* variables of the project's other programs (simulator, clients, deploy manifests),
+# known so that the start-up warning about unknown variables does not cry wolf in a shared shell.
+OTHER_ENV = (
+    *("TRENGO_SIM_TOKENS", "TRENGO_SIM_PORT"),  # trengo-sim, make run's demo
+    *("TRENGO_SIDECAR_ADDR", "SIDECAR_ADDR", "SIDECAR_AUTH_ADDR"),  # apps, client tests: the sidecar
+)
+# An eventTemplateMap entry's keys: anything else is a typo (add one here to allow it).
+TEMPLATE_ENTRY_KEYS = ("from", "to")
 _SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken"}
 _ALTERNATIVE = {**_SECRET_FILE_KEYS, **{v: k for k, v in _SECRET_FILE_KEYS.items()}}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_RATE_LIMIT_PER_MINUTE = 100_000  # the limiter keeps one timestamp per allowed call
 ENV_VARS = {env: key for key, (_, env) in _KEYS.items()}
+KNOWN_ENV = frozenset({*ENV_VARS, *ENV_ALIASES, *OTHER_ENV})
 _TOKEN = re.compile(r"[\x21-\x7e]+")
+# values matched case-insensitively and kept in this spelling
+_CHOICES = {"channel_identifier": IDENTIFIER_KINDS, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
+EMPTY_MAP_WARNING = "eventTemplateMap is empty: every Track will be refused (EVENT_NOT_MAPPED)"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded config and what --check-config tells about it."""
+
+    config: Config
+    given: Mapping[str, Any]  # the merged file keys as given: holds secrets, never print it whole
+    origins: Mapping[str, str]  # key -> "file PATH", "env NAME" or "flag --name" ("default" if absent)
+    ignored: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def load_config(
@@ -192,63 +226,102 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Merge file, environment and flag values (by file key) and validate them."""
+    return load(path, env, overrides).config
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Loaded:
+    """load_config, plus where each value came from, the keys ignored and the warnings for start-up."""
     raw: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     env = os.environ if env is None else env
+    file = read_file(Path(path)) if path else {}
+    from_env, env_origins, problems = env_values(env, {**ENV_VARS, **ENV_ALIASES})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     sources = (
-        _read_file(Path(path)) if path else {},
-        {key: env[var] for var, key in ENV_VARS.items() if env.get(var, "") != ""},
-        {k: v for k, v in (overrides or {}).items() if v is not None},
+        (file, {key: f"file {path}" for key in file}),
+        (from_env, env_origins),
+        (flags, {key: "flag --" + re.sub("([A-Z])", r"-\1", key).lower() for key in flags}),
     )
-    for source in sources:
-        _check_alternatives(source)
+    for source, where in sources:
+        problems += [_located(p, where) for p in _alternatives(source)]
         for key in source:  # a token from a later source replaces a token file from an earlier one
             raw.pop(_ALTERNATIVE.get(key, ""), None)
+            origins.pop(_ALTERNATIVE.get(key, ""), None)
         raw.update(source)
-    return build_config(raw)
+        origins.update(where)
+    config = _build(raw, origins, problems)
+    warnings = unknown_env(env, KNOWN_ENV) + ([] if config.event_templates else [EMPTY_MAP_WARNING])
+    ignored = tuple(key for key in raw if key in IGNORED_KEYS)
+    return Loaded(config, raw, origins, ignored, tuple(warnings))
 
 
-def _check_alternatives(source: Mapping[str, Any]) -> None:
-    for file_key, key in _SECRET_FILE_KEYS.items():
-        if key in source and file_key in source:
-            raise ConfigError(key, f"give {key} or {file_key}, not both")
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError("--config", f"{path} is not valid JSON/YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("--config", f"{path} must hold a mapping of keys, not {type(data).__name__}")
-    # RudderStack exports wrap the settings in {"Config": {...}}; accept that as is.
-    if isinstance(data.get("Config"), dict):
-        data = data["Config"]
-    return data
+def _alternatives(source: Mapping[str, Any]) -> list[ConfigError]:
+    return [
+        ConfigError(key, f"give {key} or {file_key}, not both")
+        for file_key, key in _SECRET_FILE_KEYS.items()
+        if key in source and file_key in source
+    ]
 
 
 def build_config(raw: Mapping[str, Any]) -> Config:
     """Validate a mapping of file keys into a Config."""
-    unknown = sorted(set(raw) - set(_KEYS))
-    if unknown:
-        raise ConfigError(unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})")
-    _check_alternatives(raw)
+    return _build(raw, {}, _alternatives(raw))
+
+
+def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[ConfigError]) -> Config:
+    """Every problem at once (``found``: those of the sources): a ConfigError whose ``problems`` name
+    each key and where its value came from."""
+    problems = list(found)
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        if key in _SECRET_FILE_KEYS:
-            continue
-        values[_KEYS[key][0]] = _parse(key, value)
-    for file_key, key in _SECRET_FILE_KEYS.items():
-        if raw.get(file_key):
-            values[_KEYS[key][0]] = Secret(_read_secret(file_key, raw[file_key]))
+        try:
+            if key in IGNORED_KEYS:
+                continue
+            if key not in _KEYS:
+                hint = close_match(key, _KEYS) or " (trengo-sidecar --help lists the keys)"
+                raise ConfigError(key, f"unknown key{hint}")
+            if key in _SECRET_FILE_KEYS:
+                if value:
+                    values[_KEYS[key][0]] = Secret(_read_secret(key, value))
+            else:
+                values[_KEYS[key][0]] = _parse(key, value)
+        except ConfigError as exc:
+            problems.append(exc)
     config = Config(**values)
-    _check(config)
+    failed = {_attr(p.key) for p in problems}  # a bad value is reported once, not again as missing
+    problems += [p for p in _problems(config) if _attr(p.key) not in failed]
+    if problems:
+        raise ConfigError.many([_located(p, origins) for p in problems])
     return config
+
+
+def _key_of(where: str) -> str:
+    """The key an error is about: ``eventTemplateMap`` for ``eventTemplateMap[0].to``."""
+    return re.split(r"[\[.]", where, maxsplit=1)[0]
+
+
+def _attr(key: str) -> str:
+    """The Config attribute an error's key is about."""
+    return _KEYS.get(_key_of(key), (key, ""))[0]
+
+
+def _located(problem: ConfigError, origins: Mapping[str, str]) -> ConfigError:
+    """The problem, saying which env variable or flag the value came from."""
+    origin = origins.get(_key_of(problem.key), "")
+    if problem.origin or not origin.startswith(("env ", "flag ")):
+        return problem
+    return ConfigError(problem.key, problem.problem, origin)
+
+
+def _problems(config: Config) -> Iterator[ConfigError]:
+    try:
+        yield from _check(config)
+    except ConfigError as exc:  # a check that raises rather than yields still gets reported
+        yield exc
 
 
 def _read_secret(key: str, path: Any) -> str:
@@ -291,6 +364,8 @@ def _parse(key: str, value: Any) -> Any:
         return _CONSENT_KEYS[attr](key, value)
     if attr == "enable_dedup":
         return _bool(key, value)
+    if attr in _CHOICES:
+        return _choice(key, _text(key, value), _CHOICES[attr])
     if attr in _INTS:
         return _number(key, value, int)
     if attr in _FLOATS:
@@ -304,6 +379,14 @@ def _text(key: str, value: Any) -> str:
     return str(value)
 
 
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> str:
+    """Flags, env and file accept the same spellings, in any case (``--log-level info``)."""
+    for choice in choices:
+        if choice.lower() == value.strip().lower():
+            return choice
+    raise ConfigError(key, f"must be one of {', '.join(choices)} (in any case)")
+
+
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -312,7 +395,7 @@ def _bool(key: str, value: Any) -> bool:
         return True
     if text in ("false", "0", "no", "off"):
         return False
-    raise ConfigError(key, f"must be true or false, not {value!r}")
+    raise ConfigError(key, "must be true or false")
 
 
 def _number(key: str, value: Any, kind: type[int] | type[float]) -> int | float:
@@ -321,9 +404,9 @@ def _number(key: str, value: Any, kind: type[int] | type[float]) -> int | float:
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise ConfigError(key, f"must be a number, not {value!r}") from None
+        raise ConfigError(key, f"must be a {'whole ' if kind is int else ''}number") from None
     if not math.isfinite(number) or (kind is int and number != int(number)):
-        raise ConfigError(key, f"must be a {'whole ' if kind is int else ''}number, not {value!r}")
+        raise ConfigError(key, f"must be a {'whole ' if kind is int else ''}number")
     return kind(number)
 
 
@@ -339,10 +422,7 @@ def _store(key: str, url: str) -> StoreUrl:
 def _templates(key: str, value: Any) -> Mapping[str, Template]:
     """eventTemplateMap: RudderStack's [{"from": event, "to": template}], or a plain mapping."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except ValueError as exc:
-            raise ConfigError(key, f'must be JSON ([{{"from": ..., "to": ...}}]): {exc}') from None
+        value = json_value(key, value) if value.strip() else []
     if isinstance(value, dict):
         value = [{"from": k, "to": v} for k, v in value.items()]
     if not isinstance(value, list):
@@ -350,11 +430,19 @@ def _templates(key: str, value: Any) -> Mapping[str, Template]:
     templates: dict[str, Template] = {}
     for i, entry in enumerate(value):
         where = f"{key}[{i}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("from"), str) or not entry["from"]:
+        if not isinstance(entry, dict):
+            raise ConfigError(where, "must be a {from, to} entry")
+        unknown = sorted(str(k) for k in entry if k not in TEMPLATE_ENTRY_KEYS)
+        if unknown:
+            hint = close_match(unknown[0], TEMPLATE_ENTRY_KEYS)
+            allowed = ", ".join(TEMPLATE_ENTRY_KEYS)
+            raise ConfigError(where, f"unknown key {unknown[0]!r}{hint}; an entry has only {allowed}")
+        if not isinstance(entry.get("from"), str) or not entry["from"].strip():
             raise ConfigError(where, "needs a non-empty string 'from' (the event name)")
         source = entry.get("to") or ""
         if not isinstance(source, str):
-            raise ConfigError(f"{where}.to", "must be a string (a Handlebars template)")
+            hint = "; in YAML, quote it: to: '{{ event }}'" if isinstance(source, dict) else ""
+            raise ConfigError(f"{where}.to", f"must be a string (a Handlebars template){hint}")
         if entry["from"] in templates:
             raise ConfigError(where, f"event {entry['from']!r} is mapped twice")
         try:
@@ -364,23 +452,19 @@ def _templates(key: str, value: Any) -> Mapping[str, Template]:
     return MappingProxyType(templates)
 
 
-def _check(c: Config) -> None:
-    if c.channel_id <= 0:
-        raise ConfigError("channelId", "is required: the id of the Trengo channel (a positive integer)")
-    if c.channel_identifier not in IDENTIFIER_KINDS:
-        raise ConfigError("channelIdentifier", f"must be one of {', '.join(IDENTIFIER_KINDS)}")
+def _check(c: Config) -> Iterator[ConfigError]:
+    if c.channel_id == 0:
+        yield ConfigError("channelId", "is required: the id of the Trengo channel (a positive integer)")
+    elif c.channel_id < 0:
+        yield ConfigError("channelId", "must be a positive integer (the id of the Trengo channel)")
     if not c.api_token:
-        raise ConfigError("apiToken", "is required (or apiTokenFile / TRENGO_API_TOKEN_FILE)")
+        yield ConfigError("apiToken", "is required (or apiTokenFile / TRENGO_API_TOKEN_FILE)")
     if not c.base_url.startswith(("http://", "https://")):
-        raise ConfigError("baseUrl", "must be an http:// or https:// URL")
-    if c.log_level.upper() not in LOG_LEVELS:
-        raise ConfigError("logLevel", f"must be one of {', '.join(LOG_LEVELS)}")
+        yield ConfigError("baseUrl", "must be an http:// or https:// URL")
     if c.rate_limit_per_minute > MAX_RATE_LIMIT_PER_MINUTE:
-        raise ConfigError(
+        yield ConfigError(
             "rateLimitPerMinute", f"must be at most {MAX_RATE_LIMIT_PER_MINUTE} (0 turns it off)"
         )
-    if c.log_format not in LOG_FORMATS:
-        raise ConfigError("logFormat", f"must be one of {', '.join(LOG_FORMATS)}")
     positive = {
         "contactCacheSize": c.contact_cache_size,
         "contactCacheTtlSeconds": c.contact_cache_ttl_seconds,
@@ -402,7 +486,7 @@ def _check(c: Config) -> None:
     }
     for key, value in positive.items():
         if value <= 0:
-            raise ConfigError(key, "must be greater than 0")
+            yield ConfigError(key, "must be greater than 0")
     non_negative = {
         "rateLimitPerMinute": c.rate_limit_per_minute,
         "idempotencyWindowSeconds": c.idempotency_window_seconds,
@@ -416,25 +500,28 @@ def _check(c: Config) -> None:
     }
     for key, value in non_negative.items():
         if value < 0:
-            raise ConfigError(key, "must not be negative")
+            yield ConfigError(key, "must not be negative")
     if c.queue_lease_seconds <= c.request_timeout_seconds:
         # A dead sidecar's last write must land (or time out) before another takes the person's next event.
-        raise ConfigError("queueLeaseSeconds", "must be greater than requestTimeoutSeconds")
+        yield ConfigError("queueLeaseSeconds", "must be greater than requestTimeoutSeconds")
     if c.metrics_listen and not _is_host_port(c.metrics_listen):
-        raise ConfigError("metricsListen", f"must be HOST:PORT, not {c.metrics_listen!r}")
+        yield ConfigError("metricsListen", "must be HOST:PORT")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):
-        raise ConfigError("listen", f"must be HOST:PORT or unix:///path, not {c.listen!r}")
+        yield ConfigError("listen", "must be HOST:PORT or unix:///path")
     if bool(c.tls_cert_file) != bool(c.tls_key_file):
-        raise ConfigError("tlsCertFile", "tlsCertFile and tlsKeyFile go together")
+        yield ConfigError("tlsCertFile", "tlsCertFile and tlsKeyFile go together")
     if c.tls_client_ca_file and not c.tls_cert_file:
-        raise ConfigError("tlsClientCaFile", "mTLS needs tlsCertFile and tlsKeyFile too")
+        yield ConfigError("tlsClientCaFile", "mTLS needs tlsCertFile and tlsKeyFile too")
     for key, path in (
         ("tlsCertFile", c.tls_cert_file),
         ("tlsKeyFile", c.tls_key_file),
         ("tlsClientCaFile", c.tls_client_ca_file),
     ):
         if path and not Path(path).is_file():
-            raise ConfigError(key, f"no such file: {path}")
+            yield ConfigError(key, f"no such file: {path}")
+    tls = (c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file)
+    if all(not path or Path(path).is_file() for path in tls):
+        yield from tls_problems(*tls)
 
 
 def _is_host_port(value: str) -> bool:

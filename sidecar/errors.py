@@ -82,11 +82,31 @@ class Unauthenticated(SidecarError):
 
 
 class ConfigError(ValueError):
-    """The sidecar's configuration is invalid; raised at start-up, names the key."""
+    """The sidecar's configuration is invalid; raised at start-up, names the key.
 
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"config {key}: {problem}")
-        self.key = key
+    ``origin`` says where a bad value came from (``env TRENGO_CHANNEL_ID``, ``flag --listen``), and
+    ``problems`` holds every problem found at once, this one first. Messages never quote a value.
+    """
+
+    def __init__(self, key: str, problem: str, origin: str = "") -> None:
+        self.key, self.problem, self.origin = key, problem, origin
+        self.problems: list[ConfigError] = [self]
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        where = f"{self.key} ({self.origin})" if self.origin else self.key
+        return f"{where}: {self.problem}"
+
+    @classmethod
+    def many(cls, problems: list[ConfigError]) -> ConfigError:
+        """One error for all the problems found, so an operator fixes them in one go."""
+        if len(problems) == 1:
+            return problems[0]
+        first = problems[0]
+        error = cls(first.key, first.problem, first.origin)
+        error.problems = list(problems)
+        error.args = ("\n".join(p.line() for p in problems),)
+        return error
 
 
 class StoreError(Unavailable):

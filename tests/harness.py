@@ -33,6 +33,11 @@ def struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
     return json_format.ParseDict(data, struct_pb2.Struct())
 
 
+def pieces(secret: str, size: int = 4) -> list[str]:
+    """Every run of ``size`` characters of ``secret`` (the whole of it when shorter): none may leak."""
+    return [secret[i : i + size] for i in range(max(1, len(secret) - size + 1))]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:

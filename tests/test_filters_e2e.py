@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from trengo_sidecar_client import Action, TrengoSidecarClient
 
 from sidecar.logs import JsonFormatter
@@ -232,8 +233,10 @@ def test_the_env_var_form_filters_in_a_real_sidecar_process(sim, control):
     check = subprocess.run([sys.executable, "-m", "sidecar", "--check-config"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
-    assert "one_trust_cookie_categories: ('C0004',)" in check.stdout
-    assert "ketch_consent_purposes: ('p1',)" in check.stdout
+    printed = yaml.safe_load(check.stdout)  # the file's form, as given (issue 10: --check-config)
+    assert printed["oneTrustCookieCategories"] == CONSENT["oneTrustCookieCategories"]
+    assert printed["ketchConsentPurposes"] == [{"purpose": "p1"}]
+    assert "oneTrustCookieCategories:  # env TRENGO_ONE_TRUST_COOKIE_CATEGORIES" in check.stdout
     process = subprocess.Popen([sys.executable, "-m", "sidecar"], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -204,7 +204,7 @@ def test_check_config_prints_no_token(sim, tmp_path, token_file):
         cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "api_token" in done.stdout and "****" in done.stdout
+    assert f"apiTokenFile: {token_file}" in done.stdout and "authToken: '****'" in done.stdout
     assert SECRET not in done.stdout + done.stderr and CALLER_TOKEN not in done.stdout + done.stderr
 
 

@@ -80,7 +80,7 @@ def test_the_store_flag_fails_at_start_naming_store(tmp_path: Path):
         [sys.executable, "-m", "sidecar", "--config", str(config), "--store", "sqlite://x.db"], cwd=ROOT,
         env=cli_env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
-    assert run.returncode == 2 and "config store:" in run.stderr
+    assert run.returncode == 2 and "bad config: store (flag --store):" in run.stderr
 
 
 def test_check_trengo_works_on_a_postgresql_store(tmp_path: Path, sim, control, pg_url):

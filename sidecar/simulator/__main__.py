@@ -16,6 +16,37 @@ from sidecar.simulator import Simulator
 
 DEFAULT_TOKEN = "demo-token"
 
+CONTROL_HELP = """\
+The control API, beside /api/v2 on the same port (no auth; never recorded, never faulted; JSON):
+  POST   /_sim/reset          forget contacts, tickets, recorded requests and faults; reseed the
+                              channels (405980 EMAIL, 405981 SMS, 405982 WhatsApp, 405983 voice, ...)
+  GET    /_sim/requests       every /api/v2 request in arrival order: method, path, query, params,
+                              headers (Authorization masked), token (a fingerprint of the bearer
+                              token), body, raw_body, at, status (null until answered, 0 if dropped)
+  GET    /_sim/contacts       what the simulator holds; likewise /_sim/tickets and /_sim/channels
+  POST   /_sim/contacts       {"name", "identifier", "channel_id"}: seed a contact, unchecked
+                              (duplicates allowed, to stage them)
+  DELETE /_sim/contacts/ID    delete a contact
+  POST   /_sim/channels       {"id" (optional), "title", "type"}: add a channel
+  GET    /_sim/faults         the faults still waiting
+  POST   /_sim/faults         script a fault; the first one matching a request is used:
+           method, path         which requests it hits (path is a prefix; default: any)
+           count                how many it hits (default 1; -1: every one, until cleared)
+           status, body         answer this instead (a body alone goes with 503; a string body
+                                is sent as is, so broken JSON can be scripted)
+           headers              headers added to the answer (e.g. Retry-After)
+           delay                seconds to wait first
+           drop                 close the connection without an answer
+           after                run the real handler first (the write happens), then delay,
+                                drop or answer: a lost or spoiled answer
+  DELETE /_sim/faults         clear every fault
+  PUT    /_sim/config         {"rate_limit_per_minute": N (0 = off), "tokens": [...]}: change the
+                              per-token rate limit and the accepted tokens (never echoed back)
+
+Example: curl -X POST localhost:8090/_sim/faults -d '{"method": "POST", "path": "/api/v2/tickets",
+"status": 429, "headers": {"Retry-After": "2"}}'
+"""
+
 
 def _default_tokens() -> list[str]:
     from_env = [t.strip() for t in os.environ.get("TRENGO_SIM_TOKENS", "").split(",") if t.strip()]
@@ -24,7 +55,10 @@ def _default_tokens() -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="trengo-sim", description="Local simulator of Trengo's REST API v2."
+        prog="trengo-sim",
+        description="Local simulator of Trengo's REST API v2.",
+        epilog=CONTROL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8090, help="port to listen on; 0 picks a free one")
