@@ -11,7 +11,18 @@ asserts call counts, never wall-clock numbers.
 TOKEN = "bench-token"
 CHANNEL_ID = 405980  # the simulator's seeded EMAIL channel
 EVENT = "Product Purchased"
+FOLLOWUP_EVENT = "Order Placed"  # a ticket with an internal note and two labels (issue 15)
+LABELS = ("VIP", "Orders")
 TEMPLATES = [
     {"from": EVENT, "to": "{{ event }}: order {{ order_id }}"},
     {"from": "Signed Up", "to": ""},
+    {
+        "from": FOLLOWUP_EVENT,
+        "to": "Order {{ order_id }}",
+        "note": "Order {{ order_id }}: {{ revenue }} {{ currency }}, {{ items }} items",
+        "labels": list(LABELS),
+    },
 ]
+# Traits the plain identify scenarios do not carry, so only the custom field scenarios write fields.
+CUSTOM_FIELD_TITLES = ("Tier", "City")
+CUSTOM_FIELDS = [{"from": "tier", "to": "Tier"}, {"from": "address.city", "to": "City"}]

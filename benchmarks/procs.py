@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import CHANNEL_ID, TEMPLATES, TOKEN
+from . import CHANNEL_ID, CUSTOM_FIELDS, TEMPLATES, TOKEN
 
 SERVICE = "trengo.sidecar.v1.TrengoSidecar"
 LISTENING = re.compile(r"trengo-sim listening on (http://\S+/api/v2)")
@@ -155,6 +155,7 @@ def sidecar_config(base_url: str, listen: str, **overrides: Any) -> dict[str, An
         "channelIdentifier": "email",
         "enableDedup": True,
         "eventTemplateMap": TEMPLATES,
+        "customFieldMap": CUSTOM_FIELDS,
         "listen": listen,
         "rateLimitPerMinute": 0,
         "shutdownGraceSeconds": 1,

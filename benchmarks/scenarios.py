@@ -5,6 +5,10 @@ The reference destination (rudder-transformer, v0/destinations/trengo) searches 
 channels (it trusts channelIdentifier): 2 calls per Track, 2 per dedup Identify, 4 for a new
 person's identify then track. The simulator records every /api/v2 request; each scenario
 resets it, sets its stage, and counts only the requests its measured events caused.
+
+The follow-up scenarios (an eventTemplateMap entry with ``note`` and ``labels``, a customFieldMap)
+count the extra writes those keys cost; the reference cannot make them, so its column there is its
+own calls plus the same writes made as separate steps (as Pipedream's Trengo actions would).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from google.protobuf import struct_pb2
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import EVENT
+from . import CUSTOM_FIELD_TITLES, EVENT, FOLLOWUP_EVENT, LABELS
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,6 +46,13 @@ def email(tag: str, n: int) -> str:
 def identify_request(address: str, n: int, name: str = "") -> pb.IdentifyRequest:
     traits: dict[str, Any] = {"email": address, "name": name or f"Customer {n}", "plan": "pro"}
     return pb.IdentifyRequest(user_id=f"u-{address}", traits=struct(traits))
+
+
+def fields_request(address: str, n: int, tier: str) -> pb.IdentifyRequest:
+    """An identify whose traits fill the two mapped custom fields (customFieldMap)."""
+    traits = {"email": address, "name": f"Customer {n}", "tier": tier}
+    context = {"traits": {"address": {"city": "Utrecht"}}}
+    return pb.IdentifyRequest(user_id=f"u-{address}", traits=struct(traits), context=struct(context))
 
 
 def track_request(address: str, n: int, event: str = EVENT) -> pb.TrackRequest:
@@ -77,6 +88,13 @@ class SimCounter:
 
     async def reset(self) -> None:
         (await self._http.post("/_sim/reset")).raise_for_status()
+
+    async def seed(self) -> None:
+        """The labels and custom fields the follow-up scenarios name (same ids after every reset)."""
+        for name in LABELS:
+            (await self._http.post("/_sim/labels", json={"name": name})).raise_for_status()
+        for title in CUSTOM_FIELD_TITLES:
+            (await self._http.post("/_sim/custom_fields", json={"title": title})).raise_for_status()
 
     async def requests(self) -> list[dict[str, Any]]:
         response = await self._http.get("/_sim/requests")
@@ -149,6 +167,8 @@ async def calls_per_event(
             CallsRow("warm_identify", "warm: identify, dedup, with name", "event", people, calls, 2.0, "1.0")
         )
 
+        rows += await followup_rows(session, tag, people)
+
         many = [email(f"{tag}.many", i) for i in range(people * 5)]
         await session.calls(session.identify(many))
         everyone = len(set(new + fresh + warm + again + many))
@@ -170,6 +190,7 @@ class Session:
     async def calls(self, *steps: Awaitable[int]) -> int:
         """Reset the simulator, run the steps in turn; returns the Trengo calls made by the last alone."""
         await self.counter.reset()
+        await self.counter.seed()
         *stage, run = steps
         for step in stage:
             self.events += await step
@@ -183,8 +204,14 @@ class Session:
         await bounded(self.stub.Identify, identify_requests(addresses, name), self.concurrency)
         return len(addresses)
 
-    async def track(self, addresses: list[str]) -> int:
-        await bounded(self.stub.Track, track_requests(addresses), self.concurrency)
+    async def track(self, addresses: list[str], event: str = EVENT) -> int:
+        requests = [track_request(a, n, event) for n, a in enumerate(addresses)]
+        await bounded(self.stub.Track, requests, self.concurrency)
+        return len(addresses)
+
+    async def identify_fields(self, addresses: list[str], tier: str) -> int:
+        requests = [fields_request(a, n, tier) for n, a in enumerate(addresses)]
+        await bounded(self.stub.Identify, requests, self.concurrency)
         return len(addresses)
 
     async def identify_then_track(self, addresses: list[str]) -> int:
@@ -196,3 +223,60 @@ class Session:
 
         await bounded(person, range(len(addresses)), self.concurrency)
         return 2 * len(addresses)
+
+
+async def followup_rows(session: Session, tag: str, people: int) -> list[CallsRow]:
+    """Warm people, with the follow-up keys: a ticket with a note and two labels; an identify that
+    fills two custom fields, then the same identify again (its values unchanged: not written again).
+    Label and custom field names are listed once per sidecar, in the set-up of the first two rows."""
+    extra = 1 + len(LABELS)
+    noted = [email(f"{tag}.noted", i) for i in range(people)]
+    warm_up = [email(f"{tag}.noted.warmup", 0)]
+    calls = await session.calls(
+        session.identify(noted + warm_up),
+        session.track(warm_up, FOLLOWUP_EVENT),
+        session.track(noted, FOLLOWUP_EVENT),
+    )
+    rows = [
+        CallsRow(
+            "warm_track_followups",
+            f"warm: track with a note and {len(LABELS)} labels",
+            "event",
+            people,
+            calls,
+            2.0 + extra,
+            f"{1 + extra:.1f}",
+        )
+    ]
+    fields = len(CUSTOM_FIELD_TITLES)
+    filled = [email(f"{tag}.fields", i) for i in range(people)]
+    calls = await session.calls(
+        session.identify_fields(warm_up, "gold"),
+        session.identify(filled),
+        session.identify_fields(filled, "gold"),
+    )
+    rows.append(
+        CallsRow(
+            "warm_identify_fields",
+            f"warm: identify filling {fields} custom fields",
+            "event",
+            people,
+            calls,
+            2.0 + fields,
+            f"{1 + fields:.1f}",
+        )
+    )
+    same = [email(f"{tag}.same", i) for i in range(people)]
+    calls = await session.calls(session.identify_fields(same, "gold"), session.identify_fields(same, "gold"))
+    rows.append(
+        CallsRow(
+            "warm_identify_fields_same",
+            "warm: the same identify again (fields unchanged)",
+            "event",
+            people,
+            calls,
+            2.0 + fields,
+            "1.0",
+        )
+    )
+    return rows

@@ -102,6 +102,8 @@ def _call_targets(results: Results) -> list[Target]:
         ("warm_track", 1.0, "warm Track: 1.0 calls/event"),
         ("warm_identify", 1.0, "warm Identify with dedup: 1.0 calls/event"),
         ("new_identify_track", 3.0, "new person identify+track: <= 3.0 (ref 4.0)"),
+        ("warm_track_followups", 4.0, "warm Track with a note and 2 labels: 4.0 calls/event"),
+        ("warm_identify_fields_same", 1.0, "warm Identify, custom fields unchanged: 1.0 calls/event"),
     ):
         if (row := by_key.get(key)) is not None:
             out.append((label, f"{row.per_event:.2f}", row.per_event <= limit + 1e-9))

@@ -46,6 +46,10 @@ def to_result(outcome: Outcome) -> pb.DeliveryResult:
         replayed=outcome.replayed,
         message_id=outcome.message_id,
         filtered_reason=outcome.filtered_reason,
+        failed_followups=[
+            pb.FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
+            for f in outcome.failed_followups
+        ],
     )
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from . import filters
 from .config_sources import close_match, env_values, json_value, read_file, unknown_env
 from .errors import ConfigError
+from .followup_config import custom_field_map, ticket_extras
+from .followup_plan import FieldMapping, TicketExtras
 from .templates import Template, TemplateError, compile_template
 from .tls_files import tls_problems
 
@@ -79,6 +81,9 @@ class Config:
     enable_dedup: bool = True
     # event name -> compiled subject template ("" source = no subject)
     event_templates: Mapping[str, Template] = field(default_factory=lambda: MappingProxyType({}))
+    # event name -> the note and labels its tickets get (eventTemplateMap entries' note, labels)
+    event_extras: Mapping[str, TicketExtras] = field(default_factory=lambda: MappingProxyType({}))
+    custom_field_map: tuple[FieldMapping, ...] = ()
     base_url: str = DEFAULT_BASE_URL
     # consent rules (filters.py): provider -> entry, and the two legacy lists of consent ids
     consent_management: Mapping[str, filters.ConsentEntry] = field(
@@ -136,6 +141,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "channelIdentifier": ("channel_identifier", "TRENGO_CHANNEL_IDENTIFIER"),
     "enableDedup": ("enable_dedup", "TRENGO_ENABLE_DEDUP"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
+    "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
     "consentManagement": ("consent_management", "TRENGO_CONSENT_MANAGEMENT"),
     "oneTrustCookieCategories": ("one_trust_cookie_categories", "TRENGO_ONE_TRUST_COOKIE_CATEGORIES"),
@@ -196,7 +202,7 @@ OTHER_ENV = (
     *("TRENGO_SIDECAR_ADDR", "SIDECAR_ADDR", "SIDECAR_AUTH_ADDR"),  # apps, client tests: the sidecar
 )
 # An eventTemplateMap entry's keys: anything else is a typo (add one here to allow it).
-TEMPLATE_ENTRY_KEYS = ("from", "to")
+TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels")  # note, labels: sidecar/followup_config.py
 _SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken"}
 _ALTERNATIVE = {**_SECRET_FILE_KEYS, **{v: k for k, v in _SECRET_FILE_KEYS.items()}}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -291,6 +297,11 @@ def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[Confi
                 values[_KEYS[key][0]] = _parse(key, value)
         except ConfigError as exc:
             problems.append(exc)
+    if "eventTemplateMap" in raw and not any(p.key.startswith("eventTemplateMap") for p in problems):
+        try:  # its entries' note and labels (sidecar/followup_config.py)
+            values["event_extras"] = ticket_extras("eventTemplateMap", raw["eventTemplateMap"])
+        except ConfigError as exc:
+            problems.append(exc)
     config = Config(**values)
     failed = {_attr(p.key) for p in problems}  # a bad value is reported once, not again as missing
     problems += [p for p in _problems(config) if _attr(p.key) not in failed]
@@ -362,6 +373,8 @@ def _parse(key: str, value: Any) -> Any:
         return _store(key, _text(key, value).strip())
     if attr in _CONSENT_KEYS:
         return _CONSENT_KEYS[attr](key, value)
+    if attr == "custom_field_map":
+        return custom_field_map(key, value)
     if attr == "enable_dedup":
         return _bool(key, value)
     if attr in _CHOICES:

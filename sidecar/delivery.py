@@ -20,6 +20,8 @@ from .config import Config
 from .deadline import Deadline
 from .errors import FailedPrecondition, NotFound, StoreError
 from .events import Event
+from .followup_plan import FollowUpFailure
+from .followups import FollowUps
 from .idempotency import Idempotency
 from .state import ContactRecord, State, open_state
 from .state.waiting import busy, holding
@@ -54,6 +56,8 @@ class Outcome:
     replayed: bool = False
     message_id: str = ""
     filtered_reason: str = ""  # for "filtered": the rule that kept the event from Trengo
+    # follow-ups (note, labels, custom fields) that did not land; the primary write stands
+    failed_followups: list[FollowUpFailure] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -112,6 +116,7 @@ class Delivery:
             dedup=config.enable_dedup,
         )
         self._flights: SingleFlight[tuple[str, str]] = SingleFlight()
+        self.followups = FollowUps(config, client)
 
     @property
     def replays(self) -> int:
@@ -120,6 +125,7 @@ class Delivery:
     async def aclose(self) -> None:
         self._flights.cancel_all()
         self.idempotency.cancel_all()
+        self.followups.cancel()
         await self.client.aclose()
 
     # --- entry point ---------------------------------------------------------------
@@ -147,9 +153,15 @@ class Delivery:
         self._precheck_identifier(event)
         run = _Run(event, deadline, event.channel_id or self.config.channel_id)
         run.kind = await self._channel_kind(run)
+        # Follow-ups (sidecar/followups.py): planned before the primary write, so that a name Trengo
+        # lacks refuses the event before anything is written; sent after it.
         if template is not None:
-            return await self._track(run, template)
-        return await self._identify(run)
+            ticket_plan = await self.followups.plan_ticket(event, deadline, run.calls)
+            ticket = await self._track(run, template)
+            return await self.followups.finish_ticket(ticket_plan, ticket, deadline)
+        contact_plan = await self.followups.plan_contact(event, deadline, run.calls)
+        contact = await self._identify(run)
+        return await self.followups.finish_contact(contact_plan, contact, deadline)
 
     def _precheck_identifier(self, event: Event) -> None:
         """Refuse an event with no usable identifier before any Trengo call."""

@@ -55,6 +55,9 @@ class Event:
     # Kept as given, for filters.py, which reads them tolerantly as RudderStack does:
     consent: Any = None  # context.consentManagement
     integrations: Any = field(default_factory=dict)  # a SendEvent event's integrations; absent = {}
+    # (values, where) for traits then context.traits, "where" as the request named them: customFieldMap
+    # reads these
+    trait_sources: tuple[tuple[dict[str, Any], str], ...] = ()
 
 
 # --- Struct conversion ------------------------------------------------------
@@ -151,6 +154,7 @@ def _build(
         channel_id=channel_id,
         contact_id=contact_id,
         consent=context.get("consentManagement"),
+        trait_sources=sources[:2],
         **meta,
     )
 

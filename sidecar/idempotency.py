@@ -25,6 +25,7 @@ import grpc
 from .cache import FlightTimeout, SingleFlight
 from .deadline import Deadline
 from .errors import SidecarError, StoreError
+from .followup_plan import FollowUpFailure
 from .state import State, StoredResult
 from .state.waiting import busy, holding, patiently
 from .trengo import ATTEMPT_HOOK, CutOff, OutcomeUnknown
@@ -178,6 +179,7 @@ class _Sending:
 
 def encode_outcome(outcome: Outcome) -> StoredResult:
     fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "calls"}
+    fields["failed_followups"] = [dataclasses.asdict(f) for f in outcome.failed_followups]  # as data
     return StoredResult(outcome=fields)
 
 
@@ -193,7 +195,9 @@ def decode(stored: StoredResult) -> Outcome | SidecarError:
 
     if stored.outcome is not None:
         known = {f.name for f in dataclasses.fields(Outcome)}
-        return Outcome(**{k: v for k, v in stored.outcome.items() if k in known}, calls=[])
+        outcome = Outcome(**{k: v for k, v in stored.outcome.items() if k in known}, calls=[])
+        outcome.failed_followups = [FollowUpFailure(**f) for f in stored.outcome.get("failed_followups", [])]
+        return outcome
     data: dict[str, Any] = stored.error or {}
     cls = _ERRORS.get(str(data.get("type")), SidecarError)
     error = cls(str(data.get("message", "")), reason=data.get("reason"), retry_after=data.get("retry_after"))

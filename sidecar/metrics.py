@@ -43,6 +43,10 @@ STORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 TRENGO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 ENDPOINTS = frozenset({"/contacts", "/contacts/{id}", "/channels", "/channels/{id}/contacts", "/tickets"})
+# the follow-ups' calls (sidecar/followups.py)
+ENDPOINTS |= {"/labels", "/custom_fields", "/tickets/{id}/messages", "/tickets/{id}/labels",
+              "/contacts/{id}/custom_fields"}
+FOLLOWUP_KINDS = ("note", "label", "custom_field")
 OTHER_ENDPOINT = "other"
 _ID_SEGMENT = re.compile(r"(?<=/)[^/]*\d[^/]*(?=/|$)")
 
@@ -90,6 +94,12 @@ class SidecarMetrics:
             "rule (consent, integrations).", ("rule",), registry=registry)
         for rule in RULES:  # exported at 0 from the start, so a rate() over them has a baseline
             self.filtered_events.labels(rule)
+        self.followup_failures = Counter(
+            f"{PREFIX}_followup_failures", "Follow-up writes (a ticket's note or label, a contact's custom "
+            "field) that did not land after their retries, by kind; the call still answered OK.",
+            ("kind",), registry=registry)
+        for kind in FOLLOWUP_KINDS:
+            self.followup_failures.labels(kind)
 
     # --- Servicer.observer ---------------------------------------------------------------
 
@@ -99,6 +109,9 @@ class SidecarMetrics:
 
     def filtered(self, rule: str) -> None:
         self.filtered_events.labels(rule).inc()
+
+    def followup_failed(self, kind: str) -> None:
+        self.followup_failures.labels(kind).inc()
 
     # --- TrengoClient.observer -------------------------------------------------------------
 

@@ -54,7 +54,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         self.config = config
         self.delivery = delivery
         self.in_flight = InFlight()
-        self.observer: Any = None  # metrics hook: rpc(method, code_name, seconds), filtered(rule)
+        # metrics hook: rpc(method, code_name, seconds), filtered(rule), followup_failed(kind)
+        self.observer: Any = None
 
     async def Identify(
         self, request: pb.IdentifyRequest, context: grpc.aio.ServicerContext
@@ -187,6 +188,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             seconds = time.monotonic() - started
             if self.observer:
                 self.observer.rpc(method, code, seconds)
+                for failure in outcome.failed_followups if outcome and not outcome.replayed else ():
+                    self.observer.followup_failed(failure.kind)
             # Written once the answer is on its way, not before: formatting and writing the line took
             # about 60 us per call on the benchmark machine, all of it in the caller's latency.
             args = (method, code, seconds, request_id, event, outcome, error)
@@ -261,6 +264,8 @@ def _log_rpc(
             trengo_calls=len(outcome.calls),
             replayed=outcome.replayed or None,
             filtered_reason=outcome.filtered_reason or None,
+            # follow-ups that did not land, as kind:target (the target is config, never event data)
+            failed_followups=",".join(f"{f.kind}:{f.target}" for f in outcome.failed_followups) or None,
         )
     if error is not None:
         fields.update(reason=error.reason, error=error.message)
@@ -269,6 +274,8 @@ def _log_rpc(
         if error is not None and code not in ("INVALID_ARGUMENT", "NOT_FOUND")
         else logging.INFO
     )
+    if outcome is not None and outcome.failed_followups:  # OK, but something the config asked for is missing
+        level = logging.WARNING
     log.log(level, "handled", extra={"fields": {k: v for k, v in fields.items() if v is not None}})
 
 

@@ -34,6 +34,9 @@ class Call:
     path: str
     params: tuple[tuple[str, str], ...] = ()
     body: Mapping[str, Any] | None = None
+    # A POST that sets rather than adds (a ticket's label, a contact's custom field): sent twice, it
+    # writes once, so it is retried like an update and any 2xx is success whatever its body.
+    resendable: bool = False
 
     @property
     def is_write(self) -> bool:
@@ -42,7 +45,7 @@ class Call:
     @property
     def unsafe_to_resend(self) -> bool:
         """A create: sent twice, it may write twice (Trengo has no idempotency key). Updates may be resent."""
-        return self.method == "POST"
+        return self.method == "POST" and not self.resendable
 
 
 def channel_kind(channel_type: str) -> Kind | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from benchmarks import CUSTOM_FIELDS, TEMPLATES
 from benchmarks.scenarios import calls_per_event
 from sidecar.simulator import SimulatorThread
 from tests.harness import SidecarThread
@@ -17,13 +18,18 @@ from tests.harness import SidecarThread
 def test_calls_per_event_beat_the_reference(
     sim: SimulatorThread, make_sidecar: Callable[..., SidecarThread]
 ) -> None:
-    sidecar = make_sidecar(enableDedup=True)
+    sidecar = make_sidecar(enableDedup=True, eventTemplateMap=TEMPLATES, customFieldMap=CUSTOM_FIELDS)
     rows = {row.key: row for row in asyncio.run(calls_per_event(sidecar.address, sim.base_url, people=5))}
 
     assert rows["warm_track"].per_event == 1.0  # the ticket only: the contact comes from the cache
     assert rows["warm_identify"].per_event == 1.0  # the update only: no search
     assert rows["new_identify_track"].per_event <= 3.0  # search + create, then the ticket (reference: 4)
     assert rows["new_identify"].per_event == 2.0  # search + create, as the reference
+    # Follow-ups: the note and two labels after the ticket; two custom fields after the update, and
+    # none when the same values come again.
+    assert rows["warm_track_followups"].per_event == 4.0
+    assert rows["warm_identify_fields"].per_event == 3.0
+    assert rows["warm_identify_fields_same"].per_event == 1.0
     # One listing on the sidecar's first event, for every event after it.
     assert rows["channels"].calls == 1
     for row in rows.values():

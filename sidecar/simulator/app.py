@@ -18,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.simulator.control import ControlApi
+from sidecar.simulator.control import CONTROL, ControlApi
+from sidecar.simulator.extras import ExtrasApi, ExtrasControl
 from sidecar.simulator.state import PHONE_TYPES, Channel, Fault, SimState, is_email, is_phone, paginate
 
 API = "/api/v2"
@@ -318,5 +319,7 @@ def create_app(state: SimState) -> web.Application:
 
     app = web.Application(middlewares=[middleware])
     app.add_routes(TrengoApi(state).routes())
+    app.add_routes(ExtrasApi(state).routes(API))
     app.add_routes(ControlApi(state).routes())
+    app.add_routes(ExtrasControl(state).routes(CONTROL))
     return app

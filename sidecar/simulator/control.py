@@ -60,10 +60,16 @@ class ControlApi:
         return web.json_response({"requests": self.state.requests})
 
     async def contacts(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": [c.to_dict() for c in self.state.contacts.values()]})
+        extras = self.state.extras
+        return web.json_response(
+            {"data": [{**c.to_dict(), **extras.contact_view(c.id)} for c in self.state.contacts.values()]}
+        )
 
     async def tickets(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": [t.to_dict() for t in self.state.tickets.values()]})
+        extras = self.state.extras
+        return web.json_response(
+            {"data": [{**t.to_dict(), **extras.ticket_view(t.id)} for t in self.state.tickets.values()]}
+        )
 
     async def channels(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [c.to_dict() for c in self.state.channels.values()]})
@@ -226,6 +232,18 @@ class SimulatorControl:
 
     def add_fault(self, **fields: Any) -> None:
         self._call("POST", "/faults", fields)
+
+    def add_label(self, name: str, id: int | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/labels", {"name": name, "id": id}))
+
+    def add_custom_field(self, title: str, type: str = "CONTACT", id: int | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/custom_fields", {"title": title, "type": type, "id": id}))
+
+    def labels(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/labels")["data"])
+
+    def custom_fields(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/custom_fields")["data"])
 
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")

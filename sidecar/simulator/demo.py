@@ -25,8 +25,17 @@ DEMO_CONFIG = {
         {"from": "Product Purchased", "to": "{{ event }} from our store"},
         {"from": "Added to cart", "to": "Product was of value:{{ revenue }}"},
         {"from": "Checked Out", "to": "Cart was checked out"},
+        {
+            "from": "Order Placed",
+            "to": "Order {{ order_id }}",
+            "note": "Order {{ order_id }} of EUR {{ total }}: {{ url }}",
+            "labels": ["VIP"],
+        },
     ],
+    "customFieldMap": [{"from": "plan", "to": "Plan"}],
 }
+DEMO_LABELS = ("VIP", "Orders")
+DEMO_FIELDS = ("Plan",)
 
 EXAMPLE = """
 trengo-sidecar (demo) listening on {listen}, against the Trengo simulator at {sim}
@@ -37,6 +46,9 @@ Try it (grpcurl, or `buf curl --protocol grpc --http2-prior-knowledge http://{li
     {listen} trengo.sidecar.v1.TrengoSidecar/Identify
   grpcurl -plaintext -d '{{"event": "Added to cart", "properties": {{"revenue": 2000}},
     "context": {{"traits": {{"email": "ann@example.com"}}}}}}' {listen} trengo.sidecar.v1.TrengoSidecar/Track
+  grpcurl -plaintext -d '{{"event": "Order Placed", "properties": {{"order_id": "A-17", "total": 49.5,
+    "url": "https://shop.example/o/A-17"}}, "context": {{"traits": {{"email": "ann@example.com"}}}}}}' \
+    {listen} trengo.sidecar.v1.TrengoSidecar/Track      # a ticket with an internal note and a label
   curl -s {sim_root}/_sim/tickets     # what the simulator stored
 
 Enqueue accepts for later delivery (the queue is SQLite in {state}); GetDelivery follows it:
@@ -53,6 +65,10 @@ Ctrl-C to stop.
 
 async def run(listen: str, sim_port: int) -> None:
     simulator = Simulator(tokens=[DEMO_TOKEN])
+    for label in DEMO_LABELS:  # what the demo config names, as a Trengo account would have them
+        simulator.state.extras.add_label(label)
+    for title in DEMO_FIELDS:
+        simulator.state.extras.add_field(title)
     base_url = await simulator.start("127.0.0.1", sim_port)
     # The queue's SQLite in a folder of this run's own: the simulator forgets everything when it stops,
     # so events queued for it must not outlive it either.

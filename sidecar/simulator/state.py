@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sidecar.simulator.extras import ExtrasStore
+
 T = TypeVar("T")
 PER_PAGE = 25
 FIRST_CONTACT_ID = 90002431001  # above 2**31 on purpose: clients must not squeeze ids into int32
@@ -189,6 +191,7 @@ class SimState:
         self.tickets: dict[int, Ticket] = {}
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
+        self.extras = ExtrasStore()  # labels, custom fields, notes: sidecar/simulator/extras.py
         self._by_identifier: dict[str, list[int]] = {}
         self._rate: dict[str, deque[float]] = {}
         self._next_contact_id = FIRST_CONTACT_ID

@@ -18,11 +18,13 @@ from .result import (
     DeliveryState,
     DeliveryStatus,
     Enqueued,
+    FollowUpFailure,
     TrengoCall,
 )
 
 __all__ = [
     "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryError", "DeliveryResult",
-    "DeliveryState", "DeliveryStatus", "Enqueued", "FailedPrecondition", "InvalidArgument", "NotFound",
-    "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient", "Unauthenticated", "Unavailable",
+    "DeliveryState", "DeliveryStatus", "Enqueued", "FailedPrecondition", "FollowUpFailure", "InvalidArgument",
+    "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient", "Unauthenticated",
+    "Unavailable",
 ]

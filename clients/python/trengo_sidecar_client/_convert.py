@@ -17,6 +17,7 @@ from .result import (
     DeliveryState,
     DeliveryStatus,
     Enqueued,
+    FollowUpFailure,
     TrengoCall,
 )
 
@@ -77,6 +78,10 @@ def to_result(message: pb.DeliveryResult, request_id: str | None) -> DeliveryRes
         message_id=message.message_id,
         request_id=request_id,
         filtered_reason=message.filtered_reason,
+        failed_followups=tuple(
+            FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
+            for f in message.failed_followups
+        ),
     )
 
 

@@ -44,6 +44,19 @@ class TrengoCall:
 
 
 @dataclass(frozen=True)
+class FollowUpFailure:
+    """A follow-up write (a ticket's note or label, a contact's custom field) that did not land.
+
+    The primary write (the ticket, the contact) stands: the call succeeded.
+    """
+
+    kind: str  # "note", "label" or "custom_field"
+    target: str  # the label or custom field as the sidecar's config names it; "" for the note
+    reason: str  # the ErrorInfo reason of the failed write (TRENGO_REJECTED, TRENGO_UNAVAILABLE, ...)
+    message: str
+
+
+@dataclass(frozen=True)
 class DeliveryResult:
     action: Action
     contact_id: int = 0  # 0 when unknown (a dry run's contact to be created)
@@ -56,6 +69,7 @@ class DeliveryResult:
     message_id: str = ""
     request_id: str | None = None  # the sidecar's x-request-id for this call, for its logs
     filtered_reason: str = ""  # for Action.FILTERED: "consent denied: C0004", "integrations.Trengo is false"
+    failed_followups: tuple[FollowUpFailure, ...] = ()  # follow-ups that did not land; () when all did
 
 
 # --- the queue: Enqueue and GetDelivery ---------------------------------------------------------
