@@ -114,7 +114,8 @@ class Delivery:
             1, config.channel_cache_ttl_seconds
         )
         self.idempotency = Idempotency(
-            self.state, window_seconds=config.idempotency_window_seconds, scope=scope
+            self.state, window_seconds=config.idempotency_window_seconds, scope=scope,
+            dedup=config.enable_dedup,
         )
         self._flights: SingleFlight[tuple[str, str]] = SingleFlight()
         self.followups = FollowUps(config, client)

@@ -157,6 +157,23 @@ def test_the_first_result_of_a_message_id_wins_until_it_expires(url, clock):
     run(url, clock, scenario)
 
 
+def test_a_discarded_result_is_gone_and_a_new_one_may_be_stored(url, clock):
+    mark = StoredResult(error={"reason": "TRENGO_OUTCOME_UNKNOWN", "message": "write started"})
+    done = StoredResult(outcome={"action": "create_ticket", "ticket_id": 7})
+
+    async def scenario(state: State) -> None:
+        await state.put_result("m1", mark, ttl=10)
+        await state.put_result("other", mark, ttl=10)
+        await state.discard_result("m1")
+        await state.discard_result("never-there")
+        assert await state.get_result("m1") is None
+        assert await state.get_result("other") == mark  # only that key
+        await state.put_result("m1", done, ttl=10)
+        assert await state.get_result("m1") == done
+
+    run(url, clock, scenario)
+
+
 # --- locks -------------------------------------------------------------------------------------------
 
 

@@ -97,6 +97,11 @@ class ResultStore(Protocol):
         (the first write wins: a message_id has one result)."""
         ...
 
+    async def discard_result(self, key: str) -> None:
+        """Forget the result for ``key``: a write's mark (idempotency.py), once the write is known not to
+        have happened."""
+        ...
+
 
 class State(RateSlots, ContactStore, FlightLocks, ResultStore, Protocol):
     """One backend: all of the above, plus its life cycle."""

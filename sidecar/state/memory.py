@@ -96,6 +96,9 @@ class MemoryState:
         if _live(self.results, key, self._clock()) is None:
             self.results.set(key, (result, self._clock() + ttl))
 
+    async def discard_result(self, key: str) -> None:
+        self.results.discard(key)
+
     # --- locks -----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

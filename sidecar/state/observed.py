@@ -67,6 +67,9 @@ class ObservedState:
     async def put_result(self, key: str, result: StoredResult, ttl: float) -> None:
         await self._timed("put_result", self.inner.put_result(key, result, ttl))
 
+    async def discard_result(self, key: str) -> None:
+        await self._timed("discard_result", self.inner.discard_result(key))
+
     @contextlib.asynccontextmanager
     async def flight_lock(self, key: str, *, outer: bool = False) -> AsyncIterator[None]:
         """Timed until the lock is held (the wait for another holder included), not while it is."""

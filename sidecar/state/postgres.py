@@ -183,6 +183,9 @@ class PostgresState:
         body = Jsonb({"outcome": result.outcome, "error": result.error})
         await self._fetch("put_result", {"key": key, "result": body, "ttl": float(ttl)})
 
+    async def discard_result(self, key: str) -> None:
+        await self._fetch("discard_result", {"key": key})
+
     # --- locks -----------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -180,6 +180,9 @@ class SqliteState:
         body = json.dumps({"outcome": result.outcome, "error": result.error})
         await self._one("put_result", {"key": key, "result": body, "ttl": ttl})
 
+    async def discard_result(self, key: str) -> None:
+        await self._one("discard_result", {"key": key})
+
     # --- locks --------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -108,6 +108,9 @@ ON CONFLICT (key) DO UPDATE
 SET result = EXCLUDED.result, expires_at = EXCLUDED.expires_at
 WHERE sidecar_results.expires_at <= coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp()));
 
+-- name: discard_result
+DELETE FROM sidecar_results WHERE key = %(key)s;
+
 -- name: try_lock
 SELECT pg_try_advisory_xact_lock(%(lock)s);
 

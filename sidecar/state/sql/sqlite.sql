@@ -59,6 +59,9 @@ INSERT INTO sidecar_results (key, result, expires_at) VALUES (:key, :result, :no
 ON CONFLICT (key) DO UPDATE SET result = excluded.result, expires_at = excluded.expires_at
 WHERE sidecar_results.expires_at <= :now;
 
+-- name: discard_result
+DELETE FROM sidecar_results WHERE key = :key;
+
 -- name: prune_contacts
 DELETE FROM sidecar_contacts WHERE expires_at <= :now;
 
