@@ -10,6 +10,7 @@ asserts call counts, never wall-clock numbers.
 
 TOKEN = "bench-token"
 CHANNEL_ID = 405980  # the simulator's seeded EMAIL channel
+SMS_CHANNEL_ID = 405981  # its seeded SMS channel: the phone scenario names it per event
 EVENT = "Product Purchased"
 FOLLOWUP_EVENT = "Order Placed"  # a ticket with an internal note and two labels (issue 15)
 LABELS = ("VIP", "Orders")

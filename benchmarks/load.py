@@ -11,7 +11,6 @@ import asyncio
 import json
 import statistics
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -205,11 +204,10 @@ async def stream_loop(
     stub: pb_grpc.TrengoSidecarStub, pool: Pool, in_flight: int, seconds: float, warmup: float
 ) -> Point:
     """One Deliver stream, kept at ``in_flight`` events outstanding."""
-    requests = [pb.DeliverRequest(id=str(n), track=t) for n, t in enumerate(pool.tracks)]
-    size = len(requests)
+    size = len(pool.tracks)
     point = Point("stream", in_flight, seconds, 0, 0)
     slots = asyncio.Semaphore(in_flight)
-    sent: dict[str, deque[float]] = {r.id: deque() for r in requests}
+    sent: dict[str, float] = {}  # id -> when written; each event its own id: Deliver refuses a repeat
     call = stub.Deliver(timeout=seconds + warmup + 60)
     start = time.perf_counter() + warmup
     end = start + seconds
@@ -218,8 +216,8 @@ async def stream_loop(
         i = 0
         while time.perf_counter() < end:
             await slots.acquire()
-            request = requests[i % size]
-            sent[request.id].append(time.perf_counter())  # one person's events are answered in order
+            request = pb.DeliverRequest(id=str(i), track=pool.tracks[i % size])
+            sent[request.id] = time.perf_counter()
             await call.write(request)
             i += 1
         await call.done_writing()
@@ -227,7 +225,7 @@ async def stream_loop(
     async def reader() -> None:
         while (answer := await call.read()) is not grpc.aio.EOF:
             t1 = time.perf_counter()
-            t0 = sent[answer.id].popleft()
+            t0 = sent.pop(answer.id)
             slots.release()
             if answer.WhichOneof("outcome") == "result":
                 point.record(t0, t1, start, end)

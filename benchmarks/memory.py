@@ -1,8 +1,9 @@
 """Memory of the contact cache, measured in-process with tracemalloc.
 
 Keys and values look like the sidecar's: ``"e:user123456@example.com"`` (what transform.cache_key
-makes of an e-mail) to an int id above 2**31 (Trengo's contact ids are). The keys are built inside
-the measured region, because the cache is what keeps them alive in the sidecar.
+makes of an e-mail) to a ContactRecord of an id above 2**31 (Trengo's contact ids are) and the name
+the sidecar last wrote (``"Customer 123456"``). Keys and values are built inside the measured
+region, because the cache is what keeps them alive in the sidecar.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from functools import partial
 from typing import Any
 
 from sidecar.cache import TTLCache
+from sidecar.state import ContactRecord
 
 FIRST_ID = 90_002_431_001  # the simulator's first contact id: above 2**31 on purpose
 Marks = list[tuple[int, int, int]]  # (keys inserted so far, len(cache), bytes traced)
-Put = Callable[[Any, str, int], None]  # (cache, key, id): one insertion
+Put = Callable[[Any, str, ContactRecord], None]  # (cache, key, record): one insertion
 
 
 @dataclass
@@ -52,7 +54,7 @@ def _measure(make: Callable[[], Any], put: Put, count: int, checkpoints: int) ->
         marks: Marks = []
         step = count // checkpoints
         for n in range(count):
-            put(cache, key(n), FIRST_ID + n)
+            put(cache, key(n), ContactRecord(FIRST_ID + n, f"Customer {n:06d}"))
             if (n + 1) % step == 0:
                 gc.collect()
                 marks.append((n + 1, len(cache), tracemalloc.get_traced_memory()[0] - base))
@@ -73,11 +75,11 @@ def _row(name: str, make: Callable[[], Any], put: Put, size: int, factor: int = 
     return MemoryRow(name, entries, used, size * factor, marks)
 
 
-def _set(cache: Any, k: str, v: int) -> None:
+def _set(cache: Any, k: str, v: ContactRecord) -> None:
     cache.set(k, v)
 
 
-def _setitem(cache: Any, k: str, v: int) -> None:
+def _setitem(cache: Any, k: str, v: ContactRecord) -> None:
     cache[k] = v
 
 

@@ -152,7 +152,7 @@ def sidecar_config(base_url: str, listen: str, **overrides: Any) -> dict[str, An
         "apiToken": TOKEN,
         "baseUrl": base_url,
         "channelId": CHANNEL_ID,
-        "channelIdentifier": "email",
+        "channelIdentifier": "auto",  # the e-mail channel, and the SMS channel the phone scenario names
         "enableDedup": True,
         "eventTemplateMap": TEMPLATES,
         "customFieldMap": CUSTOM_FIELDS,

@@ -79,6 +79,7 @@ class Config:
     channel_id: int = 0
     channel_identifier: str = "auto"
     enable_dedup: bool = True
+    skip_unchanged_names: bool = True  # an identify with the name the sidecar knows sends nothing
     # event name -> compiled subject template ("" source = no subject)
     event_templates: Mapping[str, Template] = field(default_factory=lambda: MappingProxyType({}))
     # event name -> the note and labels its tickets get (eventTemplateMap entries' note, labels)
@@ -140,6 +141,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "channelId": ("channel_id", "TRENGO_CHANNEL_ID"),
     "channelIdentifier": ("channel_identifier", "TRENGO_CHANNEL_IDENTIFIER"),
     "enableDedup": ("enable_dedup", "TRENGO_ENABLE_DEDUP"),
+    "skipUnchangedNames": ("skip_unchanged_names", "SIDECAR_SKIP_UNCHANGED_NAMES"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
     "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
@@ -375,7 +377,7 @@ def _parse(key: str, value: Any) -> Any:
         return _CONSENT_KEYS[attr](key, value)
     if attr == "custom_field_map":
         return custom_field_map(key, value)
-    if attr == "enable_dedup":
+    if attr in ("enable_dedup", "skip_unchanged_names"):
         return _bool(key, value)
     if attr in _CHOICES:
         return _choice(key, _text(key, value), _CHOICES[attr])

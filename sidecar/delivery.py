@@ -2,8 +2,9 @@
 
 Per event: check what can be checked without Trengo, learn the channel's
 kind (cached), find the contact (cached, one search per new person even
-under concurrency), then write. Warm, a Track or a deduplicated Identify
-costs one Trengo call; the reference destination spends two.
+under concurrency; on e-mail channels the create does the finding), then
+write. Warm, a Track costs one Trengo call and an Identify one, or none when
+the name is the one the sidecar knows; the reference destination spends two.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .trengo import (
     contact_list,
     has_next_page,
     record_id,
+    record_name,
 )
 
 T = TypeVar("T")
@@ -88,7 +90,7 @@ class _Run:
 class _Upsert:
     contact_id: int
     action: str
-    name: str | None  # the name the contact now has, as far as we wrote it
+    name: str | None  # the name the contact now has, as far as the sidecar wrote or read it
 
 
 class Delivery:
@@ -221,20 +223,17 @@ class Delivery:
             return await self._update_known(run, event.contact_id, tf.identifier_or_none(event, run.kind))
         ident = tf.identifier(event, run.kind)
         if not self.config.enable_dedup:
-            contact_id = await self._create(run, ident)
-            return run.outcome("create_contact", contact_id)
+            created = await self._create(run, ident)
+            return run.outcome("create_contact", created.contact_id)
         key = tf.cache_key(ident, run.kind)
         record = await self._cached(key)
         if record is not None:
-            cached = record.contact_id
             run.cache_hit = True
-            if not event.name:
-                return run.outcome("none", cached)
+            if not tf.writes_name(record.name, event.name, self.config.skip_unchanged_names):
+                return run.outcome("none", record.contact_id)  # the name it has: nothing to send
             try:
-                await self._write(run, tf.update_contact(cached, event.name))
-                if not event.dry_run:
-                    await self._remember(run, ident, cached, event.name)
-                return run.outcome("update_contact", cached)
+                await self._rename(run, ident, record.contact_id)
+                return run.outcome("update_contact", record.contact_id)
             except TrengoError as exc:
                 if exc.status != 404:
                     raise
@@ -246,8 +245,8 @@ class Delivery:
             upsert, shared = await self._shared(
                 ("upsert", key), lambda: self._fleet_upsert(run, ident, key), run.deadline
             )
-        if shared and event.name and event.name != upsert.name:
-            await self._write(run, tf.update_contact(upsert.contact_id, event.name))
+        if shared and tf.writes_name(upsert.name, event.name):
+            await self._rename(run, ident, upsert.contact_id)
             return run.outcome("update_contact", upsert.contact_id)
         return run.outcome(upsert.action if not shared else "none", upsert.contact_id)
 
@@ -259,28 +258,61 @@ class Delivery:
             if record is None:
                 return await self._upsert(run, ident)
             run.cache_hit = True
-            return await self._upsert(run, ident, found=record.contact_id)
+            return await self._upsert(run, ident, found=record)
 
-    async def _upsert(self, run: _Run, ident: str, found: int | None = None) -> _Upsert:
-        """Search, then update the one match or create the contact (a dry run: contact id 0)."""
+    async def _upsert(self, run: _Run, ident: str, found: ContactRecord | None = None) -> _Upsert:
+        """Search, then update the one match or create the contact (a dry run: contact id 0); on
+        e-mail channels the create comes first. ``found``: the store already had the contact."""
+        if found is not None:
+            return await self._rename_found(run, ident, found)
+        if tf.creates_first(run.kind):
+            return await self._create_first(run, ident)
+        found = await self._search(run, ident)
         if found is None:
-            found = await self._search(run, ident)
-        name = run.event.name
-        if found is None:
-            return _Upsert(await self._create(run, ident), "create_contact", name)
-        if not name:
-            return _Upsert(found, "none", None)
-        await self._write(run, tf.update_contact(found, name))
+            created = await self._create(run, ident)
+            return _Upsert(created.contact_id, "create_contact", created.name)
+        return await self._rename_found(run, ident, found)
+
+    async def _create_first(self, run: _Run, ident: str) -> _Upsert:
+        """E-mail channels: the create answers with the contact, new or existing; rename it if need be."""
+        try:
+            created = await self._create(run, ident)
+        except TrengoError as exc:
+            if not tf.refused_as_existing(exc.status, exc.fields):
+                raise
+            found = await self._search(run, ident)  # "already exists": find it, as on phone channels
+            if found is None:
+                raise
+            return await self._rename_found(run, ident, found)
+        if not tf.writes_name(created.name, run.event.name):
+            return _Upsert(created.contact_id, "create_contact", created.name)
+        # An existing contact came back under another name.
+        await self._rename(run, ident, created.contact_id)
+        return _Upsert(created.contact_id, "update_contact", run.event.name)
+
+    async def _rename_found(self, run: _Run, ident: str, found: ContactRecord) -> _Upsert:
+        """A contact a search found: send the event's name unless it already has it."""
+        if not tf.writes_name(found.name, run.event.name, self.config.skip_unchanged_names):
+            return _Upsert(found.contact_id, "none", found.name)
+        await self._rename(run, ident, found.contact_id)
+        return _Upsert(found.contact_id, "update_contact", run.event.name)
+
+    async def _rename(self, run: _Run, ident: str, contact_id: int) -> None:
+        """Send the event's name; the cache then knows the contact by it (a dry run changes nothing)."""
+        name = run.event.name or ""
+        await self._write(run, tf.update_contact(contact_id, name))
         if not run.event.dry_run:
-            await self._remember(run, ident, found, name)
-        return _Upsert(found, "update_contact", name)
+            await self._remember(run, ident, contact_id, name)
 
     async def _update_known(self, run: _Run, contact_id: int, ident: str | None) -> Outcome:
         """Identify with a trengoContactId: no search, update the name if there is one."""
-        if not run.event.name:
+        known = await self._cached(tf.cache_key(ident, run.kind)) if ident else None
+        known_name = known.name if known is not None and known.contact_id == contact_id else None
+        if not tf.writes_name(known_name, run.event.name, self.config.skip_unchanged_names):
+            run.cache_hit = known_name is not None
             return run.outcome("none", contact_id)
         try:
-            await self._write(run, tf.update_contact(contact_id, run.event.name))
+            await self._write(run, tf.update_contact(contact_id, run.event.name or ""))
         except TrengoError as exc:
             if exc.status == 404:
                 raise NotFound(f"trengoContactId {contact_id} does not exist in Trengo") from None
@@ -289,7 +321,7 @@ class Delivery:
             await self._remember(run, ident, contact_id, run.event.name)
         return run.outcome("update_contact", contact_id)
 
-    async def _create(self, run: _Run, ident: str) -> int:
+    async def _create(self, run: _Run, ident: str) -> ContactRecord:
         call = tf.create_contact(run.channel_id, ident, run.event.name)
         try:
             return await self._create_once(run, call, ident)
@@ -302,13 +334,14 @@ class Delivery:
                 return found
             return await self._create_once(run, call, ident)
 
-    async def _create_once(self, run: _Run, call: tf.Call, ident: str) -> int:
+    async def _create_once(self, run: _Run, call: tf.Call, ident: str) -> ContactRecord:
         answer = await self._write(run, call)
-        if answer is None:  # a dry run
-            return 0
-        contact_id = record_id(call, answer)
-        await self._remember(run, ident, contact_id, run.event.name)
-        return contact_id
+        if answer is None:  # a dry run: no id, and the name it would write
+            return ContactRecord(0, run.event.name)
+        # On an e-mail channel this may be an existing contact: its name is what Trengo answered.
+        created = ContactRecord(record_id(call, answer), record_name(answer))
+        await self._remember(run, ident, created.contact_id, created.name)
+        return created
 
     # --- track ---------------------------------------------------------------------
 
@@ -349,7 +382,7 @@ class Delivery:
                 f"no Trengo contact has this {run.kind}: send an identify first, or pass a trengoContactId",
                 reason="CONTACT_NOT_FOUND",
             )
-        return found
+        return found.contact_id
 
     async def _ticket(self, run: _Run, contact_id: int, subject: str | None) -> int:
         call = tf.create_ticket(contact_id, run.channel_id, subject)
@@ -358,21 +391,21 @@ class Delivery:
 
     # --- shared steps ----------------------------------------------------------------
 
-    async def _fleet_search(self, run: _Run, ident: str, key: str) -> int | None:
+    async def _fleet_search(self, run: _Run, ident: str, key: str) -> ContactRecord | None:
         """A track's search, under the lock an identify creating this person elsewhere holds."""
         async with holding(self.state, self._scoped(key), run.deadline):
             record = await self._stored(key)
             if record is not None:
                 run.cache_hit = True
-                return record.contact_id
+                return record
             return await self._search(run, ident)
 
-    async def _search(self, run: _Run, ident: str) -> int | None:
+    async def _search(self, run: _Run, ident: str) -> ContactRecord | None:
         call = tf.search_contacts(ident)
         answer = await self.client.send(call, run.deadline, run.calls)
-        found = tf.matching_contact(contact_list(call, answer), ident, run.kind)
+        found = tf.matching_record(contact_list(call, answer), ident, run.kind)
         if found is not None:
-            await self._remember(run, ident, found, None)
+            await self._remember(run, ident, found.contact_id, found.name)
         return found
 
     async def _write(self, run: _Run, call: tf.Call) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from .errors import FailedPrecondition, InvalidArgument
 from .events import Event
+from .state.base import ContactRecord
 from .templates import Template, render_subject
 
 Kind = Literal["email", "phone"]
@@ -138,6 +139,33 @@ def subject(event: Event, template: Template, kind: Kind) -> str | None:
     return render_subject(template, event.event_name, event.properties) or None
 
 
+# --- identify decisions -------------------------------------------------------------
+
+
+def creates_first(kind: Kind) -> bool:
+    """Whether a new identifier is created without a search before it.
+
+    On e-mail channels Trengo never duplicates a contact by address: a create with an address it
+    knows gives back the existing contact, so a search first buys nothing the create does not
+    answer. Phone channels duplicate numbers, so there the search comes first.
+    """
+    return kind == "email"
+
+
+def writes_name(known: str | None, wanted: str | None, skip_unchanged: bool = True) -> bool:
+    """Whether an identify must send its name: it has one, and (unless skipping is off) a new one."""
+    return bool(wanted) and (not skip_unchanged or wanted != known)
+
+
+def refused_as_existing(status: int, fields: frozenset[str]) -> bool:
+    """A create refused over its identifier (some Trengo accounts answer 422 for a known address).
+
+    Laravel names the field, not the reason, so an invalid address looks the same: the search that
+    follows finds nobody then, and the refusal stands.
+    """
+    return status == 422 and "identifier" in fields
+
+
 # --- the calls ------------------------------------------------------------------
 
 
@@ -186,6 +214,15 @@ def matching_contact(found: Sequence[Mapping[str, Any]], ident: str, kind: Kind)
             reason="DUPLICATE_CONTACTS",
         )
     return ids[0] if ids else None
+
+
+def matching_record(found: Sequence[Mapping[str, Any]], ident: str, kind: Kind) -> ContactRecord | None:
+    """Like matching_contact, with the name the search answered for that contact."""
+    contact_id = matching_contact(found, ident, kind)
+    if contact_id is None:
+        return None
+    name = next(c.get("name") for c in found if c["id"] == contact_id)
+    return ContactRecord(contact_id, name if isinstance(name, str) else None)
 
 
 def _contact_matches(contact: Mapping[str, Any], want: str, kind: Kind) -> bool:

@@ -474,5 +474,12 @@ def record_id(call: Call, answer: dict[str, Any]) -> int:
     return int(value)  # type: ignore[arg-type]
 
 
+def record_name(answer: dict[str, Any]) -> str | None:
+    """The ``name`` of a contact in an answer (wrapped in ``data`` or not); None if it has none."""
+    record = answer if _is_id(answer.get("id")) else answer.get("data")
+    name = record.get("name") if isinstance(record, dict) else None
+    return name if isinstance(name, str) else None
+
+
 def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -22,14 +22,16 @@ def test_calls_per_event_beat_the_reference(
     rows = {row.key: row for row in asyncio.run(calls_per_event(sidecar.address, sim.base_url, people=5))}
 
     assert rows["warm_track"].per_event == 1.0  # the ticket only: the contact comes from the cache
-    assert rows["warm_identify"].per_event == 1.0  # the update only: no search
-    assert rows["new_identify_track"].per_event <= 3.0  # search + create, then the ticket (reference: 4)
-    assert rows["new_identify"].per_event == 2.0  # search + create, as the reference
-    # Follow-ups: the note and two labels after the ticket; two custom fields after the update, and
-    # none when the same values come again.
+    assert rows["warm_identify"].per_event == 1.0  # a changed name: the update only, no search
+    assert rows["repeat_identify"].per_event == 0.0  # the name the sidecar wrote: nothing to send
+    assert rows["new_identify_track"].per_event == 2.0  # e-mail: the create, then the ticket (reference: 4)
+    assert rows["new_identify_track_phone"].per_event == 3.0  # phone: search + create, then the ticket
+    assert rows["new_identify"].per_event == 1.0  # e-mail: the create alone (reference: search + create)
+    # Follow-ups: the note and two labels after the ticket; two custom fields (the name unchanged:
+    # no update), and nothing at all when the same name and values come again.
     assert rows["warm_track_followups"].per_event == 4.0
-    assert rows["warm_identify_fields"].per_event == 3.0
-    assert rows["warm_identify_fields_same"].per_event == 1.0
+    assert rows["warm_identify_fields"].per_event == 2.0
+    assert rows["warm_identify_fields_same"].per_event == 0.0
     # One listing on the sidecar's first event, for every event after it.
     assert rows["channels"].calls == 1
     for row in rows.values():

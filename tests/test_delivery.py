@@ -14,6 +14,7 @@ from tests.harness import EMAIL_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 SEARCH = "/api/v2/contacts"
+CREATE = f"/api/v2/channels/{EMAIL_CHANNEL}/contacts"
 
 
 def identify(**traits: Any) -> pb.IdentifyRequest:
@@ -21,10 +22,10 @@ def identify(**traits: Any) -> pb.IdentifyRequest:
 
 
 def test_a_caller_sharing_a_run_is_answered_by_its_own_deadline(stub, control):
-    control.add_fault(method="GET", path=SEARCH, delay=1.5)  # under the 2 s per-attempt timeout
+    control.add_fault(method="POST", path=CREATE, delay=1.5)  # under the 2 s per-attempt timeout
     with ThreadPoolExecutor(2) as pool:
         slow = pool.submit(stub.Identify, identify(name="Ann"), timeout=10)
-        time.sleep(0.3)  # the first call's search is in flight
+        time.sleep(0.3)  # the first call's create is in flight
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as caught:
             stub.Identify(identify(name="Ann"), timeout=0.6)
@@ -32,8 +33,8 @@ def test_a_caller_sharing_a_run_is_answered_by_its_own_deadline(stub, control):
         assert slow.result().action == pb.ACTION_CREATE_CONTACT
     f = failure(caught.value)
     assert f.code == grpc.StatusCode.UNAVAILABLE and f.retry_delay == 1.0, f
-    assert waited < 1.0  # its own deadline, not the 1.5 s of the shared search
-    assert len(control.requests(path_prefix=SEARCH, method="GET")) == 1
+    assert waited < 1.0  # its own deadline, not the 1.5 s of the shared create
+    assert len(control.requests(path_prefix=CREATE, method="POST")) == 1
     assert len(control.contacts()) == 1
 
 
@@ -67,7 +68,7 @@ def test_a_ticket_422_about_another_field_is_not_taken_for_a_stale_contact(stub,
     f = failure(caught.value)
     assert f.code == grpc.StatusCode.FAILED_PRECONDITION and f.reason == "TRENGO_REJECTED"
     assert "subject" in f.message
-    # no second search and no second POST: the cached contact was not doubted
-    assert len(control.requests(path_prefix=SEARCH, method="GET")) == 1
+    # no search and no second POST: the cached contact was not doubted
+    assert not control.requests(path_prefix=SEARCH, method="GET")
     assert len(control.requests(path_prefix="/api/v2/tickets", method="POST")) == 1
     assert stub.Track(track).contact_id == contact.contact_id  # still cached, still right

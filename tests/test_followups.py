@@ -232,8 +232,7 @@ def test_an_identify_fills_custom_fields_from_traits(crm, control, fields):
     assert api_calls(control) == [
         ("GET", "/channels"),
         ("GET", "/custom_fields"),
-        ("GET", "/contacts"),
-        ("POST", f"/channels/{EMAIL_CHANNEL}/contacts"),
+        ("POST", f"/channels/{EMAIL_CHANNEL}/contacts"),  # e-mail: created at once, no search
         ("POST", f"/contacts/{contact_id}/custom_fields"),
         ("POST", f"/contacts/{contact_id}/custom_fields"),
         ("POST", f"/contacts/{contact_id}/custom_fields"),

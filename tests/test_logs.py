@@ -59,7 +59,7 @@ def test_one_json_line_per_rpc_with_the_request_id_sent_back(stub, json_lines):
     lines = handled(json_lines, 2)
     ok, bad = lines
     assert ok["rpc"] == "Identify" and ok["code"] == "OK" and ok["request_id"] == "req-42"
-    assert ok["action"] == "create_contact" and ok["trengo_calls"] == 3 and ok["level"] == "info"
+    assert ok["action"] == "create_contact" and ok["trengo_calls"] == 2 and ok["level"] == "info"
     assert bad["code"] == "INVALID_ARGUMENT" and bad["request_id"] == generated and len(generated) == 32
     assert bad["reason"] == "MISSING_IDENTIFIER"
     assert all("test-token" not in line for line in json_lines)

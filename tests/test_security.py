@@ -148,7 +148,7 @@ def test_the_api_token_is_in_no_log_record_no_error_and_no_dry_run(make_sidecar,
             body={"message": f"invalid request (Authorization: Bearer {SECRET})", "errors": {"h": [SECRET]}},
         )  # fmt: skip
         control.add_fault(method="PUT", status=400, body=f"<pre>Authorization: Bearer {SECRET}</pre>")
-        control.add_fault(method="GET", path="/api/v2/contacts", status=503, count=-1)
+        control.add_fault(method="POST", path="/api/v2/channels/", status=503, count=-1)
         by_id = [pb.ExternalId(type="trengoContactId", id=str(ok.contact_id))]
         for call in (
             lambda: stub.Track(pb.TrackRequest(event="Checked Out", external_ids=by_id), timeout=5),

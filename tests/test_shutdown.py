@@ -30,7 +30,7 @@ from sidecar.deadline import Deadline
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from sidecar.trengo import OutcomeUnknown
 from tests.grpc_helpers import failure
-from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
+from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -180,7 +180,9 @@ def test_a_call_cut_off_before_any_write_is_shutting_down_with_retry_info(spawn,
     # A slow search, so the call cut off has written nothing and nothing lands late.
     control.add_fault(method="GET", path="/api/v2/contacts", delay=2.0)
     with grpc.insecure_channel(process.address) as channel:
-        request = pb.IdentifyRequest(traits=struct({"email": "new@example.com"}))
+        # A phone number: on an SMS channel the search comes before the create.
+        sms = [pb.ExternalId(type="trengoChannelId", id=str(SMS_CHANNEL))]
+        request = pb.IdentifyRequest(traits=struct({"phone": "+31612345678"}), external_ids=sms)
         call = pb_grpc.TrengoSidecarStub(channel).Identify.future(request, timeout=10)
         wait_for(lambda: unanswered(control, "/api/v2/contacts"), "the search to reach Trengo")
         process.popen.send_signal(signal.SIGTERM)

@@ -35,7 +35,7 @@ def sim() -> Iterator[SimulatorThread]:
 @pytest.fixture
 def control(sim: SimulatorThread) -> SimulatorControl:
     sim.control.reset()
-    sim.control.configure(rate_limit_per_minute=0)
+    sim.control.configure(rate_limit_per_minute=0, existing_email_answer="contact")
     return sim.control
 
 
@@ -98,6 +98,28 @@ def test_email_contact_shape_and_not_duplicated(api: httpx.Client, control: Simu
     assert again.status_code == 201
     assert again.json()["id"] == 90002431001
     assert len(control.contacts()) == 1
+    assert again.json()["name"] == "Ann"  # the existing contact, its name untouched
+
+
+def test_email_create_for_a_known_address_can_be_a_422(api: httpx.Client, control: SimulatorControl) -> None:
+    known = create(api, EMAIL, "ann@example.com", "Ann").json()
+    control.configure(existing_email_answer="422")
+    try:
+        refused = create(api, EMAIL, "ANN@example.com", "Other")
+        assert refused.status_code == 422
+        assert refused.json() == {
+            "message": "The given data was invalid.",
+            "errors": {"identifier": ["A contact with this identifier already exists."]},
+        }
+        assert create(api, EMAIL, "new@example.com", "New").status_code == 201  # new addresses as ever
+        assert create(api, SMS, "+31612345678", "P").status_code == 201  # phone channels never refuse
+        assert [c["name"] for c in control.contacts() if c["id"] == known["id"]] == ["Ann"]
+        with pytest.raises(httpx.HTTPStatusError) as caught:
+            control.configure(existing_email_answer="maybe")
+        assert caught.value.response.status_code == 400
+    finally:
+        control.configure(existing_email_answer="contact")
+    assert create(api, EMAIL, "ann@example.com", "X").json()["id"] == known["id"]
 
 
 def test_phone_contacts_are_duplicated_and_name_defaults(

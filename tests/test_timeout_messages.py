@@ -11,14 +11,16 @@ import grpc
 import pytest
 
 from tests.grpc_helpers import failure
-from tests.harness import struct
+from tests.harness import SMS_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 SEARCH = "/api/v2/contacts"
 
 
 def identify() -> pb.IdentifyRequest:
-    return pb.IdentifyRequest(traits=struct({"email": "new@example.com"}))
+    """A new number on the SMS channel: searched for first (a new e-mail address is created at once)."""
+    on_sms = pb.ExternalId(type="trengoChannelId", id=str(SMS_CHANNEL))
+    return pb.IdentifyRequest(traits=struct({"phone": "+31612345678"}), external_ids=[on_sms])
 
 
 def test_attempts_that_each_timed_out_say_so_and_why_no_other_was_made(make_sidecar, control):

@@ -133,6 +133,8 @@ class TrengoApi:
         if channel.type == "EMAIL":
             # Trengo keys email contacts by address: a second create hands back the first contact.
             existing = self.state.find_by_identifier(identifier)
+            if existing is not None and self.state.existing_email_answer == "422":
+                return invalid({"identifier": "A contact with this identifier already exists."})
             if existing is not None:
                 if channel not in existing.channels:
                     existing.channels.append(channel)

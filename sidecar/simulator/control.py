@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from sidecar.simulator.state import Fault, SimState
+from sidecar.simulator.state import EXISTING_EMAIL_ANSWERS, Fault, SimState
 
 CONTROL = "/_sim"
 
@@ -133,15 +133,24 @@ class ControlApi:
                 isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
             ):
                 raise ValueError("tokens must be a list of strings")
+            existing = data.get("existing_email_answer", self.state.existing_email_answer)
+            if existing not in EXISTING_EMAIL_ANSWERS:
+                raise ValueError(f"existing_email_answer must be one of {', '.join(EXISTING_EMAIL_ANSWERS)}")
         except (ValueError, TypeError) as exc:
             return _bad_request(f"bad config: {exc}")
         self.state.rate_limit_per_minute = limit
+        self.state.existing_email_answer = existing
         self.state.rate_window_seconds = window
         if tokens is not None:
             self.state.tokens = set(tokens)
         # Token values are never echoed back: the control API may be reachable by more than tests.
         return web.json_response(
-            {"rate_limit_per_minute": limit, "rate_window_seconds": window, "tokens": len(self.state.tokens)}
+            {
+                "rate_limit_per_minute": limit,
+                "rate_window_seconds": window,
+                "tokens": len(self.state.tokens),
+                "existing_email_answer": existing,
+            }
         )
 
 

@@ -30,6 +30,9 @@ SEED_CHANNELS: tuple[tuple[int, str, str], ...] = (
     (405985, "Custom", "CUSTOM"),
 )
 PHONE_TYPES = frozenset({"SMS", "WA_BUSINESS", "VOIP"})
+# How a create on an e-mail channel answers for an address Trengo knows: with that contact (what
+# Trengo does), or with a 422 (what some accounts are said to do).
+EXISTING_EMAIL_ANSWERS = ("contact", "422")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PHONE_RE = re.compile(r"^\+?[0-9][0-9 \-]*$")
 
@@ -183,6 +186,7 @@ class SimState:
         self.rate_limit_per_minute = rate_limit_per_minute
         self.rate_window_seconds = RATE_WINDOW_SECONDS  # Trengo's minute; tests shrink it
         self.extra_channels = extra_channels
+        self.existing_email_answer = "contact"  # one of EXISTING_EMAIL_ANSWERS
         self.reset()
 
     def reset(self) -> None:
