@@ -23,7 +23,7 @@ AUTH_TOKEN = "node-client-auth-token"
 def node() -> str:
     found = shutil.which("node")
     if found is None:
-        pytest.skip("node is not installed: the Node.js client is not tested")
+        pytest.fail("node is not installed: make test needs Node.js 20 and npm for the Node client")
     if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail(f"{NODE_DIR}/node_modules is missing: run `make node` (npm ci in clients/node)")
     return found

@@ -378,7 +378,7 @@ def make_cert(directory: Path, name: str, ca: str, extensions: str) -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1, a client certificate, and a client from another CA."""
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is needed to make certificates")
+        pytest.fail("the openssl CLI is needed to make certificates: install openssl")
     directory = tmp_path_factory.mktemp("pki")
     make_ca(directory, "ca")
     make_ca(directory, "rogue-ca")
