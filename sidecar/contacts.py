@@ -20,10 +20,10 @@ from .deadline import Deadline
 from .errors import NotFound, StoreError
 from .state import ContactRecord, State
 from .state.waiting import busy, holding
-from .trengo import (
+from .trengo import TrengoClient
+from .trengo_answers import (
     CutOff,
     OutcomeUnknown,
-    TrengoClient,
     TrengoError,
     contact_list,
     record_id,

@@ -26,9 +26,8 @@ from .followup_plan import FollowUpFailure
 from .followups import FollowUps
 from .idempotency import Idempotency
 from .state import ContactRecord, State, open_state
-from .trengo import (
-    CallRecord,
-    TrengoClient,
+from .trengo import CallRecord, TrengoClient
+from .trengo_answers import (
     TrengoError,
     contact_list,
     has_next_page,
