@@ -26,11 +26,10 @@ from .followups import FollowUps
 from .idempotency import Idempotency
 from .state import ContactRecord, State, open_state
 from .state.waiting import busy, holding
-from .trengo import (
-    CallRecord,
+from .trengo import CallRecord, TrengoClient
+from .trengo_answers import (
     CutOff,
     OutcomeUnknown,
-    TrengoClient,
     TrengoError,
     contact_list,
     has_next_page,
