@@ -25,7 +25,8 @@ from .deadline import Deadline
 from .errors import SidecarError, Unavailable
 from .events import Event
 from .transform import Call
-from .trengo import CallRecord, TrengoClient, contact_list, has_next_page
+from .trengo import CallRecord, TrengoClient
+from .trengo_answers import contact_list, has_next_page
 
 if TYPE_CHECKING:
     from .delivery import Outcome

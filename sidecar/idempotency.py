@@ -28,7 +28,8 @@ from .errors import SidecarError, StoreError
 from .followup_plan import FollowUpFailure
 from .state import State, StoredResult
 from .state.waiting import busy, holding, patiently
-from .trengo import ATTEMPT_HOOK, CutOff, OutcomeUnknown
+from .trengo import ATTEMPT_HOOK
+from .trengo_answers import CutOff, OutcomeUnknown
 
 if TYPE_CHECKING:
     from .delivery import Outcome

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2
 
 from .deadline import Deadline
 from .errors import SidecarError
-from .trengo import TrengoError
+from .trengo_answers import TrengoError
 
 if TYPE_CHECKING:
     from .config import Config

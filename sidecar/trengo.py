@@ -1,9 +1,10 @@
-"""The httpx client for Trengo's REST API v2: sending, retrying, answer parsing, error mapping.
+"""The httpx client for Trengo's REST API v2: sending, retrying, and mapping failures to errors.
 
 Every call goes through ``send``: a rate-limit slot, an attempt bounded by the
 caller's deadline, retries per RetryPolicy, and a CallRecord of what happened
 (for the DeliveryResult). Failures become SidecarErrors with the gRPC code
 the contract gives them. The token is only ever in the Authorization header.
+Reading an answer's contents, and the error types, are in trengo_answers.py.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ import httpx
 
 from .config import Secret
 from .deadline import Deadline
-from .errors import FailedPrecondition, ResourceExhausted, ShuttingDown, SidecarError, Unavailable
+from .errors import ResourceExhausted, ShuttingDown, SidecarError, Unavailable
 from .ratelimit import RateLimiter
 from .retry import LOST_ANSWER_STATUS, NOT_SENT, RETRYABLE_STATUS, RetryPolicy, retry_after
 from .transform import Call
 from .transport import UNSENT, H11Transport
+from .trengo_answers import CutOff, OutcomeUnknown, TrengoError, _describe, _json
 
 MASKED = "Bearer ****"
 USER_AGENT = "trengo-sidecar/0.1"
 # Trengo allows 2 calls a second per token, so a few connections carry it; 16 leave room for bursts
 # and for a Trengo that is slow to answer.
 POOL_SIZE = 16
-BAD_RESPONSE_RETRY_SECONDS = 1.0  # RetryInfo for a read answered 200 with the wrong shape
 # A create (POST) is not sent with less time than this left before the deadline: if its answer came
 # too late, a plain failure would become an unknown outcome, remembered under the message_id for the
 # idempotency window. Refused unsent, it is a clean UNAVAILABLE that the caller may simply retry.
@@ -57,37 +58,6 @@ class CallRecord:
     duration_ms: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
     rate_limit_wait: float = 0.0  # seconds held by the rate limit (ours, and Trengo's 429s): for traces
-
-
-class TrengoError(FailedPrecondition):
-    """Trengo refused the request (4xx other than 429); carries what callers that recover look at.
-
-    ``fields``: the keys of Trengo's ``errors`` object (a 422 names the fields it rejects), else empty.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int,
-        reason: str,
-        record: CallRecord,
-        fields: frozenset[str] = frozenset(),
-    ) -> None:
-        super().__init__(message, reason=reason)
-        self.status = status
-        self.record = record
-        self.fields = fields
-
-
-class OutcomeUnknown(Unavailable):
-    """A write reached Trengo but its answer was lost: it may or may not have happened."""
-
-    reason = "TRENGO_OUTCOME_UNKNOWN"
-
-
-class CutOff(OutcomeUnknown):
-    """Shutdown's grace ran out while a write's answer was awaited: it may or may not have happened."""
 
 
 class _Retry(Exception):
@@ -406,80 +376,3 @@ def _wire(base_url: str, max_connections: int) -> httpx.AsyncBaseTransport:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
     return H11Transport(max_connections)
-
-
-def _json(response: httpx.Response) -> Any:
-    """The parsed body, or None when it is not JSON (RecursionError: nested past Python's limit)."""
-    try:
-        return response.json()
-    except (ValueError, RecursionError):
-        return None
-
-
-def _describe(response: httpx.Response, data: Any, token: str) -> str:
-    """Trengo's own words for a 4xx: its message and the fields it names.
-
-    Never our token: a proxy or debug page that echoes the request's headers back must not hand it
-    on to the caller and the logs (scrubbed before cutting, so no prefix of it survives either).
-    """
-    if data is None:
-        text, limit = response.text or response.reason_phrase, 200
-    elif not isinstance(data, dict):
-        text, limit = str(data), 200
-    else:
-        parts = [str(data.get("message") or response.reason_phrase)]
-        errors = data.get("errors")
-        if isinstance(errors, dict):
-            parts += [
-                f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in errors.items()
-            ]
-        text, limit = "; ".join(parts), 500
-    return (text.replace(token, "****") if token else text)[:limit]
-
-
-def contact_list(call: Call, answer: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``data`` list of a paginated answer; anything else is a failed look-up, not 'none'."""
-    data = answer.get("data")
-    if not isinstance(data, list) or not all(isinstance(c, dict) and _is_id(c.get("id")) for c in data):
-        raise Unavailable(
-            f"Trengo answered {call.method} {call.path} without a list of records (got keys: "
-            f"{', '.join(sorted(map(str, answer))[:5]) or 'none'})",
-            reason="TRENGO_BAD_RESPONSE",
-            # Seen from Trengo's search as a passing failure ({"error": "Request failed"}): the
-            # contract promises RetryInfo where the same call can succeed.
-            retry_after=BAD_RESPONSE_RETRY_SECONDS,
-        )
-    return data
-
-
-def has_next_page(answer: dict[str, Any]) -> bool:
-    links = answer.get("links")
-    if isinstance(links, dict) and links.get("next"):
-        return True
-    meta = answer.get("meta")
-    if isinstance(meta, dict):
-        current, last = meta.get("current_page"), meta.get("last_page")
-        return isinstance(current, int) and isinstance(last, int) and current < last
-    return False
-
-
-def record_id(call: Call, answer: dict[str, Any]) -> int:
-    """The ``id`` of a created or updated record."""
-    value = answer.get("id")
-    if not _is_id(value):
-        data = answer.get("data")  # some Trengo answers wrap the record
-        value = data.get("id") if isinstance(data, dict) else None
-    if not _is_id(value):
-        raise OutcomeUnknown(f"Trengo answered {call.method} {call.path} without an id")
-    return int(value)  # type: ignore[arg-type]
-
-
-def record_name(answer: dict[str, Any]) -> str | None:
-    """The ``name`` of a contact in an answer (wrapped in ``data`` or not); None if it has none."""
-    record = answer if _is_id(answer.get("id")) else answer.get("data")
-    name = record.get("name") if isinstance(record, dict) else None
-    return name if isinstance(name, str) else None
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0

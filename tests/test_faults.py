@@ -28,7 +28,8 @@ from sidecar.deadline import Deadline
 from sidecar.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy, retry_after
 from sidecar.simulator import SimulatorControl
 from sidecar.transform import create_ticket
-from sidecar.trengo import CallRecord, TrengoError
+from sidecar.trengo import CallRecord
+from sidecar.trengo_answers import TrengoError
 from tests.grpc_helpers import Failure, failure
 from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb

@@ -8,7 +8,7 @@ from sidecar import transform as tf
 from sidecar.config import build_config, load_config
 from sidecar.errors import ConfigError
 from sidecar.state import ContactRecord
-from sidecar.trengo import record_name
+from sidecar.trengo_answers import record_name
 
 BASE = {"apiToken": "t0k3n", "channelId": 405980}
 

@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar import events
 from sidecar.deadline import Deadline
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from sidecar.trengo import OutcomeUnknown
+from sidecar.trengo_answers import OutcomeUnknown
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb

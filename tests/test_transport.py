@@ -26,7 +26,8 @@ from sidecar.config import Secret
 from sidecar.deadline import Deadline
 from sidecar.errors import Unavailable
 from sidecar.transport import H11Transport
-from sidecar.trengo import OutcomeUnknown, TrengoClient, _wire
+from sidecar.trengo import TrengoClient, _wire
+from sidecar.trengo_answers import OutcomeUnknown
 from tests.harness import TOKEN
 from tests.test_security import make_ca, make_cert
 

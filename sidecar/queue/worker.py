@@ -28,7 +28,8 @@ from ..delivery import Delivery
 from ..errors import ResourceExhausted, SidecarError, Unavailable
 from ..events import Event
 from ..ratelimit import BACKGROUND
-from ..trengo import ATTEMPT_HOOK, OutcomeUnknown
+from ..trengo import ATTEMPT_HOOK
+from ..trengo_answers import OutcomeUnknown
 from .policy import KEEP_RETRYING, OUTCOME_UNKNOWN, REJECTED, TRANSIENT, QueuePolicy
 from .store import DELIVERED, FAILED, RETRYING, Job, Outcome, QueueError, QueueStore, Stats, unknown_error
 
