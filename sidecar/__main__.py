@@ -97,7 +97,7 @@ def config_problems(exc: ConfigError) -> str:
 
 
 async def _serve(config: Config) -> None:
-    from .server import Sidecar  # grpc import deferred so --help and config errors are instant
+    from .app import Sidecar  # grpc import deferred so --help and config errors are instant
 
     sidecar = Sidecar(config)
     try:

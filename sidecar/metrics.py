@@ -32,8 +32,8 @@ from .queue.metrics import collect as queue_metrics
 from .readiness import RESULTS
 
 if TYPE_CHECKING:
+    from .app import Sidecar
     from .cache import TTLCache
-    from .server import Sidecar
     from .transform import Call
 
 PREFIX = "trengo_sidecar"

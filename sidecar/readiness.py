@@ -252,7 +252,7 @@ def check_command(config: Config) -> int:
 
 
 async def _check_once(config: Config) -> TrengoCheck:
-    from .server import Sidecar  # the same client and delivery the server would use
+    from .app import Sidecar  # the same client and delivery the server would use
 
     sidecar = Sidecar(config)
     try:

@@ -12,8 +12,8 @@ import signal
 import tempfile
 
 from .. import logs
+from ..app import Sidecar
 from ..config import build_config
-from ..server import Sidecar
 from . import Simulator
 
 DEMO_TOKEN = "demo-token"
