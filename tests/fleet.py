@@ -13,8 +13,9 @@ from typing import Any
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from tests.grpc_helpers import health_status
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -62,13 +63,7 @@ class Sidecar:
         return self.log.read_text(errors="replace")
 
     def health(self, service: str = "") -> int:
-        """The status of ``service`` on a new connection, or -1 when the sidecar does not answer."""
-        try:
-            with grpc.insecure_channel(self.address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status)
-        except grpc.RpcError:
-            return -1
+        return health_status(self.address, service)
 
     @property
     def stub(self) -> pb_grpc.TrengoSidecarStub:

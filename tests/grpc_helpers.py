@@ -1,4 +1,4 @@
-"""Reading rich gRPC errors in tests."""
+"""Reading rich gRPC errors, and health, in tests."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 
@@ -35,3 +36,13 @@ def failure(error: grpc.RpcError) -> Failure:
                 else:
                     found.retry_delay = message.retry_delay.ToNanoseconds() / 1e9
     return found
+
+
+def health_status(address: str, service: str = "") -> int:
+    """A health Check of ``service`` on a new connection: the status, or -1 when nothing answers at all."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status)
+    except grpc.RpcError:
+        return -1

@@ -11,8 +11,9 @@ from typing import Any
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
+from tests.grpc_helpers import health_status
 from tests.harness import EMAIL_CHANNEL, TOKEN, cli_env, free_port
 from tests.queue_helpers import wait_for
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
@@ -58,12 +59,7 @@ class SidecarProcess:
             channel.close()
 
     def health(self) -> int:
-        try:
-            with grpc.insecure_channel(self.address) as channel:
-                check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                return int(check.status)
-        except grpc.RpcError:
-            return -1
+        return health_status(self.address)
 
     def stub(self) -> pb_grpc.TrengoSidecarStub:
         channel = grpc.insecure_channel(self.address)

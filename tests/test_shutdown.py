@@ -29,7 +29,7 @@ from sidecar import events
 from sidecar.deadline import Deadline
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from sidecar.trengo_answers import OutcomeUnknown
-from tests.grpc_helpers import failure
+from tests.grpc_helpers import failure, health_status
 from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
@@ -68,13 +68,7 @@ class Process:
         return self.log.read_text(errors="replace")
 
     def health(self, service: str = "") -> int:
-        """A Check on a new connection: the status, or -1 when the sidecar does not answer at all."""
-        try:
-            with grpc.insecure_channel(self.address) as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status)
-        except grpc.RpcError:
-            return -1
+        return health_status(self.address, service)
 
 
 @pytest.fixture
