@@ -215,6 +215,10 @@ def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegis
     sidecar.servicer.observer = metrics
     sidecar.client.observer = metrics
     sidecar.state.observer = metrics
+    if sidecar.ingest is not None:
+        from .ingest.metrics import IngestMetrics
+
+        sidecar.ingest.observer = IngestMetrics(registry)
     registry.register(ReadCollector(sidecar))
     if process:
         ProcessCollector(registry=registry)
