@@ -144,13 +144,21 @@ class HttpIngest:
             raw = await request.read()  # inflated as read (Content-Encoding), up to client_max_size
         except web.HTTPRequestEntityTooLarge:
             raise too_large() from None
+        except web.RequestPayloadError:  # a body that is not the gzip (or deflate...) it says it is
+            encoding = request.headers.get("Content-Encoding", "")[:20]
+            raise BadBody(400, f"the body cannot be read as Content-Encoding {encoding!r}") from None
         done.body_bytes = len(raw)
         if len(raw) > THREAD_PARSE_BYTES:
             return await asyncio.to_thread(parse, raw, done.route)
         return parse(raw, done.route)
 
     def _error(
-        self, done: Handled, status: int, code: str, message: str, field: str = "",
+        self,
+        done: Handled,
+        status: int,
+        code: str,
+        message: str,
+        field: str = "",
         headers: dict[str, str] | None = None,
     ) -> web.Response:
         """A refusal as the SDKs read one: {"code", "message"} (rudder-sdk-python raises KeyError
@@ -189,7 +197,7 @@ class HttpIngest:
 
 def _describe(span: trace.Span, done: Handled) -> None:
     span.set_attribute("http.response.status_code", done.status)
-    for outcome, count in (done.answer.counts.items() if done.answer else ()):
+    for outcome, count in done.answer.counts.items() if done.answer else ():
         span.set_attribute(f"trengo_sidecar.events.{outcome}", count)
     if done.status >= 400:
         span.set_attribute("error.type", str(done.status))
