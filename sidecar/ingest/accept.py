@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
-
-from trengo.sidecar.v1 import sidecar_pb2 as pb
+from google.protobuf import json_format
 
 from .. import events, filters
 from ..answers import deliver_error
@@ -31,6 +29,7 @@ SENT_TYPES = ("identify", "track")
 FILTERED_TYPES = ("page", "screen", "group", "alias")
 ACCEPTED, DUPLICATE, FILTERED, REJECTED = "accepted", "duplicate", "filtered", "rejected"
 OUTCOMES = (ACCEPTED, DUPLICATE, FILTERED, REJECTED)
+EVENT_FIELDS = tuple(f.name for f in fields(events.Event))
 MAX_DETAILS = 100  # the answer lists at most this many events that were not accepted
 
 
@@ -66,7 +65,9 @@ def decide(
         if kind in FILTERED_TYPES:
             reason = f"type {kind} is not sent to Trengo"
             return Decision(index, message_id, outcome=FILTERED, reason=reason, message=reason)
-        event = replace(_parse(raw), message_id=message_id)
+        event = _parse(raw)
+        if event.message_id != message_id:  # none was given: the one generated
+            event = replace(event, message_id=message_id)
         dropped = filters.check(event, config)
         if dropped is not None:
             reason = dropped.reason
@@ -76,7 +77,7 @@ def decide(
         error = json_format.MessageToDict(deliver_error(exc), preserving_proto_field_name=True)
         job = NewJob(message_id, f"message:{message_id}", {"refused": raw}, trace, error=error)
         return Decision(index, message_id, job, REJECTED, exc.reason, exc.field or "", exc.message)
-    return Decision(index, message_id, NewJob(message_id, person(event), asdict(event), trace))
+    return Decision(index, message_id, NewJob(message_id, person(event), _stored(event), trace))
 
 
 def _message_id(raw: Any) -> str:
@@ -102,13 +103,17 @@ def _kind(raw: Any) -> str:
 
 
 def _parse(raw: dict[str, Any]) -> events.Event:
-    """As SendEvent parses its event: through a Struct, so numbers, depth and NaN follow the same rules."""
-    struct = struct_pb2.Struct()
-    try:
-        struct.update(raw)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise InvalidArgument(f"the event cannot be read: {str(exc)[:80]}", field="event") from None
-    return events.from_send_event(pb.SendEventRequest(event=struct))
+    """As SendEvent parses its event, numbers and depth under a Struct's rules (events.plain_json)."""
+    return events.from_rudder_json(events.plain_json(raw, "event"))
+
+
+def _stored(event: events.Event) -> dict[str, Any]:
+    """The event as the queue stores it, as Enqueue's ``asdict`` gives it once serialised.
+
+    A shallow copy: its values were built fresh from the request, so asdict's deep copy (half the
+    time of a batch) buys nothing.
+    """
+    return {name: getattr(event, name) for name in EVENT_FIELDS}
 
 
 def answer(decisions: list[Decision], stored: list[bool]) -> Answer:
