@@ -5,14 +5,17 @@
   delivered once.
 - A real sidecar process SIGKILLed right after answering 200s: after the restart every acknowledged
   event reaches Trengo (the simulator) exactly once.
+And the request's trace: a server span continuing the caller's traceparent, linked from the delivery.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +23,7 @@ from prometheus_client import generate_latest
 
 from sidecar.metrics import install_metrics
 from sidecar.simulator import SimulatorControl, SimulatorThread
+from sidecar.simulator.otlp import attributes, serve
 from tests.harness import SidecarThread, free_port
 from tests.ingest_helpers import SUBJECT, WRITE_KEY, all_deliveries, identify, ingest_config, post, url_of
 from tests.postgres import Postgres
@@ -117,3 +121,38 @@ def test_a_sigkill_right_after_a_200_loses_no_acknowledged_event_and_sends_none_
     unknown = [s for s in statuses.values() if s.state != pb.DELIVERY_STATE_DELIVERED]
     # Only the one write in flight at the kill may have lost its answer (delivered, its outcome unknown).
     assert len(unknown) <= 1 and all(s.error.reason == "TRENGO_OUTCOME_UNKNOWN" for s in unknown), unknown
+
+
+def test_a_request_span_continues_the_callers_traceparent_and_the_delivery_links_to_it(
+    sim: SimulatorThread, control: SimulatorControl, tmp_path: Path
+):
+    server, receiving, port = serve()
+    http = f"127.0.0.1:{free_port()}"
+    config = {**ingest_config(f"sqlite:///{tmp_path}/state.db"), "httpListen": http}
+    process = sidecar_process(tmp_path, sim.base_url, "ingest-traced", **config)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    process.env = env
+    trace_id, caller = secrets.token_hex(16), secrets.token_hex(8)
+    try:
+        process.start()
+        answer = post(f"http://{http}", "batch", {"batch": [identify(7)]},
+                      headers={"traceparent": f"00-{trace_id}-{caller}-01"})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+
+        def found() -> list[Any]:
+            spans = receiving.spans()
+            request = [s for s in spans if s.trace_id.hex() == trace_id and s.name == "POST /v1/batch"]
+            linked = [s for s in spans if s.name == "deliver queued" and s.links]
+            return [request[0], linked[0]] if request and linked else []
+
+        request, delivery = wait_for(found, "the request's span and the delivery's", 30)
+    finally:
+        process.stop()
+        server.stop(0)
+    assert request.parent_span_id.hex() == caller and request.kind == request.SPAN_KIND_SERVER
+    values = attributes(request.attributes)
+    assert values["http.route"] == "/v1/batch" and values["http.response.status_code"] == 200
+    assert values["trengo_sidecar.events.accepted"] == 1
+    assert not any(WRITE_KEY in str(v) for v in values.values())
+    [link] = delivery.links
+    assert link.trace_id.hex() == trace_id and link.span_id == request.span_id
