@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from prometheus_client import generate_latest
 
-from sidecar.config import build_config, load
-from sidecar.config_report import check_config
+from sidecar.config.load import build_config, load
+from sidecar.config.report import check_config
 from sidecar.errors import ConfigError
-from sidecar.logs import TextFormatter
-from sidecar.metrics import install_metrics
+from sidecar.observe.logs import TextFormatter
+from sidecar.observe.metrics import install_metrics
 from sidecar.simulator import SimulatorControl
 from tests.harness import SidecarThread, cli_env, pieces
 from tests.ingest_helpers import (

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from sidecar.metrics import install_metrics
+from sidecar.observe.metrics import install_metrics
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from sidecar.simulator.otlp import attributes, serve
 from tests.harness import SidecarThread, free_port
