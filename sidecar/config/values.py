@@ -275,7 +275,7 @@ def _ingest_problems(c: Any) -> Iterator[ConfigError]:
         yield ConfigError("httpListen", "must be HOST:PORT")
     if not c.write_keys:
         yield ConfigError("writeKeys", "is required with httpListen (or writeKeysFile)")
-    from .state.url import scheme_of
+    from ..state.url import scheme_of
 
     if scheme_of(c.store.reveal()) == "memory":
         # The SDKs forget a batch once it is answered 200: it must survive a restart.
