@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.fleet import SERVICE, Fleet, wait_for
+from tests.fleet import NOT_SERVING, SERVICE, Fleet, wait_for
 from tests.harness import free_port
 from tests.postgres import Postgres
 from tests.queue_helpers import FAST_QUEUE, order
@@ -181,6 +182,13 @@ def missing(expr: str, seen: Series) -> list[str]:
     return problems
 
 
+def settle(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    """Wait until ``condition`` holds or ``seconds`` pass, whichever comes first."""
+    ends = time.monotonic() + seconds
+    while not condition() and time.monotonic() < ends:
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def own_postgres() -> Iterator[Postgres]:
     """A PostgreSQL of this test's own: the scenario stops it, and others must not see that."""
@@ -214,12 +222,13 @@ def test_every_metric_and_label_the_dashboard_and_alerts_use_is_exported(
         with pytest.raises(grpc.RpcError):
             stub.Track(order("ann", 3).track, timeout=10)  # an error: Trengo answers 429, then 503s
         stub.Enqueue(order("ann", 4), timeout=10)  # a queued event, waiting while Trengo fails
-        wait_for(lambda: 'trengo_sidecar_queue_depth{state="retrying"} 1.0' in scrape(url, seen), "a retry")
+        # Waits on the scrape's text only as long as it takes: a renamed metric must fail below, by name.
+        settle(lambda: 'trengo_sidecar_queue_depth{state="retrying"} 1.0' in scrape(url, seen))
         own_postgres.stop()  # a store outage
         with pytest.raises(grpc.RpcError):
             stub.Track(order("bob", 5).track, timeout=10)
-        wait_for(lambda: "trengo_sidecar_store_up 0.0" in scrape(url, seen), "the store seen down", 30)
-        wait_for(lambda: sidecar.health(SERVICE) != 1, "the service NOT_SERVING")
+        wait_for(lambda: sidecar.health(SERVICE) == NOT_SERVING, "the service to see the store down", 30)
+        settle(lambda: "trengo_sidecar_store_up 0.0" in scrape(url, seen))
         scrape(url, seen)
     finally:
         fleet.close()
