@@ -24,12 +24,20 @@ from prometheus_client import generate_latest
 from sidecar.observe.metrics import install_metrics
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from sidecar.simulator.otlp import attributes, serve
-from tests.harness import SidecarThread, free_port
-from tests.ingest_helpers import SUBJECT, WRITE_KEY, all_deliveries, identify, ingest_config, post, url_of
-from tests.postgres import Postgres
-from tests.queue_helpers import QUEUE_TEMPLATES, wait_for
-from tests.queue_procs import sidecar_process
-from tests.sdk_clients import rudder_python
+from tests.support.harness import SidecarThread, free_port
+from tests.support.ingest_helpers import (
+    SUBJECT,
+    WRITE_KEY,
+    all_deliveries,
+    identify,
+    ingest_config,
+    post,
+    url_of,
+)
+from tests.support.postgres import Postgres
+from tests.support.queue_helpers import QUEUE_TEMPLATES, wait_for
+from tests.support.queue_procs import sidecar_process
+from tests.support.sdk_clients import rudder_python
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 PEOPLE = 5

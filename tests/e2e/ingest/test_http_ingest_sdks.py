@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from sidecar.simulator import SimulatorControl
-from tests.harness import SidecarThread
-from tests.ingest_helpers import SUBJECT, WRITE_KEY, all_deliveries, ingest_config, url_of
-from tests.queue_helpers import wait_for
-from tests.sdk_clients import SDKS, SEND
+from tests.support.harness import SidecarThread
+from tests.support.ingest_helpers import SUBJECT, WRITE_KEY, all_deliveries, ingest_config, url_of
+from tests.support.queue_helpers import wait_for
+from tests.support.sdk_clients import SDKS, SEND
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 PEOPLE = 50

@@ -25,12 +25,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.fleet import NOT_SERVING, SERVICE, Fleet, wait_for
-from tests.harness import free_port
-from tests.postgres import Postgres
-from tests.queue_helpers import FAST_QUEUE, order
+from tests.support.fleet import NOT_SERVING, SERVICE, Fleet, wait_for
+from tests.support.harness import free_port
+from tests.support.postgres import Postgres
+from tests.support.queue_helpers import FAST_QUEUE, order
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "trengo-sidecar.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 OPERATOR_RULES = ROOT / "deploy" / "prometheus" / "prometheusrule.yaml"

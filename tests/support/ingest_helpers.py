@@ -9,14 +9,14 @@ from typing import Any
 
 import httpx
 
-from tests.harness import SidecarThread
-from tests.queue_helpers import FAST_QUEUE, wait_for
+from tests.support.harness import SidecarThread
+from tests.support.queue_helpers import FAST_QUEUE, wait_for
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 WRITE_KEY = "wk7F3a9C2e1B84d6"  # tests assert that no part of it shows up anywhere
 OTHER_KEY = "Qz5Xv0Lp8Rt2Nm4J"
-SUBJECT = "Product Purchased from our store"  # tests/harness.py TEMPLATES' subject for this event
+SUBJECT = "Product Purchased from our store"  # tests/support/harness.py TEMPLATES' subject for this event
 
 
 def ingest_config(store: str, **overrides: Any) -> dict[str, Any]:

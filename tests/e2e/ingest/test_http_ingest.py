@@ -20,8 +20,8 @@ from sidecar.errors import ConfigError
 from sidecar.observe.logs import TextFormatter
 from sidecar.observe.metrics import install_metrics
 from sidecar.simulator import SimulatorControl
-from tests.harness import SidecarThread, cli_env, pieces
-from tests.ingest_helpers import (
+from tests.support.harness import SidecarThread, cli_env, pieces
+from tests.support.ingest_helpers import (
     OTHER_KEY,
     SUBJECT,
     WRITE_KEY,
@@ -34,10 +34,10 @@ from tests.ingest_helpers import (
     url_of,
     wait_delivered,
 )
-from tests.queue_helpers import wait_for
+from tests.support.queue_helpers import wait_for
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 Start = Callable[..., SidecarThread]
 
 
