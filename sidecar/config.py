@@ -39,6 +39,7 @@ from .config_values import (
 from .errors import ConfigError
 from .followup_config import custom_field_map, ticket_extras
 from .followup_plan import FieldMapping, TicketExtras
+from .plan import phones
 from .templates import Template
 
 DEFAULT_BASE_URL = "https://app.trengo.com/api/v2"
@@ -53,6 +54,9 @@ class Config:
     channel_identifier: str = "auto"
     enable_dedup: bool = True
     skip_unchanged_names: bool = True  # an identify with the name the sidecar knows sends nothing
+    # ISO 3166 alpha-2 (NL): phones without a country are read there, and E.164 is the person
+    # (sidecar/plan/phones.py); "" keeps the reference's behaviour
+    default_phone_region: str = ""
     # event name -> compiled subject template ("" source = no subject)
     event_templates: Mapping[str, Template] = field(default_factory=lambda: MappingProxyType({}))
     # event name -> the note and labels its tickets get (eventTemplateMap entries' note, labels)
@@ -115,6 +119,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "channelIdentifier": ("channel_identifier", "TRENGO_CHANNEL_IDENTIFIER"),
     "enableDedup": ("enable_dedup", "TRENGO_ENABLE_DEDUP"),
     "skipUnchangedNames": ("skip_unchanged_names", "SIDECAR_SKIP_UNCHANGED_NAMES"),
+    "defaultPhoneRegion": ("default_phone_region", "TRENGO_DEFAULT_PHONE_REGION"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
     "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
@@ -315,6 +320,13 @@ _INTS = {f.name for f in fields(Config) if f.type == "int"}
 _FLOATS = {f.name for f in fields(Config) if f.type == "float"}
 
 
+def _region(key: str, value: Any) -> str:
+    try:
+        return phones.region(_text(key, value)) or ""
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def _parse(key: str, value: Any) -> Any:
     attr = _KEYS[key][0]
     if attr in ("api_token", "auth_token"):
@@ -327,6 +339,8 @@ def _parse(key: str, value: Any) -> Any:
         return _CONSENT_KEYS[attr](key, value)
     if attr == "custom_field_map":
         return custom_field_map(key, value)
+    if attr == "default_phone_region":
+        return _region(key, value)
     if attr in ("enable_dedup", "skip_unchanged_names"):
         return _bool(key, value)
     if attr in _CHOICES:

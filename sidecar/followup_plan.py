@@ -79,9 +79,15 @@ def names_in(targets: Iterable[Target]) -> list[str]:
 
 
 def label_index(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """GET /labels records -> name -> id (the first of a name wins, as Trengo lists oldest first)."""
+    """GET /labels records -> name -> id (the first of a name wins, as Trengo lists oldest first).
+
+    An archived label (``archived`` set: a captured label carries ``"archived": null`` when it is not)
+    cannot be put on a ticket, so it is left out: naming one is LABEL_NOT_FOUND before any write.
+    """
     index: dict[str, int] = {}
     for record in records:
+        if record.get("archived"):
+            continue
         name = record.get("name")
         if isinstance(name, str) and name.strip():
             index.setdefault(name.strip(), int(record["id"]))

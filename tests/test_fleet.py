@@ -134,7 +134,7 @@ def test_twelve_identifies_for_one_new_phone_over_three_sidecars_make_one_contac
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(identify, range(12)))
     control.clear_faults()
-    phones = [c for c in control.contacts() if c["identifier"] == "+31612345678"]
+    phones = [c for c in control.contacts() if c["phone"] == "+31612345678"]  # Trengo's E.164 field
     assert len(phones) == 1, phones
     assert {r.contact_id for r in results} == {phones[0]["id"]}
     assert len(control.requests(path_prefix=CREATE, method="POST")) == 1
@@ -156,7 +156,7 @@ def test_a_sidecar_killed_while_it_holds_the_create_lock_leaves_one_contact(flee
     pending.cancel()
     control.clear_faults()
     result = b.stub.Identify(request, timeout=5)  # a lease would still hold it: the lock died with a
-    created = [c for c in control.contacts() if c["identifier"] == "+31687654321"]
+    created = [c for c in control.contacts() if c["phone"] == "+31687654321"]
     assert len(created) == 1 and result.contact_id == created[0]["id"]
     assert len(control.requests(path_prefix=CREATE, method="POST")) == 1  # the holder searched first
 
