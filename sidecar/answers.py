@@ -50,7 +50,15 @@ def to_result(outcome: Outcome) -> pb.DeliveryResult:
             pb.FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
             for f in outcome.failed_followups
         ],
+        assignment=_assignment(outcome),
     )
+
+
+def _assignment(outcome: Outcome) -> pb.TicketAssignment | None:
+    a = outcome.assignment
+    if a is None:
+        return None
+    return pb.TicketAssignment(type=a.kind, target=a.target, id=a.id, assigned=a.assigned)
 
 
 def to_status(error: SidecarError) -> grpc.Status:

@@ -37,8 +37,8 @@ from .config_values import (
     _text,
 )
 from .errors import ConfigError
-from .followup_config import custom_field_map, ticket_extras
-from .followup_plan import FieldMapping, TicketExtras
+from .followup_config import assign_to, custom_field_map, ticket_extras
+from .followup_plan import AssignTo, FieldMapping, TicketExtras
 from .plan import phones
 from .templates import Template
 
@@ -62,6 +62,8 @@ class Config:
     # event name -> the note and labels its tickets get (eventTemplateMap entries' note, labels)
     event_extras: Mapping[str, TicketExtras] = field(default_factory=lambda: MappingProxyType({}))
     custom_field_map: tuple[FieldMapping, ...] = ()
+    # the team or agent of every mapped event's ticket whose entry has no assignTo of its own
+    default_assign_to: AssignTo | None = None
     base_url: str = DEFAULT_BASE_URL
     # consent rules (filters.py): provider -> entry, and the two legacy lists of consent ids
     consent_management: Mapping[str, filters.ConsentEntry] = field(
@@ -122,6 +124,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "defaultPhoneRegion": ("default_phone_region", "TRENGO_DEFAULT_PHONE_REGION"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
     "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
+    "defaultAssignTo": ("default_assign_to", "TRENGO_DEFAULT_ASSIGN_TO"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
     "consentManagement": ("consent_management", "TRENGO_CONSENT_MANAGEMENT"),
     "oneTrustCookieCategories": ("one_trust_cookie_categories", "TRENGO_ONE_TRUST_COOKIE_CATEGORIES"),
@@ -341,6 +344,8 @@ def _parse(key: str, value: Any) -> Any:
         return custom_field_map(key, value)
     if attr == "default_phone_region":
         return _region(key, value)
+    if attr == "default_assign_to":
+        return assign_to(key, value)
     if attr in ("enable_dedup", "skip_unchanged_names"):
         return _bool(key, value)
     if attr in _CHOICES:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 # An eventTemplateMap entry's keys: anything else is a typo (add one here to allow it).
-TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels")  # note, labels: sidecar/followup_config.py
+TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels", "assignTo")  # all but from/to: followup_config.py
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 MAX_RATE_LIMIT_PER_MINUTE = 100_000  # the limiter keeps one timestamp per allowed call
 

@@ -23,7 +23,7 @@ from .contacts import ContactSteps
 from .deadline import Deadline
 from .errors import FailedPrecondition, InvalidArgument, NotFound
 from .events import Event
-from .followup_plan import FollowUpFailure
+from .followup_plan import Assignment, FollowUpFailure
 from .followups import FollowUps
 from .idempotency import Idempotency
 from .plan import phones
@@ -57,6 +57,7 @@ class Outcome:
     filtered_reason: str = ""  # for "filtered": the rule that kept the event from Trengo
     # follow-ups (note, labels, custom fields) that did not land; the primary write stands
     failed_followups: list[FollowUpFailure] = field(default_factory=list)
+    assignment: Assignment | None = None  # a track's ticket, when assignTo/defaultAssignTo applies
 
 
 @dataclass(slots=True)
