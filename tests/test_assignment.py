@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from trengo_sidecar_client import TicketAssignment, TrengoSidecarClient
 
 from sidecar.simulator.people import OWNER_ID
 from tests.grpc_helpers import failure
@@ -167,6 +168,15 @@ def test_default_assign_to_applies_where_an_entry_has_none(make_sidecar, control
     assert (first["user_id"], first["status"]) == (agent["id"], "ASSIGNED")
     assert second["team_id"] == teams["Support"]
     assert len(control.requests(path_prefix="/api/v2/users")) == 1
+
+
+def test_the_python_client_shows_the_assignment(make_sidecar, control, ann, teams):
+    sidecar = make_sidecar(eventTemplateMap=[*TEMPLATES, SUPPORT])
+    with TrengoSidecarClient(sidecar.address) as client:
+        routed = client.track("Refund Requested", email="ann@example.com", properties={"order_id": "A-1"})
+        plain = client.track("Checked Out", email="ann@example.com")
+    assert routed.assignment == TicketAssignment("team", "Support", teams["Support"], True)
+    assert plain.assignment is None
 
 
 def test_no_assignment_configured_leaves_the_result_without_one(make_sidecar, control, ann):
