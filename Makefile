@@ -75,9 +75,11 @@ buf: node
 	  $(BUF) breaking --against '.git#ref=$(BUF_BASE)'; \
 	else echo "buf breaking: $(BUF_BASE) has no buf.yaml, nothing to compare"; fi
 
+# lint-imports: the layers in pyproject.toml's [tool.importlinter] (no cycle, no upward import).
 lint: install
 	$(BIN)/ruff check sidecar tests clients/python benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test-python: install node
 	$(BIN)/pytest

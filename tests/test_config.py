@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import (
+from sidecar.config.load import (
     _KEYS,
     EMPTY_MAP_WARNING,
     ENV_ALIASES,
@@ -20,8 +20,8 @@ from sidecar.config import (
     load,
     load_config,
 )
-from sidecar.config_report import check_config, file_value
-from sidecar.config_sources import unknown_env
+from sidecar.config.report import check_config, file_value
+from sidecar.config.sources import unknown_env
 from sidecar.errors import ConfigError
 from tests.harness import pieces
 

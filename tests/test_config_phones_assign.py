@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import build_config, load, load_config
-from sidecar.config_report import check_config
+from sidecar.config.load import build_config, load, load_config
+from sidecar.config.report import check_config
 from sidecar.errors import ConfigError
-from sidecar.followup_plan import AssignTo
+from sidecar.plan.followup_plan import AssignTo
 
 ENV = {"TRENGO_API_TOKEN": "t", "TRENGO_CHANNEL_ID": "405981"}
 

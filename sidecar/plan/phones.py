@@ -21,7 +21,7 @@ from typing import Any
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
-from sidecar.errors import InvalidArgument
+from ..errors import InvalidArgument
 
 
 def region(value: str | None) -> str | None:

@@ -22,14 +22,14 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry.trace import Status, StatusCode
 
-from ..answers import deliver_error, to_result
 from ..deadline import Deadline
-from ..delivery import Delivery
+from ..delivery.delivery import Delivery
+from ..delivery.outcome import deliver_error, to_result
 from ..errors import ResourceExhausted, SidecarError, Unavailable
-from ..events import Event
-from ..ratelimit import BACKGROUND
-from ..trengo import ATTEMPT_HOOK
-from ..trengo_answers import OutcomeUnknown
+from ..plan.events import Event
+from ..trengo_api.answers import OutcomeUnknown
+from ..trengo_api.client import ATTEMPT_HOOK
+from ..trengo_api.ratelimit import BACKGROUND
 from .policy import KEEP_RETRYING, OUTCOME_UNKNOWN, REJECTED, TRANSIENT, QueuePolicy
 from .store import DELIVERED, FAILED, RETRYING, Job, Outcome, QueueError, QueueStore, Stats, unknown_error
 

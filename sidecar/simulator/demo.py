@@ -11,9 +11,9 @@ import os
 import signal
 import tempfile
 
-from .. import logs
-from ..app import Sidecar
-from ..config import build_config
+from ..api.app import Sidecar
+from ..config.load import build_config
+from ..observe import logs
 from . import Simulator
 
 DEMO_TOKEN = "demo-token"

@@ -16,7 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.simulator.extras import _bad_request, _body, _optional_id, page_answer
+from sidecar.simulator.extras import _body, _optional_id, page_answer
+from sidecar.simulator.helpers import bad_request as _bad_request
+from sidecar.simulator.helpers import error, int_or_none, invalid
 
 OWNER_ID = 709618  # the captured answer's user id: any id works, this one reads as Trengo's
 FIRST_USER_ID = OWNER_ID + 1
@@ -75,12 +77,6 @@ class PeopleStore:
         return team
 
 
-def _app() -> Any:
-    from sidecar.simulator import app  # late: app.py imports this module
-
-    return app
-
-
 class PeopleApi:
     """Trengo's user, team and assign routes."""
 
@@ -106,21 +102,20 @@ class PeopleApi:
         return page_answer(request, list(self.store.teams.values()), Team.to_dict)
 
     async def assign(self, request: web.Request) -> web.Response:
-        app = _app()
-        ticket = self.state.tickets.get(app._int_or_none(request.match_info["ticket_id"]) or -1)
+        ticket = self.state.tickets.get(int_or_none(request.match_info["ticket_id"]) or -1)
         if ticket is None:
-            return app.error(404, "No query results for model [App\\Models\\Ticket].")
+            return error(404, "No query results for model [App\\Models\\Ticket].")
         body = await _body(request)
         kind = body.get("type")
         if kind not in ("user", "team"):
-            return app.invalid({"type": "The selected type is invalid."})
+            return invalid({"type": "The selected type is invalid."})
         key = f"{kind}_id"
         table = self.store.users if kind == "user" else self.store.teams
-        target = app._int_or_none(body.get(key))
+        target = int_or_none(body.get(key))
         if body.get(key) in (None, ""):
-            return app.invalid({key: f"The {kind} id field is required."})
+            return invalid({key: f"The {kind} id field is required."})
         if target is None or target not in table:
-            return app.invalid({key: f"The selected {kind} id is invalid."})
+            return invalid({key: f"The selected {kind} id is invalid."})
         if kind == "user":
             ticket.user_id, ticket.status = target, "ASSIGNED"
         else:  # to a team's inbox: nobody in it has the ticket yet
