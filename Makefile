@@ -103,6 +103,7 @@ client-wheel: install
 bench: install
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.queue
+	$(BIN)/python -m benchmarks.ingest
 
 clean:
 	rm -rf $(VENV) trengo $(CLIENT_GEN) dist site $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

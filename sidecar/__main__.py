@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
     parser.add_argument(
+        "--http-listen", metavar="HOST:PORT",
+        help="serve the HTTP ingest for RudderStack/Segment SDKs there (POST /v1/batch); needs writeKeys",
+    )  # fmt: skip
+    parser.add_argument(
         "--store", metavar="URL", help="memory: (default), sqlite:///abs/path.db or postgresql://... (shared)"
     )
     # Values are checked by the config, as the same key's env and file values are: in any case.
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "httpListen": args.http_listen,
         "store": args.store,
         "logFormat": args.log_format,
         "logLevel": args.log_level,
@@ -127,6 +132,7 @@ async def _serve(config: Config) -> None:
                 "dedup": config.enable_dedup,
                 "events": len(config.event_templates),
                 "store": config.store.masked(),
+                "http_listen": config.http_listen or "off",
             }
         },
     )

@@ -352,7 +352,7 @@ def test_check_config_prints_a_config_file_with_origins(tmp_path: Path):
     text = check_config(load(path, env=env, overrides={"logLevel": "debug", "listen": None}))
     assert "t0k3n" not in text
     printed = yaml.safe_load(text)
-    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile"}
+    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile", "writeKeysFile"}
     assert printed["apiToken"] == "****" and printed["channelId"] == 405980
     [entry] = printed["eventTemplateMap"]
     assert entry == {"from": "Added to cart", "to": "Product was of value:{{ revenue }}"}

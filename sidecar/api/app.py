@@ -31,6 +31,7 @@ from .auth import AuthInterceptor
 from .decoding import tolerant as _tolerant
 from .decoding import transport_limit as _transport_limit
 from .drain import CUT_OFF_SECONDS
+from .ingest.server import HttpIngest
 from .queue_service import QueueService, queue_connections
 from .readiness import Health, HealthServicer, Readiness
 from .server import Servicer
@@ -72,6 +73,8 @@ class Sidecar:
         # The queue's RPCs of the service are served by QueueService (sidecar/queue/), registered beside.
         self.servicer = Servicer(config, self.delivery)  # type: ignore[abstract]
         self.queue = QueueService(config, self.delivery, lambda: self.servicer.observer)
+        # The HTTP ingest for RudderStack/Segment SDKs (api/ingest/), into the same queue; off by default.
+        self.ingest = HttpIngest(config, self.delivery, self.queue) if config.http_listen else None
         self.health = HealthServicer()
         self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
         self.readiness = Readiness(self.delivery, self.status)
@@ -86,6 +89,8 @@ class Sidecar:
             self.client.span_hook = self.tracing.trengo_hook(config.base_url)
             self.tracing.install_log_filter(logging.getLogger())
             self.queue.tracing = self.tracing  # Enqueue stores the trace; the worker links its span to it
+            if self.ingest is not None:
+                self.ingest.tracing = self.tracing
         self.server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -151,6 +156,12 @@ class Sidecar:
         # The queue's tables in the same store (sidecar/queue/), opened once the store answers.
         await self.queue.start(self.state, lambda: self.store_health.started and self.store_health.up)
         await self.server.start()
+        if self.ingest is not None:
+            try:
+                await self.ingest.start()
+            except OSError:
+                await self.stop(grace=0)  # nothing left running on the loop the caller will close
+                raise
         if check_trengo:
             await self.readiness.start()
         await self.status.update(starting=False)
@@ -181,6 +192,8 @@ class Sidecar:
         await self.readiness.stop()
         await self.status.update(draining=True)
         await self.servicer.in_flight.wait_idle(grace)
+        if self.ingest is not None:  # before the queue: a request in flight still commits and answers
+            await self.ingest.stop()
         await self.queue.stop(max(0.0, ends - time.monotonic()))
         if self.servicer.in_flight.count:
             # The grace is over: calls still in flight are cut off, and each answers what it left

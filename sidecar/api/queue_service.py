@@ -289,6 +289,14 @@ class QueueService:
             self.worker.wake()
         return pb.EnqueueResponse(message_id=message_id, duplicate=not new)
 
+    async def accept_many(self, jobs: list[NewJob]) -> list[bool]:
+        """The HTTP ingest's batch (sidecar/ingest/), stored in one transaction: for each job, False if
+        its message_id was already accepted. Raises as Enqueue does when the store cannot take it."""
+        stored = await self._durable().enqueue_many(jobs)
+        if any(stored) and self.worker is not None:
+            self.worker.wake()
+        return stored
+
     async def GetDelivery(self, request: pb.GetDeliveryRequest) -> pb.DeliveryStatus:
         store = self._durable()
         if not request.message_id:

@@ -37,9 +37,11 @@ from .values import (
     _header_value,
     _number,
     _read_secret,
+    _read_secret_lines,
     _store,
     _templates,
     _text,
+    _write_keys,
 )
 
 DEFAULT_BASE_URL = "https://app.trengo.com/api/v2"
@@ -109,6 +111,9 @@ class Config:
     tls_client_ca_file: str = ""
     shutdown_grace_seconds: float = 20.0
     metrics_listen: str = ""
+    # the HTTP ingest for RudderStack and Segment SDKs (sidecar/ingest/): off unless httpListen is set
+    http_listen: str = ""
+    write_keys: tuple[Secret, ...] = ()
     log_format: str = "text"
     log_level: str = "INFO"
 
@@ -163,6 +168,9 @@ _KEYS: dict[str, tuple[str, str]] = {
     "tlsClientCaFile": ("tls_client_ca_file", "SIDECAR_TLS_CLIENT_CA_FILE"),
     "shutdownGraceSeconds": ("shutdown_grace_seconds", "SIDECAR_SHUTDOWN_GRACE_SECONDS"),
     "metricsListen": ("metrics_listen", "SIDECAR_METRICS_LISTEN"),
+    "httpListen": ("http_listen", "SIDECAR_HTTP_LISTEN"),
+    "writeKeys": ("write_keys", "SIDECAR_WRITE_KEYS"),
+    "writeKeysFile": ("write_keys", "SIDECAR_WRITE_KEYS_FILE"),
     "logFormat": ("log_format", "SIDECAR_LOG_FORMAT"),
     "logLevel": ("log_level", "SIDECAR_LOG_LEVEL"),
 }
@@ -184,7 +192,7 @@ OTHER_ENV = (
     *("TRENGO_SIM_TOKENS", "TRENGO_SIM_PORT"),  # trengo-sim, make run's demo
     *("TRENGO_SIDECAR_ADDR", "SIDECAR_ADDR", "SIDECAR_AUTH_ADDR"),  # apps, client tests: the sidecar
 )
-_SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken"}
+_SECRET_FILE_KEYS = {"apiTokenFile": "apiToken", "authTokenFile": "authToken", "writeKeysFile": "writeKeys"}
 _ALTERNATIVE = {**_SECRET_FILE_KEYS, **{v: k for k, v in _SECRET_FILE_KEYS.items()}}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 ENV_VARS = {env: key for key, (_, env) in _KEYS.items()}
@@ -269,7 +277,9 @@ def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[Confi
             if key not in _KEYS:
                 hint = close_match(key, _KEYS) or " (trengo-sidecar --help lists the keys)"
                 raise ConfigError(key, f"unknown key{hint}")
-            if key in _SECRET_FILE_KEYS:
+            if key == "writeKeysFile":
+                values["write_keys"] = _write_keys(key, _read_secret_lines(key, value)) if value else ()
+            elif key in _SECRET_FILE_KEYS:
                 if value:
                     values[_KEYS[key][0]] = Secret(_read_secret(key, value))
             else:
@@ -336,6 +346,8 @@ def _parse(key: str, value: Any) -> Any:
         return Secret(_header_value(key, _text(key, value).strip()))
     if attr == "event_templates":
         return _templates(key, value)
+    if attr == "write_keys":
+        return _write_keys(key, value)
     if attr == "store":
         return _store(key, _text(key, value).strip())
     if attr in _CONSENT_KEYS:

@@ -63,6 +63,8 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
             value = [_template_entry(loaded.config, name) for name in loaded.config.event_templates]
         elif attr not in attrs:
             continue
+        elif attr == "write_keys":
+            value = file_value(loaded.config.write_keys)  # masked, one **** a key: never as given
         elif key in loaded.given and not isinstance(getattr(loaded.config, attr), _PLAIN):
             value = file_value(_decoded(loaded.given[key]))  # a structure: as given, not as parsed
         else:

@@ -80,6 +80,33 @@ def _read_secret(key: str, path: Any) -> str:
     return _header_value(key, value)
 
 
+def _read_secret_lines(key: str, path: Any) -> str:
+    """A file of secrets, one a line (a Kubernetes Secret's key); blank lines and # comments skipped."""
+    try:
+        text = Path(str(path)).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read the secret file: {exc.strerror}") from None
+    lines = [line.strip() for line in text.splitlines()]
+    keys = ",".join(line for line in lines if line and not line.startswith("#"))
+    if not keys:
+        raise ConfigError(key, "the secret file is empty")
+    return keys
+
+
+def _write_keys(key: str, value: Any) -> tuple[Secret, ...]:
+    """writeKeys: a list, or comma-separated text (env); each key a header-safe token, never echoed."""
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, list):
+        raise ConfigError(key, "must be a list of write keys (or comma-separated text)")
+    keys = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, str) or not entry.strip():
+            raise ConfigError(f"{key}[{i}]", "must be a non-empty string")
+        keys.append(Secret(_header_value(f"{key}[{i}]", entry.strip())))
+    return tuple(keys)
+
+
 def _header_value(key: str, token: str) -> str:
     """A token travels in an Authorization header: printable ASCII, no blanks (never quote it back)."""
     if token and not _TOKEN.fullmatch(token):
@@ -220,6 +247,7 @@ def _check(c: Any) -> Iterator[ConfigError]:
     if c.queue_lease_seconds <= c.request_timeout_seconds:
         # A dead sidecar's last write must land (or time out) before another takes the person's next event.
         yield ConfigError("queueLeaseSeconds", "must be greater than requestTimeoutSeconds")
+    yield from _ingest_problems(c)
     if c.metrics_listen and not _is_host_port(c.metrics_listen):
         yield ConfigError("metricsListen", "must be HOST:PORT")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):
@@ -238,6 +266,23 @@ def _check(c: Any) -> Iterator[ConfigError]:
     tls = (c.tls_cert_file, c.tls_key_file, c.tls_client_ca_file)
     if all(not path or Path(path).is_file() for path in tls):
         yield from tls_problems(*tls)
+
+
+def _ingest_problems(c: Any) -> Iterator[ConfigError]:
+    if not c.http_listen:
+        return
+    if not _is_host_port(c.http_listen):
+        yield ConfigError("httpListen", "must be HOST:PORT")
+    if not c.write_keys:
+        yield ConfigError("writeKeys", "is required with httpListen (or writeKeysFile)")
+    from ..state.url import scheme_of
+
+    if scheme_of(c.store.reveal()) == "memory":
+        # The SDKs forget a batch once it is answered 200: it must survive a restart.
+        yield ConfigError(
+            "store", "httpListen needs a durable store (an acknowledged event must survive a restart): "
+            "sqlite:///path/state.db or postgresql://..."
+        )
 
 
 def _is_host_port(value: str) -> bool:

@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ..plan.filters import RULES
+from .http_metrics import IngestMetrics
 
 if TYPE_CHECKING:
     from ..delivery.cache import TTLCache
@@ -78,6 +79,7 @@ class Sidecar(Protocol):
     store_health: StoreHealth
     readiness: Any
     queue: Any
+    ingest: Any  # the HTTP ingest (api/ingest/), or None when httpListen is off: it takes an observer
 
     def not_serving_reasons(self) -> list[str]: ...
 
@@ -235,6 +237,8 @@ def install_metrics(sidecar: Sidecar, *, process: bool = True) -> CollectorRegis
     sidecar.servicer.observer = metrics
     sidecar.client.observer = metrics
     sidecar.state.observer = metrics
+    if sidecar.ingest is not None:
+        sidecar.ingest.observer = IngestMetrics(registry)
     registry.register(ReadCollector(sidecar))
     if process:
         ProcessCollector(registry=registry)

@@ -25,7 +25,7 @@ from opentelemetry.trace import Status, StatusCode
 from ..deadline import Deadline
 from ..delivery.delivery import Delivery
 from ..delivery.outcome import deliver_error, to_result
-from ..errors import ResourceExhausted, SidecarError, Unavailable
+from ..errors import InvalidArgument, ResourceExhausted, SidecarError, Unavailable
 from ..plan.events import Event
 from ..trengo_api.answers import OutcomeUnknown
 from ..trengo_api.client import ATTEMPT_HOOK
@@ -105,7 +105,11 @@ def classify(error: SidecarError, last_status: int) -> str:
 
 
 def event_from(data: dict[str, Any]) -> Event:
-    return Event(**data)
+    try:
+        return Event(**data)
+    except TypeError:
+        # An event the HTTP ingest refused (stored as sent), queued again by an operator's retry.
+        raise InvalidArgument("the event was refused when accepted: it is not valid", field="event") from None
 
 
 class Worker:
@@ -205,11 +209,10 @@ class Worker:
 
     async def _attempt(self, job: Job, attempt: _Attempt) -> Outcome | None:
         """Deliver once; the Outcome to store, or None to give the event back unattempted."""
-        event = event_from(job.event)
         # Retried by an operator: sent again, not answered with the stored (failed) result.
         deliver = self.delivery.deliver_again if job.forced else self.delivery.deliver
         try:
-            done = await deliver(event, Deadline.after(self.settings.attempt_seconds))
+            done = await deliver(event_from(job.event), Deadline.after(self.settings.attempt_seconds))
         except LeaseLost:
             return None
         except SidecarError as exc:
