@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from sidecar.state import ContactRecord, open_state, scope_of
-from tests.grpc_helpers import failure
-from tests.harness import SMS_CHANNEL, TOKEN, struct
+from tests.support.grpc_helpers import failure
+from tests.support.harness import SMS_CHANNEL, TOKEN, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 API = "/api/v2"

@@ -14,8 +14,8 @@ import pytest
 from trengo_sidecar_client import TicketAssignment, TrengoSidecarClient
 
 from sidecar.simulator.people import OWNER_ID
-from tests.grpc_helpers import failure
-from tests.harness import TEMPLATES, struct
+from tests.support.grpc_helpers import failure
+from tests.support.harness import TEMPLATES, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
