@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
     parser.add_argument(
+        "--health-listen", metavar="HOST:PORT", help="serve grpc.health.v1 alone there (kubelet's probes)"
+    )
+    parser.add_argument(
         "--store", metavar="URL", help="memory: (default), sqlite:///abs/path.db or postgresql://... (shared)"
     )
     # Values are checked by the config, as the same key's env and file values are: in any case.
@@ -60,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "healthListen": args.health_listen,
         "store": args.store,
         "logFormat": args.log_format,
         "logLevel": args.log_level,
@@ -120,6 +124,7 @@ async def _serve(config: Config) -> None:
             "fields": {
                 "listen": config.listen,
                 "port": port,
+                "health_listen": config.health_listen,
                 "trengo": config.base_url,
                 "channel_id": config.channel_id,
                 "channel_identifier": config.channel_identifier,
