@@ -121,6 +121,7 @@ class Sidecar:
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The generated registration, with deserializers that turn a decode error into INVALID_ARGUMENT."""
+        limits = (self.config.max_message_bytes, self.config.max_event_fields)
         unary = {
             "Identify": (self.servicer.Identify, pb.IdentifyRequest),
             "Track": (self.servicer.Track, pb.TrackRequest),
@@ -129,14 +130,14 @@ class Sidecar:
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 handler,
-                request_deserializer=_tolerant(request_type, self.config.max_message_bytes),
+                request_deserializer=_tolerant(request_type, *limits),
                 response_serializer=pb.DeliveryResult.SerializeToString,
             )
             for name, (handler, request_type) in unary.items()
         }
         handlers["Deliver"] = grpc.stream_stream_rpc_method_handler(
             self.servicer.Deliver,
-            request_deserializer=_tolerant(pb.DeliverRequest, self.config.max_message_bytes),
+            request_deserializer=_tolerant(pb.DeliverRequest, *limits),
             response_serializer=pb.DeliverResponse.SerializeToString,
         )
         return handlers
