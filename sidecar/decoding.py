@@ -56,7 +56,8 @@ def tolerant(message_type: Any, limit: int, max_fields: int = 10_000) -> Callabl
         if len(data) > limit:
             return Oversized(len(data), limit)
         if len(data) > OFFLOAD_BYTES:
-            return Deferred(data, parse_now)  # parsed on the decoding threads (api/offload.py)
+            # parsed on the decoding threads (api/offload.py)
+            return Deferred(data, parse_now, message_type.DESCRIPTOR)
         return parse_now(data)
 
     def parse_now(data: bytes) -> Any:

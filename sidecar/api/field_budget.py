@@ -27,6 +27,7 @@ class TooManyFields(Exception):
         super().__init__(f"more than {limit} fields")
         self.limit = limit
         self.where = where
+        self.id = ""
 
 
 class _Budget:
@@ -49,6 +50,23 @@ def check(data: bytes, descriptor: Descriptor, limit: int) -> None:
         _message(memoryview(data), descriptor, _Budget(limit), "")
     except (IndexError, ValueError):
         return  # truncated or malformed: protobuf's parse says so, with its own words
+    except TooManyFields as exc:
+        exc.id = text_field(data, descriptor, "id")  # a Deliver item's answer still echoes its id
+        raise
+
+
+def text_field(data: bytes, descriptor: Descriptor, name: str) -> str:
+    """A top-level string field of unparsed bytes ("" when absent or unreadable)."""
+    field = descriptor.fields_by_name.get(name)
+    if field is None or field.type != FieldDescriptor.TYPE_STRING:
+        return ""
+    try:
+        for number, _, payload in _fields(memoryview(data)):
+            if number == field.number and payload is not None:
+                return bytes(payload).decode("utf-8", "replace")
+    except (IndexError, ValueError):
+        pass
+    return ""
 
 
 def _fields(data: memoryview) -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .field_budget import text_field
+
 T = TypeVar("T")
 
 OFFLOAD_BYTES = 16 * 1024
@@ -25,11 +27,17 @@ _POOL = ThreadPoolExecutor(2, thread_name_prefix="sidecar-decode")
 class Deferred:
     """A request too large to parse on the event loop: its bytes, parsed later by ``parse()``."""
 
-    __slots__ = ("data", "parse")
+    __slots__ = ("data", "descriptor", "parse")
 
-    def __init__(self, data: bytes, parse: Callable[[bytes], Any]) -> None:
+    def __init__(self, data: bytes, parse: Callable[[bytes], Any], descriptor: Any) -> None:
         self.data = data
         self.parse = parse
+        self.descriptor = descriptor
+
+    @property
+    def id(self) -> str:
+        """A Deliver item's id, for the answer to an item refused before it was parsed."""
+        return text_field(self.data, self.descriptor, "id")
 
 
 async def off_loop(request: Any, work: Callable[[Any], T], decode: Callable[[Any], Any]) -> T:
