@@ -1,10 +1,11 @@
 """Large requests are decoded off the event loop (issue 22).
 
-Measured on this project's 2-core machine: a 4 MB Track of 10,000 fields took 0.17 s to count, 0.02 s
-to parse and 0.07 s to convert, all on the event loop; eight such calls in flight held every other
-call (a kubelet health Check included) for over a second. Requests over OFFLOAD_BYTES are now parsed
-and converted on a small pool of threads: the loop keeps answering, since pure-Python work gives up
-the GIL every few milliseconds and the parse itself is bounded by ``maxEventFields`` (field_budget.py).
+Measured on this project's shared 2-core machine (benchmarks/stall.py): a 4 MB Track of 10,000
+fields took 0.17 s to count, 0.02 s to parse and 0.07 s to convert; done on the event loop, eight
+such calls in flight made a health Check wait 349 ms at the median and 586 ms at p99. Requests
+over OFFLOAD_BYTES are now parsed and converted on a decoding thread: the loop keeps answering,
+since pure-Python work gives up the GIL every few milliseconds and the parse itself is bounded by
+``maxEventFields`` (field_budget.py).
 Small requests, nearly all of them, are decoded where they arrive: a thread hop would cost them more.
 """
 
@@ -20,8 +21,10 @@ from .field_budget import text_field
 T = TypeVar("T")
 
 OFFLOAD_BYTES = 16 * 1024
-# Two: enough to keep both cores busy, few enough that the threads leave the loop its share of the GIL.
-_POOL = ThreadPoolExecutor(2, thread_name_prefix="sidecar-decode")
+# One thread: the work holds the GIL, so a second decoder adds no speed, only a rival for the loop.
+# Measured (benchmarks/stall.py, 8 wide Tracks in flight): with two, a health Check's p99 was 212 ms;
+# with one, 47 ms, and more wide calls got done.
+_POOL = ThreadPoolExecutor(1, thread_name_prefix="sidecar-decode")
 
 
 class Deferred:
