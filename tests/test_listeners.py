@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from sidecar.config import build_config, load
+from sidecar.config.load import build_config, load
 from sidecar.errors import ConfigError
 from tests.fleet import ROOT, SERVICE, SERVING, wait_for
 from tests.grpc_helpers import health_status

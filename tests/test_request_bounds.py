@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from sidecar.templates import compile_template, properties_string, render_subject
-from sidecar.transport import MAX_ANSWER_BYTES
+from sidecar.plan.templates import compile_template, properties_string, render_subject
+from sidecar.trengo_api.transport import MAX_ANSWER_BYTES
 from tests.fleet import ROOT, SERVICE, SERVING, wait_for
 from tests.grpc_helpers import failure, health_status
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct

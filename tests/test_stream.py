@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from sidecar.stream import OrderedByKey
+from sidecar.api.stream import OrderedByKey
 from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
