@@ -1,7 +1,9 @@
 """The follow-up writes after an event's primary write: a ticket's note and labels, a contact's fields.
 
-``Delivery`` calls ``plan_*`` before the primary write, so that a label or custom field name
-Trengo does not have fails the event before anything is written, and ``finish_*`` after it. The
+What to write is in the event's plan (sidecar/plan/plan.py: the note rendered, the labels and custom
+field values); this module finds the ids Trengo gives the names and sends the writes. ``Delivery``
+calls ``plan_*`` before the primary write, so that a label or custom field name Trengo does not
+have fails the event before anything is written, and ``finish_*`` after it. The
 primary write decides the call's status; a follow-up runs within the same deadline and rate limit,
 is retried like any call (``TrengoClient.send``), and one that still fails is reported in the
 outcome's ``failed_followups`` rather than failing the call: the ticket or contact exists.
@@ -22,7 +24,7 @@ from ..config.load import Config
 from ..deadline import Deadline
 from ..errors import SidecarError, Unavailable
 from ..plan import followup_plan as fp
-from ..plan.events import Event
+from ..plan.plan import Plan
 from ..plan.transform import Call
 from ..trengo_api.answers import contact_list, has_next_page
 from ..trengo_api.client import TrengoClient
@@ -62,15 +64,10 @@ class FollowUps:
 
     # --- a track's ticket -------------------------------------------------------------
 
-    async def plan_ticket(
-        self, event: Event, deadline: Deadline, calls: list[CallRecord]
-    ) -> TicketPlan | None:
-        extras = self.config.event_extras.get(event.event_name)
-        if extras is None:
-            return None
-        note = fp.note_text(event, extras)
-        labels = await self._resolve("label", extras.labels, deadline, calls)
-        return TicketPlan(note, labels) if note or labels else None
+    async def plan_ticket(self, plan: Plan, deadline: Deadline, calls: list[CallRecord]) -> TicketPlan | None:
+        """The plan's note, and its labels' ids (Trengo's label list, cached)."""
+        labels = await self._resolve("label", plan.labels, deadline, calls) if plan.labels else []
+        return TicketPlan(plan.note, labels) if plan.note or labels else None
 
     async def finish_ticket(self, plan: TicketPlan | None, outcome: Outcome, deadline: Deadline) -> Outcome:
         if plan is not None and outcome.action == "create_ticket":
@@ -81,9 +78,10 @@ class FollowUps:
     # --- an identify's contact ----------------------------------------------------------
 
     async def plan_contact(
-        self, event: Event, deadline: Deadline, calls: list[CallRecord]
+        self, plan: Plan, deadline: Deadline, calls: list[CallRecord]
     ) -> list[tuple[fp.FieldValue, int]]:
-        values = fp.field_values(event, self.config.custom_field_map)
+        """The plan's custom field values, with their fields' ids (Trengo's list, cached)."""
+        values = plan.custom_fields
         if not values:
             return []
         ids = await self._resolve("custom_field", [v.mapping.field for v in values], deadline, calls)
