@@ -22,7 +22,7 @@ ENTRIES = [
 
 def config(**overrides: Any) -> Any:
     # No simulator behind this URL: planning never calls Trengo.
-    return build_config(sidecar_config("http://127.0.0.1:9", eventTemplateMap=ENTRIES, **overrides))
+    return build_config(sidecar_config("http://127.0.0.1:9", **{"eventTemplateMap": ENTRIES, **overrides}))
 
 
 def track(**fields: Any) -> Event:
@@ -94,3 +94,15 @@ def test_planning_is_pure_the_same_inputs_give_the_same_plan():
     assert isinstance(first, Plan) and first == again
     with pytest.raises(AttributeError):
         first.subject = "changed"  # type: ignore[misc]  # frozen: delivery executes it, never edits it
+
+
+def test_a_ticket_is_assigned_as_its_entry_says_else_as_the_default():
+    entries = [*ENTRIES, {"from": "Refund", "to": "", "assignTo": {"team": "Support"}}]
+    settings = config(eventTemplateMap=entries, defaultAssignTo={"user": "agent@example.com"})
+    refund = plan_event(track(event_name="Refund"), settings, "email")
+    assert (refund.assign_to.kind, refund.assign_to.target) == ("team", "Support")
+    assert refund.followups == ["assign"]
+    order = plan_event(track(), settings, "email")
+    assert (order.assign_to.kind, order.assign_to.target) == ("user", "agent@example.com")
+    assert order.followups == ["note", "label", "assign"]  # the assignee finds the ticket complete
+    assert plan_event(track(), config(), "email").assign_to is None
