@@ -55,7 +55,7 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --require-hashes -r /tmp/runtime.txt \
  && /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/trengo-sidecar --help > /dev/null \
- && /opt/venv/bin/python -I -c "import trengo.sidecar.v1.sidecar_pb2_grpc, sidecar.app"
+ && /opt/venv/bin/python -I -c "import trengo.sidecar.v1.sidecar_pb2_grpc, sidecar.api.app"
 
 
 FROM python:3.11-slim
