@@ -23,9 +23,9 @@ import yaml
 
 from sidecar.config.load import build_config, load
 from sidecar.errors import ConfigError
-from tests.fleet import ROOT, SERVICE, SERVING, wait_for
-from tests.grpc_helpers import health_status
-from tests.harness import EMAIL_CHANNEL, TOKEN, cli_env, free_port
+from tests.support.fleet import ROOT, SERVICE, SERVING, wait_for
+from tests.support.grpc_helpers import health_status
+from tests.support.harness import EMAIL_CHANNEL, TOKEN, cli_env, free_port
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 

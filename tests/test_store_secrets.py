@@ -21,9 +21,9 @@ import yaml
 from psycopg import sql
 
 from sidecar.state.url import describe
-from tests.fleet import CLI, ROOT, SERVICE, Fleet, wait_for
-from tests.grpc_helpers import failure
-from tests.harness import EMAIL_CHANNEL, cli_env, free_port, pieces, struct
+from tests.support.fleet import CLI, ROOT, SERVICE, Fleet, wait_for
+from tests.support.grpc_helpers import failure
+from tests.support.harness import EMAIL_CHANNEL, cli_env, free_port, pieces, struct
 from tests.support.postgres import Postgres
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
