@@ -177,7 +177,7 @@ class PostgresState:
         up as "busy" instead of STORE_UNAVAILABLE). Callers retry within their deadline
         (state/waiting.py), and the watch marks the store reachable once its pools are ready."""
         if not self.reachable and self._recovering is not None and not self._recovering.done():
-            raise StoreError(f"the store {self.url} is unavailable: waiting for it to answer again")
+            raise StoreError(f"the store ({self.url}) is unavailable: waiting for it to answer again")
 
     def _lost(self) -> None:
         """The server did not answer: watch for its return in the background (once at a time)."""
