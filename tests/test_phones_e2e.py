@@ -185,3 +185,19 @@ def test_the_queue_keys_every_spelling_as_one_person(make_sidecar, control, tmp_
     store = sidecar.sidecar.queue.store  # no worker (queueConcurrency 0): the jobs wait, readable
     people = {sidecar.call(store.get(f"m{n}")).person for n in range(5)}
     assert people == {"phone:+31612345678"}  # one person: its events keep one order
+
+
+def test_a_deliver_stream_orders_every_spelling_as_one_person(nl, control):
+    """The stream delivers one person's events in order; two spellings of a number are one person, so
+    the track waits for the identify before it and finds the contact it made."""
+    requests = [
+        pb.DeliverRequest(id="a", identify=identify("06 12345678", "Piet")),
+        pb.DeliverRequest(id="b", track=track("+31 6 1234 5678")),
+        pb.DeliverRequest(id="c", track=track("(06) 1234-5678")),
+    ]
+    answers = {a.id: a for a in nl.Deliver(iter(requests))}
+    assert all(not a.HasField("error") for a in answers.values()), answers
+    contact = answers["a"].result.contact_id
+    assert [answers[k].result.contact_id for k in "bc"] == [contact, contact]
+    assert [c["id"] for c in control.contacts()] == [contact]
+    assert len(control.tickets()) == 2

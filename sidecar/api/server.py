@@ -72,6 +72,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
                     raise InvalidArgument("one of identify, track or send_event is required", field="event")
                 method, parse = _PARSERS[which]
                 event = parse(getattr(item, which))
+                event = self.delivery.normalise(event)  # one person per E.164 number, as delivery sees it
             except SidecarError as exc:
                 self.refused("Deliver", exc, request_id)
                 answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=deliver_error(exc))
