@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from sidecar.state import ContactRecord, open_state, scope_of
+from tests.support.fleet import Fleet, wait_for
 from tests.support.grpc_helpers import failure
 from tests.support.harness import SMS_CHANNEL, TOKEN, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -206,3 +207,21 @@ def test_a_deliver_stream_orders_every_spelling_as_one_person(nl, control):
     assert [answers[k].result.contact_id for k in "bc"] == [contact, contact]
     assert [c["id"] for c in control.contacts()] == [contact]
     assert len(control.tickets()) == 2
+
+
+def test_a_phone_channel_without_a_region_warns_once_at_start(sim, control, tmp_path):
+    """A real process: its start-up check lists the channels, sees the phone channel, and says once what
+    defaultPhoneRegion does; events after it add no second warning. With a region: no warning."""
+    fleet = Fleet(tmp_path, sim.base_url)
+    try:
+        plain, regional = fleet.spawn(1, channelId=SMS_CHANNEL) + fleet.spawn(1, channelId=SMS_CHANNEL,
+                                                                             defaultPhoneRegion="NL")
+        wait_for(lambda: "defaultPhoneRegion" in plain.output(), "the start-up warning")
+        for n in range(3):
+            plain.stub.Identify(identify(f"+31 6 1234 567{n}", "Piet"), timeout=10)
+        regional.stub.Identify(identify("06 12345678", "Piet"), timeout=10)
+        assert plain.output().count("defaultPhoneRegion") == 1
+        assert "TRENGO_DEFAULT_PHONE_REGION" in plain.output()
+        assert "defaultPhoneRegion" not in regional.output()
+    finally:
+        fleet.close()
