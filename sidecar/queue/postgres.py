@@ -7,9 +7,12 @@ again on its newest version, so a head another sidecar just took is skipped.
 Times are the server's (``clock_timestamp()``), so leases mean the same on
 every pod; tests may pass a clock instead.
 
-Each change of outcome takes the next cursor from one counter row, whose
+Each change of state takes the next cursor from one counter row, whose
 lock is held to commit: cursors are therefore visible in the order they were
 given, so a watcher reading "after N" never skips one that commits late.
+Every transaction takes that lock last, after its rows' locks, so two never
+wait on each other in a cycle. Acceptance takes no cursor (it is not a
+change a watcher follows), so enqueues never queue behind that lock.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..state.sql import load_queries
-from .store import STATES, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
+from .store import STATES, Change, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
 
 T = TypeVar("T")
 Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
@@ -57,7 +60,7 @@ class PostgresQueue:
             ) from None
 
     async def open(self) -> None:
-        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"]])
+        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"], Q["migrate_3"]])
 
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""
@@ -67,6 +70,17 @@ class PostgresQueue:
         row = await cursor.fetchone()
         assert row is not None
         return int(row[0])
+
+    async def _next_seqs(self, conn: psycopg.AsyncConnection[Any], count: int) -> list[int]:
+        cursor = await conn.execute(Q["next_seqs"], {"count": count})
+        row = await cursor.fetchone()
+        assert row is not None
+        last = int(row[0])
+        return list(range(last - count + 1, last + 1))
+
+    async def _log(self, conn: psycopg.AsyncConnection[Any], ids: list[int], now: float | None) -> None:
+        """Append the rows, as they are now (each already given its cursor), to the change log."""
+        await conn.execute(Q["log_changes"], {"ids": ids, "now": now})
 
     async def enqueue(self, job: NewJob) -> bool:
         async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -92,22 +106,29 @@ class PostgresQueue:
             ids = [row[0] for row in await cursor.fetchall()]
             if not ids:
                 return []
+            seqs = await self._next_seqs(conn, len(ids))
             cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(Q["take"], {"ids": ids, "owner": owner, "lease": lease_seconds, "now": now})
+            params = {"ids": ids, "seqs": seqs, "owner": owner, "lease": lease_seconds, "now": now}
+            await cursor.execute(Q["take"], params)
             jobs = {job.id: job for job in map(_job, await cursor.fetchall())}
+            await self._log(conn, ids, now)
             return [jobs[i] for i in ids]
 
         return await self._run(take)
 
     async def _settle_expired(self, conn: psycopg.AsyncConnection[Any], now: float | None) -> None:
         cursor = await conn.execute(Q["expired"], {"now": now})
+        settled = []
         for job_id, write_sent in await cursor.fetchall():
+            seq = await self._next_seq(conn)
             if write_sent:
                 error = Jsonb(unknown_error(EXPIRED_MESSAGE))
-                seq = await self._next_seq(conn)
                 await conn.execute(Q["expired_sent"], {"id": job_id, "error": error, "seq": seq, "now": now})
             else:
-                await conn.execute(Q["give_back"], {"id": job_id, "owner": None})
+                await conn.execute(Q["give_back"], {"id": job_id, "owner": None, "seq": seq})
+            settled.append(job_id)
+        if settled:
+            await self._log(conn, settled, now)
 
     async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
         async def beat(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -141,13 +162,19 @@ class PostgresQueue:
                     "now": self._now(),
                 },
             )
+            await self._log(conn, [job_id], self._now())
             return True
 
         return await self._run(end)
 
     async def release(self, owner: str, job_id: int) -> None:
         async def give_back(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(Q["give_back"], {"id": job_id, "owner": owner})
+            cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
+            if await cursor.fetchone() is None:
+                return
+            seq = await self._next_seq(conn)
+            await conn.execute(Q["give_back"], {"id": job_id, "owner": owner, "seq": seq})
+            await self._log(conn, [job_id], self._now())
 
         await self._run(give_back)
 
@@ -163,8 +190,13 @@ class PostgresQueue:
     async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
         return await self._rows(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
 
-    async def changes(self, after_seq: int, limit: int) -> list[Job]:
-        return await self._rows(Q["changes"], {"after": after_seq, "limit": limit})
+    async def changes(self, after_seq: int, limit: int) -> list[Change]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Change]:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(Q["changes"], {"after": after_seq, "limit": limit})
+            return [_change(row) for row in await cursor.fetchall()]
+
+        return await self._run(read)
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[Job]:
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
@@ -190,6 +222,8 @@ class PostgresQueue:
             for job_id in ids:
                 seq = await self._next_seq(conn)
                 await conn.execute(Q["requeue"], {"id": job_id, "seq": seq, "now": self._now()})
+            if ids:
+                await self._log(conn, ids, self._now())
             return len(ids)
 
         return await self._run(retry)
@@ -197,6 +231,7 @@ class PostgresQueue:
     async def prune(self, delivered_before: float) -> int:
         async def delete(conn: psycopg.AsyncConnection[Any]) -> int:
             cursor = await conn.execute(Q["prune"], {"before": delivered_before})
+            await conn.execute(Q["prune_changes"], {"before": delivered_before})
             return cursor.rowcount
 
         return await self._run(delete)
@@ -218,6 +253,19 @@ def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _change(row: dict[str, Any]) -> Change:
+    return Change(
+        seq=row["seq"],
+        message_id=row["message_id"],
+        state=row["state"],
+        attempts=row["attempts"],
+        accepted_at=row["accepted_at"],
+        next_attempt_at=row["next_attempt_at"],
+        result=_json(row["result"]),
+        error=_json(row["error"]),
+    )
 
 
 def _job(row: dict[str, Any]) -> Job:

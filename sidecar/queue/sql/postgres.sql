@@ -36,8 +36,41 @@ CREATE INDEX IF NOT EXISTS queue_state ON queue_deliveries (state, id);
 -- The Enqueue's trace context (W3C traceparent), so the delivery's span links to it (issue 14).
 ALTER TABLE queue_deliveries ADD COLUMN IF NOT EXISTS trace JSONB;
 
+-- name: migrate_3
+-- Every change of state, appended with its own cursor, for WatchDeliveries (a row holds only its last
+-- one, so a retry's "queued again" was overwritten before a watcher saw it). Seeded with each row's
+-- last change, so a watcher resuming across the upgrade misses nothing it could have seen before.
+CREATE TABLE IF NOT EXISTS queue_changes (
+  seq BIGINT PRIMARY KEY,
+  delivery_id BIGINT NOT NULL,
+  message_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  accepted_at DOUBLE PRECISION NOT NULL,
+  next_attempt_at DOUBLE PRECISION NOT NULL,
+  result JSONB,
+  error JSONB,
+  at DOUBLE PRECISION NOT NULL
+);
+INSERT INTO queue_changes
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(finished_at, accepted_at)
+FROM queue_deliveries WHERE seq > 0
+ON CONFLICT DO NOTHING;
+
 -- name: next_seq
 UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value;
+
+-- name: next_seqs
+-- As many cursors as rows changed: the last of them is returned.
+UPDATE queue_meta SET value = value + %(count)s WHERE key = 'seq' RETURNING value;
+
+-- name: log_changes
+-- The rows as they are now (each already given its cursor), appended to the change log.
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at,
+                           result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM queue_deliveries WHERE id = ANY(%(ids)s);
 
 -- name: enqueue
 INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at,
@@ -62,8 +95,9 @@ WHERE id = %(id)s;
 -- name: give_back
 UPDATE queue_deliveries
 SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'queued' END, lease_owner = NULL,
-    lease_until = NULL, write_sent = FALSE
-WHERE id = %(id)s AND state = 'delivering' AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s);
+    lease_until = NULL, write_sent = FALSE, seq = %(seq)s
+WHERE id = %(id)s AND state = 'delivering' AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
+RETURNING id;
 
 -- name: due_heads
 -- A person's head (lowest active id), due, with nothing of that person in flight.
@@ -77,11 +111,12 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- name: take
-UPDATE queue_deliveries
-SET state = 'delivering', lease_owner = %(owner)s, write_sent = FALSE,
+UPDATE queue_deliveries d
+SET state = 'delivering', lease_owner = %(owner)s, write_sent = FALSE, seq = s.seq,
     lease_until = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) + %(lease)s::float8
-WHERE id = ANY(%(ids)s)
-RETURNING *;
+FROM unnest(%(ids)s::bigint[], %(seqs)s::bigint[]) AS s(id, seq)
+WHERE d.id = s.id
+RETURNING d.*;
 
 -- name: heartbeat
 UPDATE queue_deliveries
@@ -116,7 +151,9 @@ SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;
 SELECT * FROM queue_deliveries WHERE state = %(state)s AND id > %(after)s ORDER BY id LIMIT %(limit)s;
 
 -- name: changes
-SELECT * FROM queue_deliveries WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s;
+-- The watch's read: the change log only (never the event column, never the deliveries table).
+SELECT seq, message_id, state, attempts, accepted_at, next_attempt_at, result, error
+FROM queue_changes WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s;
 
 -- name: all_failed
 SELECT id FROM queue_deliveries WHERE state = 'failed' ORDER BY id FOR UPDATE;
@@ -133,6 +170,11 @@ WHERE id = %(id)s;
 
 -- name: prune
 DELETE FROM queue_deliveries WHERE state = 'delivered' AND finished_at < %(before)s;
+
+-- name: prune_changes
+-- Changes older than retention go, except each remaining event's last one (its state now).
+DELETE FROM queue_changes c WHERE c.at < %(before)s
+  AND NOT EXISTS (SELECT 1 FROM queue_deliveries d WHERE d.seq = c.seq);
 
 -- name: depth
 SELECT state, count(*) FROM queue_deliveries GROUP BY state;
