@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.app import SERVICE
 from tests.grpc_helpers import failure
-from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
+from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from tests.test_metrics import scrape, value
 from tests.test_shutdown import NOT_SERVING, ROOT, SERVING, spawn, wait_for  # noqa: F401 (a fixture)
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -90,6 +90,21 @@ def test_a_working_token_is_serving_and_its_channel_list_fills_the_cache(spawn, 
     assert [r["path"] for r in control.requests()].count(CHANNELS) == 1  # the check's, reused
 
 
+def test_a_channel_of_the_wrong_kind_takes_the_service_out_with_the_reason(spawn, control):  # noqa: F811
+    """channelIdentifier email on an SMS channel: every Identify would fail CHANNEL_KIND_MISMATCH."""
+    process = spawn(serving=False, channelId=SMS_CHANNEL, channelIdentifier="email")
+    wait_for(lambda: process.health(SERVICE) == NOT_SERVING and "Trengo check failed" in process.output(),
+             "the check to judge the channel")  # fmt: skip
+    assert process.health("") == SERVING  # the pod's probe: calls that need no channel still work
+    output = process.output()
+    assert "CHANNEL_KIND_MISMATCH" in output and f"channel {SMS_CHANNEL} is a SMS channel" in output, output
+    assert "set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to phone" in output, output
+    with grpc.insecure_channel(process.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.TrengoSidecarStub(channel).Identify(identify(), timeout=5)
+    assert failure(caught.value).reason == "CHANNEL_KIND_MISMATCH"
+    assert [r for r in control.requests() if r["method"] != "GET"] == []  # nothing written
+
+
 def test_health_is_not_serving_until_the_first_check_has_answered(spawn, control):  # noqa: F811
     control.add_fault(method="GET", path=CHANNELS, delay=4.0)  # under the 5 s start-up waits for it
 
@@ -152,14 +167,23 @@ def test_check_trengo_exits_0_when_the_token_works(tmp_path, sim, control):
         ({"apiToken": WRONG}, 1, "check apiToken"),
         ({"baseUrl": "ROOT"}, 1, "ends in /api/v2"),
         ({"channelId": 999}, 1, "channelId 999 is not among"),
+        ({"channelId": SMS_CHANNEL, "channelIdentifier": "email"}, 1,
+         f"channel {SMS_CHANNEL} is a SMS channel, which identifies contacts by phone, but channelIdentifier "
+         f"is email: set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to phone, or channelId "
+         f"(TRENGO_CHANNEL_ID) to one of its email channels (e.g. {EMAIL_CHANNEL})\n"),
+        ({"channelId": SMS_CHANNEL, "channelIdentifier": "phone"}, 0, ""),
+        ({"channelId": SMS_CHANNEL, "channelIdentifier": "auto"}, 0, ""),
         ({"baseUrl": "CLOSED"}, 3, "outage"),
     ],
 )
-def test_check_trengo_exits_non_zero_with_the_reason(tmp_path, sim, control, overrides, code, says):
+def test_check_trengo_exits_non_zero_with_the_reason_or_0_for_a_fitting_channel(
+    tmp_path, sim, control, overrides, code, says
+):
     closed = f"http://127.0.0.1:{free_port()}/api/v2"
     urls = {"ROOT": sim.base_url.removesuffix("/api/v2"), "CLOSED": closed}
     base = urls.get(overrides.pop("baseUrl", ""), sim.base_url)
     done = check_trengo(tmp_path, base, **overrides)
     assert done.returncode == code, done
     assert says in done.stderr and "Traceback" not in done.stderr, done
+    assert len(done.stderr.splitlines()) <= 1, done  # the reason and its fix in one line
     assert WRONG not in done.stderr + done.stdout and TOKEN not in done.stderr + done.stdout
