@@ -267,12 +267,12 @@ def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[Confi
             else:
                 values[_KEYS[key][0]] = _parse(key, value)
         except ConfigError as exc:
-            problems.append(exc)
+            problems.extend(exc.problems)
     if "eventTemplateMap" in raw and not any(p.key.startswith("eventTemplateMap") for p in problems):
         try:  # its entries' note and labels (sidecar/followup_config.py)
             values["event_extras"] = ticket_extras("eventTemplateMap", raw["eventTemplateMap"])
         except ConfigError as exc:
-            problems.append(exc)
+            problems.extend(exc.problems)
     config = Config(**values)
     failed = {_attr(p.key) for p in problems}  # a bad value is reported once, not again as missing
     problems += [p for p in _problems(config) if _attr(p.key) not in failed]

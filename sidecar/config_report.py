@@ -59,6 +59,9 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
             if key not in loaded.given:
                 continue
             value: Any = file_value(loaded.given[key])
+        elif attr == "event_templates" and key in loaded.given:
+            # As given, entries whole (note, labels and any key added later), so the output round-trips.
+            value = file_value(_decoded(loaded.given[key]))
         elif attr == "event_templates":
             templates = loaded.config.event_templates.items()
             value = [{"from": name, "to": template.source} for name, template in templates]

@@ -27,14 +27,24 @@ def ticket_extras(key: str, value: Any) -> Mapping[str, TicketExtras]:
     if isinstance(entries, dict):  # the {event: template} shorthand has no room for extras
         return MappingProxyType({})
     extras: dict[str, TicketExtras] = {}
+    problems: list[ConfigError] = []  # every bad note and label of every entry, reported at once
     for i, entry in enumerate(entries):
         where = f"{key}[{i}]"
         if not isinstance(entry, dict) or ("note" not in entry and "labels" not in entry):
             continue
-        note = _note(f"{where}.note", entry.get("note"))
-        labels = _labels(f"{where}.labels", entry.get("labels"))
-        if note is not None or labels:
+        try:
+            note = _note(f"{where}.note", entry.get("note"))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        try:
+            labels = _labels(f"{where}.labels", entry.get("labels"))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if not problems and (note is not None or labels):
             extras[entry["from"]] = TicketExtras(note, labels)
+    if problems:
+        raise ConfigError.many(problems)
     return MappingProxyType(extras)
 
 
@@ -89,7 +99,15 @@ def _labels(where: str, value: Any) -> tuple[Target, ...]:
         return ()
     if not isinstance(value, list):
         raise ConfigError(where, "must be a list of Trengo label names or ids")
-    return tuple(_target(f"{where}[{i}]", item, "label") for i, item in enumerate(value))
+    targets, problems = [], []
+    for i, item in enumerate(value):
+        try:
+            targets.append(_target(f"{where}[{i}]", item, "label"))
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        raise ConfigError.many(problems)
+    return tuple(targets)
 
 
 def _target(where: str, value: Any, what: str) -> Target:

@@ -222,6 +222,9 @@ def test_a_bad_value_is_reported_once_not_again_as_missing(tmp_path: Path):
     with pytest.raises(ConfigError) as caught:
         build_config({"apiTokenFile": str(tmp_path / "missing"), "channelId": "abc"})
     assert [p.key for p in caught.value.problems] == ["apiTokenFile", "channelId"]
+    # the file the pod could not read, by its path
+    named = f"cannot read the secret file {tmp_path / 'missing'}: No such file"
+    assert named in caught.value.problems[0].line()
 
 
 def test_a_negative_channel_id_from_env_must_be_a_positive_integer():

@@ -29,6 +29,10 @@ def mask_url(url: str) -> str:
     if query:
         pairs = [(k, "****" if k.lower() in _QUERY_SECRETS else v) for k, v in parse_qsl(query, True)]
         query = urlencode(pairs, safe="*/")
+    if (netloc, query) == (parts.netloc, parts.query):
+        # Nothing to mask: the URL as given. urlunsplit would turn sqlite:////abs/path into sqlite://abs/path
+        # (an empty netloc before a path that starts with //), which no longer names the file.
+        return url
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
