@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from . import logs
 from .config import LOG_FORMATS, LOG_LEVELS, Config, load
@@ -16,9 +17,17 @@ log = logging.getLogger("sidecar")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def build_parser(
+    prog: str = "trengo-sidecar",
+    description: str = "A gRPC sidecar that delivers Identify and Track events to Trengo.",
+) -> argparse.ArgumentParser:
+    """The sidecar's flags (make run's demo takes the same ones, and adds its own)."""
     parser = argparse.ArgumentParser(
-        prog="trengo-sidecar",
-        description="A gRPC sidecar that delivers Identify and Track events to Trengo.",
+        prog=prog,
+        description=description,
         epilog="Config keys come from --config, then the environment variables below, then flags.\n\n"
         + env_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,7 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="check the token and baseUrl against Trengo (one channel list) and exit: 0 if they work",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    """The config keys the flags set (None: not given)."""
+    return {
+        "listen": args.listen,
+        "metricsListen": args.metrics_listen,
+        "store": args.store,
+        "logFormat": args.log_format,
+        "logLevel": args.log_level,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,15 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return deliveries(argv[1:])
     args = parse_args(argv)
-    overrides = {
-        "listen": args.listen,
-        "metricsListen": args.metrics_listen,
-        "store": args.store,
-        "logFormat": args.log_format,
-        "logLevel": args.log_level,
-    }
     try:
-        loaded = load(args.config, overrides=overrides)
+        loaded = load(args.config, overrides=flag_overrides(args))
     except ConfigError as exc:
         print(config_problems(exc), file=sys.stderr)
         return 2
@@ -80,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         from .readiness import check_command
 
         return check_command(config)
+    return run_serving(config)
+
+
+def run_serving(config: Config, started: Callable[[], None] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; 1 (said in the log) if the sidecar cannot start."""
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(serve(config, started))
     except (OSError, ConfigError) as exc:  # ConfigError: the OTEL_* environment (sidecar/tracing.py)
         log.error("cannot start: %s", exc)
         return 1
@@ -96,8 +114,10 @@ def config_problems(exc: ConfigError) -> str:
     return f"trengo-sidecar: bad config ({len(exc.problems)} problems):{lines}"
 
 
-async def _serve(config: Config) -> None:
+async def serve(config: Config, started: Callable[[], None] | None = None) -> None:
+    """Start the sidecar (and its metrics), log where it serves, call ``started``, serve until a signal."""
     from .app import Sidecar  # grpc import deferred so --help and config errors are instant
+    from .tracing import export_endpoint
 
     sidecar = Sidecar(config)
     try:
@@ -114,12 +134,17 @@ async def _serve(config: Config) -> None:
             await sidecar.stop(grace=0)
             problem = exc.strerror or str(exc)
             raise OSError(f"metricsListen {config.metrics_listen}: cannot serve metrics: {problem}") from None
+    endpoint = export_endpoint() if sidecar.tracing else ""
+    if endpoint:
+        log.info("tracing on: spans go over OTLP/gRPC to %s", endpoint, extra={"fields": {"otlp": endpoint}})
     log.info(
         "trengo-sidecar listening",
         extra={
             "fields": {
                 "listen": config.listen,
                 "port": port,
+                "metrics": f"http://{config.metrics_listen}/metrics" if config.metrics_listen else "off",
+                "tracing": endpoint or "off",
                 "trengo": config.base_url,
                 "channel_id": config.channel_id,
                 "channel_identifier": config.channel_identifier,
@@ -129,6 +154,8 @@ async def _serve(config: Config) -> None:
             }
         },
     )
+    if started is not None:
+        started()
     await sidecar.serve_until_signal()
 
 

@@ -210,8 +210,13 @@ def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    base_origin: str = "default",
 ) -> Loaded:
-    """load_config, plus where each value came from, the keys ignored and the warnings for start-up."""
+    """load_config, plus where each value came from, the keys ignored and the warnings for start-up.
+
+    ``base``: file keys beneath all the sources (make run's demo config), their origin ``base_origin``.
+    """
     raw: dict[str, Any] = {}
     origins: dict[str, str] = {}
     env = os.environ if env is None else env
@@ -219,6 +224,7 @@ def load(
     from_env, env_origins, problems = env_values(env, {**ENV_VARS, **ENV_ALIASES})
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     sources = (
+        (dict(base or {}), {key: base_origin for key in base or {}}),
         (file, {key: f"file {path}" for key in file}),
         (from_env, env_origins),
         (flags, {key: "flag --" + re.sub("([A-Z])", r"-\1", key).lower() for key in flags}),

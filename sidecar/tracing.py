@@ -76,6 +76,14 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Tracing | None:
     return Tracing(provider)
 
 
+def export_endpoint(environ: Mapping[str, str] = os.environ) -> str:
+    """Where spans go, as the start-up line says it: the OTLP endpoint, any password in it masked."""
+    from .state.url import mask_url
+
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return mask_url((url or "").strip())
+
+
 def _resource() -> Resource:
     resource = Resource.create({SERVICE_VERSION: _version()})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
