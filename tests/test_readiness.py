@@ -92,10 +92,16 @@ def test_a_working_token_is_serving_and_its_channel_list_fills_the_cache(spawn, 
 
 def test_a_channel_of_the_wrong_kind_takes_the_service_out_with_the_reason(spawn, control):  # noqa: F811
     """channelIdentifier email on an SMS channel: every Identify would fail CHANNEL_KIND_MISMATCH."""
-    process = spawn(serving=False, channelId=SMS_CHANNEL, channelIdentifier="email")
+    metrics = free_port()
+    process = spawn(serving=False, channelId=SMS_CHANNEL, channelIdentifier="email",
+                    metricsListen=f"127.0.0.1:{metrics}")  # fmt: skip
     wait_for(lambda: process.health(SERVICE) == NOT_SERVING and "Trengo check failed" in process.output(),
              "the check to judge the channel")  # fmt: skip
     assert process.health("") == SERVING  # the pod's probe: calls that need no channel still work
+    _, samples = scrape(f"http://127.0.0.1:{metrics}/metrics")
+    assert value(samples, "trengo_sidecar_not_serving", reason="channel_kind_mismatch") == 1
+    assert value(samples, "trengo_sidecar_not_serving", reason="trengo_misconfigured") == 0
+    assert value(samples, "trengo_sidecar_trengo_check", result="channel_kind_mismatch") == 1
     output = process.output()
     assert "CHANNEL_KIND_MISMATCH" in output and f"channel {SMS_CHANNEL} is a SMS channel" in output, output
     assert "set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to phone" in output, output
