@@ -139,7 +139,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
 
     def refused(self, method: str, error: SidecarError, request_id: str) -> SidecarError:
         """A call or event refused before delivery (auth, shutdown, a bad stream id): logged and counted
-        like any other, as the README promises one line per RPC. Returns the error, for raising."""
+        like any other, as docs/operating.md promises one line per RPC. Returns the error, for raising."""
         if self.observer:
             self.observer.rpc(method, error.code.name, 0.0)
         _log_rpc(method, error.code.name, 0.0, request_id, None, None, error)

@@ -1,0 +1,104 @@
+"""The documentation says what the code does: README.md stays short and its links land, every promise in
+docs/guarantees.md names a test that exists, every config key and variable is in docs/configuration.md,
+every ErrorInfo reason a caller can get is in docs/errors.md.
+
+The site itself (every page in the nav, every link and anchor between pages) is checked by
+`mkdocs build --strict`, which `make test` runs (`make docs-build`).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import markdown
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# Reasons that never reach a caller: class defaults that every raise replaces, and the queue worker's
+# own signal that its lease ran out (the event is given back, not failed: sidecar/queue/worker.py).
+INTERNAL_REASONS = {"INTERNAL", "FAILED_PRECONDITION", "QUEUE_LEASE_LOST"}
+
+
+def anchors(page: Path) -> set[str]:
+    """The ids of page's headings as mkdocs makes them, kept only where GitHub makes the same one."""
+    md = markdown.Markdown(extensions=["toc"])
+    md.convert(page.read_text())
+    ids: set[str] = set()
+
+    def walk(tokens: list[dict]) -> None:
+        for token in tokens:
+            github = re.sub(r"[^\w\- ]", "", token["name"].lower()).replace(" ", "-")
+            if token["id"] == github:
+                ids.add(token["id"])
+            walk(token["children"])
+
+    walk(md.toc_tokens)
+    return ids
+
+
+def relative_links(page: Path) -> list[str]:
+    return [link for link in LINK.findall(page.read_text()) if not re.match(r"[a-z]+:", link)]
+
+
+def test_the_readme_is_at_most_250_lines():
+    assert len(README.read_text().splitlines()) <= 250
+
+
+@pytest.mark.parametrize("page", ["README.md", "CONTRIBUTING.md"])
+def test_every_link_of_the_top_level_pages_lands_on_a_file_and_a_heading(page):
+    source = ROOT / page
+    links = relative_links(source)
+    assert page != "README.md" or len(links) >= 20  # the docs map and the guarantees table
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = (source.parent / path).resolve() if path else source
+        assert target.exists(), f"{page}: {link} points at nothing"
+        if anchor:
+            assert target.suffix == ".md", f"{page}: {link}"
+            assert anchor in anchors(target), f"{page}: {link}: no such heading in {target.name}"
+
+
+def test_the_readme_points_at_every_page_of_the_site():
+    linked = {Path(link.partition("#")[0]).name for link in relative_links(README)}
+    included = {"index.md", "kubernetes.md", "contributing.md", "python-client.md", "node-client.md",
+                "benchmarks-queue.md", "trengo-followups-api.md"}  # home, pages of other READMEs, sub-pages
+    missing = sorted(page.name for page in DOCS.glob("*.md") if page.name not in linked | included)
+    assert not missing, f"README's documentation map lacks {missing}"
+
+
+def test_every_test_a_guarantee_names_exists():
+    text = (DOCS / "guarantees.md").read_text()
+    named = re.findall(r"`(test_\w+\.py)::(test_\w+)`", text)
+    assert len(named) >= 50
+    for file, test in named:
+        found = list((ROOT / "tests").rglob(file))
+        assert found, f"guarantees.md names {file}, which tests/ does not have"
+        assert any(re.search(rf"def {test}\b", f.read_text()) for f in found), f"{file}::{test} is gone"
+
+
+def test_every_config_key_and_variable_is_documented():
+    """From `trengo-sidecar --help`, which lists every variable beside its key."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--help"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    pairs = re.findall(r"^  ((?:TRENGO|SIDECAR)_[A-Z_]+) +(\w+)", help_text, re.MULTILINE)
+    assert len(pairs) >= 45
+    page = (DOCS / "configuration.md").read_text()
+    for variable, key in pairs:
+        assert f"`{key}`" in page, f"configuration.md lacks the key {key}"
+        assert f"`{variable}`" in page, f"configuration.md lacks the variable {variable}"
+
+
+def test_every_reason_a_caller_can_get_is_in_the_errors_page():
+    source = "\n".join(p.read_text() for p in (ROOT / "sidecar").rglob("*.py"))
+    reasons = set(re.findall(r"reason ?= ?\"([A-Z][A-Z_]+)\"", source)) - INTERNAL_REASONS
+    assert len(reasons) >= 20
+    page = (DOCS / "errors.md").read_text()
+    missing = sorted(r for r in reasons if f"`{r}`" not in page)
+    assert not missing, f"errors.md lacks {missing}"
