@@ -65,23 +65,6 @@ class PostgresQueue:
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""
 
-    async def _next_seq(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        cursor = await conn.execute(Q["next_seq"])
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
-
-    async def _next_seqs(self, conn: psycopg.AsyncConnection[Any], count: int) -> list[int]:
-        cursor = await conn.execute(Q["next_seqs"], {"count": count})
-        row = await cursor.fetchone()
-        assert row is not None
-        last = int(row[0])
-        return list(range(last - count + 1, last + 1))
-
-    async def _log(self, conn: psycopg.AsyncConnection[Any], ids: list[int], now: float | None) -> None:
-        """Append the rows, as they are now (each already given its cursor), to the change log."""
-        await conn.execute(Q["log_changes"], {"ids": ids, "now": now})
-
     async def enqueue(self, job: NewJob) -> bool:
         async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
             cursor = await conn.execute(
@@ -106,29 +89,21 @@ class PostgresQueue:
             ids = [row[0] for row in await cursor.fetchall()]
             if not ids:
                 return []
-            seqs = await self._next_seqs(conn, len(ids))
             cursor = conn.cursor(row_factory=dict_row)
-            params = {"ids": ids, "seqs": seqs, "owner": owner, "lease": lease_seconds, "now": now}
-            await cursor.execute(Q["take"], params)
+            await cursor.execute(Q["take"], {"ids": ids, "owner": owner, "lease": lease_seconds, "now": now})
             jobs = {job.id: job for job in map(_job, await cursor.fetchall())}
-            await self._log(conn, ids, now)
             return [jobs[i] for i in ids]
 
         return await self._run(take)
 
     async def _settle_expired(self, conn: psycopg.AsyncConnection[Any], now: float | None) -> None:
         cursor = await conn.execute(Q["expired"], {"now": now})
-        settled = []
         for job_id, write_sent in await cursor.fetchall():
-            seq = await self._next_seq(conn)
             if write_sent:
                 error = Jsonb(unknown_error(EXPIRED_MESSAGE))
-                await conn.execute(Q["expired_sent"], {"id": job_id, "error": error, "seq": seq, "now": now})
+                await conn.execute(Q["expired_sent"], {"id": job_id, "error": error, "now": now})
             else:
-                await conn.execute(Q["give_back"], {"id": job_id, "owner": None, "seq": seq})
-            settled.append(job_id)
-        if settled:
-            await self._log(conn, settled, now)
+                await conn.execute(Q["give_back"], {"id": job_id, "owner": None, "now": now})
 
     async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
         async def beat(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -158,11 +133,9 @@ class PostgresQueue:
                     "result": _jsonb(outcome.result),
                     "error": _jsonb(outcome.error),
                     "next": outcome.next_attempt_at or None,
-                    "seq": await self._next_seq(conn),
                     "now": self._now(),
                 },
             )
-            await self._log(conn, [job_id], self._now())
             return True
 
         return await self._run(end)
@@ -170,11 +143,8 @@ class PostgresQueue:
     async def release(self, owner: str, job_id: int) -> None:
         async def give_back(conn: psycopg.AsyncConnection[Any]) -> None:
             cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
-            if await cursor.fetchone() is None:
-                return
-            seq = await self._next_seq(conn)
-            await conn.execute(Q["give_back"], {"id": job_id, "owner": owner, "seq": seq})
-            await self._log(conn, [job_id], self._now())
+            if await cursor.fetchone() is not None:  # its lock first, then the counter's (no cycle)
+                await conn.execute(Q["give_back"], {"id": job_id, "owner": owner, "now": self._now()})
 
         await self._run(give_back)
 
@@ -220,10 +190,7 @@ class PostgresQueue:
                         raise RetryRefused(message_id, None if row is None else row[1])
                     ids.append(row[0])
             for job_id in ids:
-                seq = await self._next_seq(conn)
-                await conn.execute(Q["requeue"], {"id": job_id, "seq": seq, "now": self._now()})
-            if ids:
-                await self._log(conn, ids, self._now())
+                await conn.execute(Q["requeue"], {"id": job_id, "now": self._now()})
             return len(ids)
 
         return await self._run(retry)

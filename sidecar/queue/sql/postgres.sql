@@ -58,20 +58,6 @@ SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, resul
 FROM queue_deliveries WHERE seq > 0
 ON CONFLICT DO NOTHING;
 
--- name: next_seq
-UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value;
-
--- name: next_seqs
--- As many cursors as rows changed: the last of them is returned.
-UPDATE queue_meta SET value = value + %(count)s WHERE key = 'seq' RETURNING value;
-
--- name: log_changes
--- The rows as they are now (each already given its cursor), appended to the change log.
-INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at,
-                           result, error, at)
-SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
-FROM queue_deliveries WHERE id = ANY(%(ids)s);
-
 -- name: enqueue
 INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at,
                               trace)
@@ -87,17 +73,35 @@ WHERE active AND state = 'delivering'
 FOR UPDATE SKIP LOCKED;
 
 -- name: expired_sent
+-- Each change below is one statement: the row updated, given the next cursor from the counter row
+-- (its lock held to commit, so cursors become visible in order), and appended to the change log.
+-- The row's own lock is always taken first (FOR UPDATE before), the counter's last: no cycle.
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
 SET state = 'failed', active = FALSE, attempts = attempts + 1, error = %(error)s, lease_owner = NULL,
-    lease_until = NULL, finished_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8), seq = %(seq)s
-WHERE id = %(id)s;
+    lease_until = NULL, finished_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8), seq = (SELECT value FROM c)
+WHERE id = %(id)s
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: give_back
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
 SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'queued' END, lease_owner = NULL,
-    lease_until = NULL, write_sent = FALSE, seq = %(seq)s
+    lease_until = NULL, write_sent = FALSE, seq = (SELECT value FROM c)
 WHERE id = %(id)s AND state = 'delivering' AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
-RETURNING id;
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: due_heads
 -- A person's head (lowest active id), due, with nothing of that person in flight.
@@ -111,12 +115,22 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- name: take
+-- The heads due_heads locked, leased, each given its cursor in the order of ids and logged.
+WITH c AS (UPDATE queue_meta SET value = value + cardinality(%(ids)s::bigint[]) WHERE key = 'seq'
+           RETURNING value),
+s AS (SELECT i.id, (SELECT value FROM c) - cardinality(%(ids)s::bigint[]) + i.n AS seq
+      FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS i(id, n)),
+t AS (
 UPDATE queue_deliveries d
 SET state = 'delivering', lease_owner = %(owner)s, write_sent = FALSE, seq = s.seq,
     lease_until = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) + %(lease)s::float8
-FROM unnest(%(ids)s::bigint[], %(seqs)s::bigint[]) AS s(id, seq)
+FROM s
 WHERE d.id = s.id
-RETURNING d.*;
+RETURNING d.*),
+l AS (INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+      SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+      FROM t)
+SELECT * FROM t;
 
 -- name: heartbeat
 UPDATE queue_deliveries
@@ -135,14 +149,22 @@ WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'delivering'
 FOR UPDATE;
 
 -- name: finish
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
 SET state = %(state)s, active = (%(state)s = 'retrying'), attempts = attempts + 1, result = %(result)s,
     error = %(error)s,
     next_attempt_at = COALESCE(%(next)s::float8, %(now)s::float8, extract(epoch FROM clock_timestamp())::float8),
-    lease_owner = NULL, lease_until = NULL, write_sent = FALSE, forced = FALSE, seq = %(seq)s,
+    lease_owner = NULL, lease_until = NULL, write_sent = FALSE, forced = FALSE, seq = (SELECT value FROM c),
     finished_at = CASE WHEN %(state)s = 'retrying' THEN NULL
                        ELSE COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) END
-WHERE id = %(id)s;
+WHERE id = %(id)s
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: get
 SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;
@@ -162,11 +184,20 @@ SELECT id FROM queue_deliveries WHERE state = 'failed' ORDER BY id FOR UPDATE;
 SELECT id, state FROM queue_deliveries WHERE message_id = %(message_id)s FOR UPDATE;
 
 -- name: requeue
+-- Afresh: attempts from 0 and the give-up clock from now; accepted_at stays the acceptance.
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
-SET state = 'queued', active = TRUE, forced = TRUE, finished_at = NULL, seq = %(seq)s, attempts = 0,
+SET state = 'queued', active = TRUE, forced = TRUE, finished_at = NULL, seq = (SELECT value FROM c), attempts = 0,
     retry_from = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8),
     next_attempt_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
-WHERE id = %(id)s;
+WHERE id = %(id)s
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: prune
 DELETE FROM queue_deliveries WHERE state = 'delivered' AND finished_at < %(before)s;
