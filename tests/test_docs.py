@@ -102,3 +102,20 @@ def test_every_reason_a_caller_can_get_is_in_the_errors_page():
     page = (DOCS / "errors.md").read_text()
     missing = sorted(r for r in reasons if f"`{r}`" not in page)
     assert not missing, f"errors.md lacks {missing}"
+
+
+def test_every_metric_is_documented():
+    """Each metric name the sidecar registers (by its module's PREFIX) is on the operating or queue page."""
+    names = set()
+    for module in (ROOT / "sidecar").rglob("*.py"):
+        text = module.read_text()
+        prefix = re.search(r'^PREFIX = "(\w+)"', text, re.MULTILINE)
+        if prefix:
+            names |= {prefix[1] + "_" + name for name in re.findall(r'f"\{PREFIX\}_(\w+)"', text)}
+    assert len(names) >= 20
+    pages = (DOCS / "operating.md").read_text() + (DOCS / "queue.md").read_text()
+    # `trengo_sidecar_cache_{hits,misses}_total` names two metrics: spell each out.
+    for head, alternatives, tail in re.findall(r"(\w+)\{(\w+(?:,\w+)+)\}(\w*)", pages):
+        pages += " ".join(f" {head}{alternative}{tail} " for alternative in alternatives.split(","))
+    missing = sorted(name for name in names if not re.search(rf"\b{name}(_total)?\b", pages))
+    assert not missing, f"undocumented metrics: {missing}"
