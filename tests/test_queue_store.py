@@ -345,3 +345,53 @@ def test_nested_flight_locks_that_share_a_lock_file_do_not_wait_on_themselves(tm
             await other.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_upgraded_store_seeds_the_change_log_with_each_events_last_change(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A store from before the change log (queue schema step 2): a watcher resuming after the upgrade
+    still gets each event's last change under the cursor it had, and new changes follow it."""
+    from sidecar.queue import sqlite as queue_sqlite
+    from sidecar.queue.postgres import Q
+
+    clock = Clock()
+    url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    old_steps = [queue_sqlite.SCHEMA, queue_sqlite.TRACE_COLUMN] if backend == "sqlite" else [
+        Q["migrate_1"], Q["migrate_2"]]  # fmt: skip
+    # What the old code left: a failed event whose last change had cursor 7, one never changed.
+    rows = [("old-failed", "failed", 1, 7), ("old-queued", "queued", 0, 0)]
+
+    async def main() -> list[tuple[str, str, int]]:
+        state = open_state(url, clock=clock) if backend == "sqlite" else open_state(url)
+        await state.start()
+        try:
+            await state.migrate("queue", old_steps)
+            for message_id, status, attempts, seq in rows:
+                sql = (
+                    "INSERT INTO queue_deliveries (message_id, person, event, state, active, attempts, "
+                    "accepted_at, retry_from, next_attempt_at, seq) VALUES "
+                    f"('{message_id}', 'p-{message_id}', '{{}}', '{status}', {status != 'failed'}, "
+                    f"{attempts}, 1, 1, 1, {seq})"
+                )
+                await _raw(state, backend, sql)
+            await _raw(state, backend, "UPDATE queue_meta SET value = 7 WHERE key = 'seq'")
+            queue: QueueStore = SqliteQueue(state, clock)
+            if backend == "postgresql":
+                queue = PostgresQueue(state, clock)
+            await queue.open()  # step 3: the change log
+            await queue.retry_failed(["old-failed"])
+            return [(c.message_id, c.state, c.seq) for c in await queue.changes(0, 10)]
+        finally:
+            await state.aclose()
+
+    assert asyncio.run(main()) == [("old-failed", FAILED, 7), ("old-failed", QUEUED, 8)]
+
+
+async def _raw(state: Any, backend: str, sql: str) -> None:
+    if backend == "sqlite":
+        await state.run(lambda db: db.execute(sql.replace("True", "1").replace("False", "0")))
+    else:
+        async with state.pool.connection() as conn:
+            await conn.execute(sql)

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS queue_changes (
   error TEXT,
   at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS queue_changes_at ON queue_changes (at);
 INSERT OR IGNORE INTO queue_changes
 SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
        COALESCE(finished_at, accepted_at)
