@@ -12,7 +12,7 @@ CLIENT_STUBS := $(CLIENT_GEN)/sidecar_pb2.py
 NODE_DIR := clients/node
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel docs docs-build
+.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel docs docs-build test-image
 
 install: $(VENV)/.installed $(STUBS) $(CLIENT_STUBS)
 
@@ -77,9 +77,11 @@ buf: node
 	  $(BUF) breaking --against '.git#ref=$(BUF_BASE)'; \
 	else echo "buf breaking: $(BUF_BASE) has no buf.yaml, nothing to compare"; fi
 
+# lint-imports: the layers in pyproject.toml's [tool.importlinter] (no cycle, no upward import).
 lint: install
 	$(BIN)/ruff check sidecar tests clients/python benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test-python: install node
 	$(BIN)/pytest
@@ -96,6 +98,12 @@ docs-build: install
 
 test: lint buf docs-build test-python
 
+# The image, built from the Dockerfile with buildah (no container engine needed) on a local
+# python:3.11-slim made by debootstrap, then started and checked for real: tests/image/run.sh.
+# Needs root; installs buildah and debootstrap with apt when missing. CI runs it after `test`.
+test-image: install
+	bash tests/image/run.sh
+
 # The Python client's wheel, with its generated stubs inside, into dist/.
 client-wheel: install
 	$(BIN)/python -m build --wheel --outdir dist clients/python
@@ -103,6 +111,7 @@ client-wheel: install
 bench: install
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.queue
+	$(BIN)/python -m benchmarks.ingest
 
 clean:
 	rm -rf $(VENV) trengo $(CLIENT_GEN) dist site $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import _KEYS, _SECRET_FILE_KEYS, Loaded, load
-from sidecar.config_report import check_config
+from sidecar.config.load import _KEYS, _SECRET_FILE_KEYS, Loaded, load
+from sidecar.config.report import check_config
 from tests.harness import cli_env
 from tests.test_shutdown import ROOT
 

@@ -8,6 +8,7 @@ The site itself (every page in the nav, every link and anchor between pages) is 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -119,3 +120,35 @@ def test_every_metric_is_documented():
         pages += " ".join(f" {head}{alternative}{tail} " for alternative in alternatives.split(","))
     missing = sorted(name for name in names if not re.search(rf"\b{name}(_total)?\b", pages))
     assert not missing, f"undocumented metrics: {missing}"
+
+
+def test_every_documented_default_is_the_default():
+    """The table's default column against `--check-config`, which marks each value that is a default."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRENGO_", "SIDECAR_"))}
+    env |= {"TRENGO_API_TOKEN": "a-token", "TRENGO_CHANNEL_ID": "405980"}
+    report = subprocess.run(
+        [sys.executable, "-m", "sidecar", "--check-config"], capture_output=True, text=True, check=True,
+        cwd=ROOT, env=env,
+    ).stdout
+    actual = dict(re.findall(r"^(\w+): (.*?)  # default$", report, re.MULTILINE))
+    compared = 0
+    for keys_cell, _, default_cell in re.findall(
+        r"^\| (`[^|]+) \| ([^|]*) \| ([^|]*) \|", (DOCS / "configuration.md").read_text(), re.MULTILINE
+    ):
+        keys = [k for k in re.findall(r"`([\w\[\].]+)`", keys_cell) if k in actual]
+        defaults = [d.strip().strip("`") for d in default_cell.split(",")]
+        if len(defaults) != len(keys):
+            defaults = [default_cell.strip().strip("`")] * len(keys)
+        for key, documented in zip(keys, defaults, strict=True):
+            assert same_value(documented, actual[key].strip("'")), f"{key}: documented {documented!r}"
+            compared += 1
+    assert compared >= 40
+
+
+def same_value(documented: str, actual: str) -> bool:
+    documented = {"off": "", "[]": "[]", "{}": "[]"}.get(documented, documented)
+    actual = {"{}": "[]"}.get(actual, actual)
+    try:
+        return float(documented) == float(actual)
+    except ValueError:
+        return documented == actual

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from sidecar import ratelimit
 from sidecar.deadline import Deadline
+from sidecar.trengo_api import ratelimit
 from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 

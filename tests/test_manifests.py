@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from sidecar.__main__ import parse_args
-from sidecar.app import SERVICE
-from sidecar.config import ENV_VARS, build_config, load_config
+from sidecar.api.app import SERVICE
+from sidecar.config.load import ENV_VARS, build_config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"

@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar.logs import JsonFormatter
-from sidecar.metrics import MetricsServer, start_metrics
+from sidecar.observe.logs import JsonFormatter
+from sidecar.observe.metrics import MetricsServer, start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import struct
 from tests.test_metrics import scrape, value

@@ -10,9 +10,11 @@ every pod; tests may pass a clock instead.
 Each change of state takes the next cursor from one counter row, whose
 lock is held to commit: cursors are therefore visible in the order they were
 given, so a watcher reading "after N" never skips one that commits late.
-Every transaction takes that lock last, after its rows' locks, so two never
-wait on each other in a cycle. Acceptance takes no cursor (it is not a
-change a watcher follows), so enqueues never queue behind that lock.
+The worker's and the operator's changes take that lock last, after their
+rows' locks, so two never wait on each other in a cycle. Acceptance takes
+no cursor (it is not a change a watcher follows), so enqueues never queue
+behind that lock; only an event refused at acceptance (the HTTP ingest's
+failed-at-once) is a change, and takes one.
 """
 
 from __future__ import annotations
@@ -66,20 +68,33 @@ class PostgresQueue:
         """The pool belongs to whoever opened it."""
 
     async def enqueue(self, job: NewJob) -> bool:
-        async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
-            cursor = await conn.execute(
-                Q["enqueue"],
-                {
-                    "message_id": job.message_id,
-                    "person": job.person,
-                    "event": Jsonb(job.event),
-                    "trace": Jsonb(job.trace) if job.trace else None,
-                    "now": self._now(),
-                },
-            )
-            return await cursor.fetchone() is not None
+        return (await self.enqueue_many([job]))[0]
+
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> list[bool]:
+            seen: set[str] = set()  # twice in one batch: the second is the duplicate
+            inserted = []
+            for job in jobs:
+                fresh = job.message_id not in seen and await self._insert(conn, job)
+                seen.add(job.message_id)
+                inserted.append(fresh)
+            return inserted
 
         return await self._run(insert)
+
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
+        params = {
+            "message_id": job.message_id,
+            "person": job.person,
+            "event": Jsonb(job.event),
+            "trace": Jsonb(job.trace) if job.trace else None,
+            "now": self._now(),
+        }
+        if job.error is None:
+            cursor = await conn.execute(Q["enqueue"], params)
+        else:  # failed at acceptance: takes a cursor and is logged as a change (enqueue_failed)
+            cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
+        return await cursor.fetchone() is not None
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         async def take(conn: psycopg.AsyncConnection[Any]) -> list[Job]:

@@ -9,9 +9,10 @@ leases mean the same on every sidecar of a fleet.
 States: queued -> delivering -> delivered | retrying | failed; retrying ->
 delivering again; failed -> queued by an operator's retry, which starts the
 event afresh (attempts 0, its give-up clock from now) and keeps accepted_at.
-Every change but acceptance gets its own cursor in an append-only change log. ``active`` is
-true until delivered or failed: the person's active event with the lowest
-id is the only one that may be delivered (order per person).
+Every change but acceptance gets its own cursor in an append-only change log
+(an event failed at acceptance is one). ``active`` is true until delivered or
+failed: the person's active event with the lowest id is the only one that may
+be delivered (order per person).
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class NewJob:
     person: str
     event: dict[str, Any]
     trace: dict[str, str] | None = None  # the Enqueue's trace context (traceparent), when it was traced
+    # Refused when accepted (the HTTP ingest's per-event validation): stored failed with this DeliverError
+    # (protobuf JSON), never delivered, so GetDelivery and ListDeliveries show it.
+    error: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -118,6 +122,11 @@ class QueueStore(Protocol):
     async def enqueue(self, job: NewJob) -> bool:
         """Store the job durably (committed when this returns); False if its message_id was already
         accepted, in which case nothing changed."""
+
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
+        """Store all the jobs in one transaction (all or none, committed when this returns); for each,
+        False if its message_id was already accepted (or came earlier in ``jobs``). A job with an
+        ``error`` is stored failed, inactive: it holds no person's turn."""
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Take up to ``limit`` due jobs, each its person's head with nothing of that person in flight,

@@ -16,14 +16,15 @@ import sys
 import tempfile
 from typing import Any
 
-from .. import logs
-from ..__main__ import build_parser, config_problems, flag_overrides, run_serving
-from ..config import Config, load
-from ..config_report import check_config
+from ..api.serving import build_parser, config_problems, flag_overrides, run_serving
+from ..config.load import Config, load
+from ..config.report import check_config
 from ..errors import ConfigError
+from ..observe import logs
 from . import SimulatorThread
 
 DEMO_TOKEN = "demo-token"
+DEMO_WRITE_KEY = "demo-write-key"  # the HTTP ingest's key for this demo only: printed at start
 DEMO_CONFIG = {
     "apiToken": DEMO_TOKEN,
     "channelId": 405980,  # the simulator's e-mail channel
@@ -70,6 +71,13 @@ Enqueue accepts for later delivery (the queue is in the store above); GetDeliver
   grpcurl -plaintext -d '{{"messageId": "order-1"}}' {listen} trengo.sidecar.v1.TrengoSidecar/GetDelivery
   trengo-sidecar deliveries --address {listen} list --state failed
 
+A RudderStack or Segment SDK posts to http://{http} (its dataPlaneUrl or host), write key {write_key}:
+
+  echo '{{"batch": [{{"type": "identify", "userId": "bo", "traits": {{"email": "bo@example.com"}}}},
+    {{"type": "track", "userId": "bo", "event": "Checked Out",
+      "context": {{"traits": {{"email": "bo@example.com"}}}}}}]}}' | gzip \\
+    | curl -s -u {write_key}: -H 'Content-Encoding: gzip' --data-binary @- http://{http}/v1/batch
+
 Ctrl-C to stop.
 """
 
@@ -93,11 +101,14 @@ def parse_args(argv: list[str] | None) -> Any:
 
 def demo_config(base_url: str, state: str) -> dict[str, Any]:
     """The demo's defaults, as a config file would hold them."""
-    return {**DEMO_CONFIG, "baseUrl": base_url, "store": f"sqlite:///{state}/state.db"}
+    return {
+        **DEMO_CONFIG, "baseUrl": base_url, "store": f"sqlite:///{state}/state.db",
+        "httpListen": "127.0.0.1:8088", "writeKeys": [DEMO_WRITE_KEY],
+    }  # fmt: skip
 
 
 def banner(config: Config, base_url: str, state: str, keep: bool) -> str:
-    from ..tracing import export_endpoint
+    from ..observe.tracing import export_endpoint
 
     if not str(config.store.masked()).startswith(f"sqlite:///{state}/"):
         where = f"{config.store.masked()} (store, as configured)"
@@ -112,6 +123,8 @@ def banner(config: Config, base_url: str, state: str, keep: bool) -> str:
         metrics=f"http://{config.metrics_listen}/metrics" if config.metrics_listen else METRICS_OFF,
         tracing=export_endpoint() or TRACING_OFF,
         state=where,
+        http=config.http_listen,
+        write_key=DEMO_WRITE_KEY,
     )
 
 

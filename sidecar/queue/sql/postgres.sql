@@ -67,6 +67,24 @@ FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::fl
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id;
 
+-- name: enqueue_failed
+-- Refused when accepted (the HTTP ingest): failed at once, inactive, with its cursor, and logged as a
+-- change (a watcher sees it fail). A cursor taken for a duplicate is skipped: watchers never wait for one.
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
+INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from,
+                              next_attempt_at, trace, error, finished_at, seq)
+SELECT %(message_id)s, %(person)s, %(event)s, 'failed', FALSE, now_.t, now_.t, now_.t, %(trace)s,
+       %(error)s, now_.t, (SELECT value FROM c)
+FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
+ON CONFLICT (message_id) DO NOTHING
+RETURNING *),
+l AS (INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at,
+                                 result, error, at)
+      SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, accepted_at
+      FROM u)
+SELECT id FROM u;
+
 -- name: expired
 SELECT id, write_sent FROM queue_deliveries
 WHERE active AND state = 'delivering'
