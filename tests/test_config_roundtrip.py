@@ -17,7 +17,11 @@ from sidecar.config.report import check_config
 from tests.harness import cli_env
 from tests.test_shutdown import ROOT
 
-SECRETS = {"TRENGO_API_TOKEN": "Zq7-api-token", "SIDECAR_AUTH_TOKEN": "Zq7-auth-token"}
+SECRETS = {
+    "TRENGO_API_TOKEN": "Zq7-api-token",
+    "SIDECAR_AUTH_TOKEN": "Zq7-auth-token",
+    "SIDECAR_WRITE_KEYS": "Zq7-write-key-1,Zq7-write-key-2",
+}
 
 
 def full_config(tmp_path: Path, certs: Path) -> dict[str, Any]:
@@ -74,6 +78,7 @@ def full_config(tmp_path: Path, certs: Path) -> dict[str, Any]:
         "tlsClientCaFile": str(certs / "ca.crt"),
         "shutdownGraceSeconds": 15,
         "metricsListen": "127.0.0.1:9464",
+        "httpListen": "127.0.0.1:8088",
         "logFormat": "json",
         "logLevel": "DEBUG",
     }
@@ -98,7 +103,7 @@ def printed_again(tmp_path: Path, loaded: Loaded, env: dict[str, str], name: str
 
 def test_the_full_config_sets_every_key(tmp_path: Path, certs: Path):
     """A key added to the sidecar must be added here too, so the round trip covers it."""
-    secrets = {"apiToken", "authToken", *_SECRET_FILE_KEYS}
+    secrets = {"apiToken", "authToken", "writeKeys", *_SECRET_FILE_KEYS}
     assert set(full_config(tmp_path, certs)) == set(_KEYS) - secrets
 
 
@@ -123,6 +128,7 @@ def test_notes_labels_and_the_store_path_survive_the_print(tmp_path: Path, certs
     assert printed["eventTemplateMap"] == raw["eventTemplateMap"]  # note, labels and templates as written
     assert printed["store"] == raw["store"] and printed["store"].startswith("sqlite:////")
     assert printed["apiToken"] == "****" and printed["authToken"] == "****"
+    assert printed["writeKeys"] == ["****", "****"]
 
 
 def test_a_token_file_and_a_store_password_round_trip_with_the_secrets_from_env(tmp_path: Path):

@@ -34,7 +34,9 @@ class MakeRun:
         self.address = f"127.0.0.1:{free_port()}"
         self.out, self.err = tmp_path / "run.out", tmp_path / "run.err"
         base = {k: v for k, v in cli_env().items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-        full = {**base, "SIDECAR_LISTEN": self.address, "TRENGO_SIM_PORT": str(free_port()), **env}
+        ports = {"SIDECAR_LISTEN": self.address, "TRENGO_SIM_PORT": str(free_port()),
+                 "SIDECAR_HTTP_LISTEN": f"127.0.0.1:{free_port()}"}  # fmt: skip
+        full = {**base, **ports, **env}
         with self.out.open("wb") as out, self.err.open("wb") as err:
             # -o install: the venv is the test's own; make run must not rebuild it under the test.
             self.popen = subprocess.Popen(
