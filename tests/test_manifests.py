@@ -28,6 +28,7 @@ import yaml
 from sidecar.__main__ import parse_args
 from sidecar.api.app import SERVICE
 from sidecar.config.load import ENV_VARS, build_config, load_config
+from sidecar.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -37,6 +38,7 @@ MAKEFILE = ROOT / "Makefile"
 
 SIDECAR = "trengo-sidecar"
 GRPC_PORT = 50051
+HEALTH_PORT = 50052
 METRICS_PORT = 9090
 RUNTIME_UID = 10001
 BASE_IMAGE = "python:3.11-slim"
@@ -228,13 +230,15 @@ def test_the_sidecar_container_starts_with_a_valid_config(tmp_path: Path) -> Non
     overrides = {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "healthListen": args.health_listen,
         "logFormat": args.log_format,
         "logLevel": args.log_level,
     }
     config = load_config(config_file, env=env, overrides=overrides)
 
     host, port = config.listen.rsplit(":", 1)
-    assert (host, int(port)) == ("0.0.0.0", GRPC_PORT), "kubelet's gRPC probes need 0.0.0.0:50051"
+    assert (host, int(port)) == ("127.0.0.1", GRPC_PORT), "the API stays on the pod's loopback"
+    assert config.health_listen == f"0.0.0.0:{HEALTH_PORT}", "kubelet's gRPC probes dial the pod IP"
     assert _port_of(config.metrics_listen) == METRICS_PORT
     assert config.metrics_listen.startswith("0.0.0.0:"), "Prometheus scrapes the pod IP"
     assert config.log_format == "json"
@@ -260,10 +264,11 @@ def test_env_and_flags_exist_in_the_code() -> None:
 # --------------------------------------------------------------------------- pod
 
 
-def test_probes_are_grpc_health_on_the_listen_port() -> None:
+def test_probes_are_grpc_health_on_the_health_listen_port() -> None:
     sidecar = _sidecar()
-    listen_port = _port_of(_sidecar_args().listen)
-    assert listen_port == GRPC_PORT
+    assert _port_of(_sidecar_args().listen) == GRPC_PORT
+    listen_port = _port_of(_sidecar_args().health_listen)
+    assert listen_port == HEALTH_PORT
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
         probe = sidecar.get(kind)
         assert probe, f"{SIDECAR} needs a {kind}"
@@ -272,7 +277,7 @@ def test_probes_are_grpc_health_on_the_listen_port() -> None:
         assert probe["grpc"]["port"] == listen_port, f"{kind} probes port {probe['grpc']['port']}"
         assert probe["grpc"].get("service", "") in ("", SERVICE), f"{kind}: health has no such service"
     ports = {p["containerPort"]: p.get("name") for p in sidecar["ports"]}
-    assert ports == {GRPC_PORT: "grpc", METRICS_PORT: "metrics"}
+    assert ports == {HEALTH_PORT: "grpc-health", METRICS_PORT: "metrics"}
 
 
 def test_sidecar_is_a_native_sidecar() -> None:
@@ -349,6 +354,12 @@ def test_network_policy_keeps_the_grpc_port_pod_private() -> None:
     assert allowed and None not in allowed, "every ingress rule must name its ports"
     assert GRPC_PORT not in allowed and "grpc" not in allowed
     assert METRICS_PORT in allowed
+    ingress = policy["spec"]["ingress"]
+    [metrics] = [rule for rule in ingress if METRICS_PORT in [p["port"] for p in rule["ports"]]]
+    assert metrics.get("from"), "the metrics port is for Prometheus alone, not every pod"
+    for peer in metrics["from"]:
+        assert peer.get("podSelector", {}).get("matchLabels"), "narrowed to Prometheus' pods"
+        assert peer.get("namespaceSelector", {}).get("matchLabels"), "narrowed to Prometheus' namespace"
 
 
 def test_the_secret_is_a_placeholder() -> None:
@@ -444,19 +455,20 @@ def test_dockerfile_runs_as_non_root() -> None:
 
 def test_dockerfile_entrypoint_ports_and_cmd() -> None:
     runtime = _stages()[-1]
-    assert set(_last(runtime, "EXPOSE").split()) == {str(GRPC_PORT), str(METRICS_PORT)}
+    assert set(_last(runtime, "EXPOSE").split()) == {str(HEALTH_PORT), str(METRICS_PORT)}
     assert json.loads(_last(runtime, "ENTRYPOINT")) == [SIDECAR]
     # No flags in CMD: flags beat the environment and the config file, so `docker run -e SIDECAR_...`
     # and a --config file's listen/logFormat would be silently ignored. The defaults are ENV instead.
     assert json.loads(_last(runtime, "CMD")) == []
 
 
-def test_dockerfile_env_listens_on_the_container_address_and_logs_json() -> None:
+def test_dockerfile_env_keeps_the_api_on_loopback_and_logs_json() -> None:
     """The image's defaults are environment variables sidecar.config reads, and `docker run -e` wins."""
     env = _dockerfile_env()
     image = {name: value for name, value in env.items() if name.startswith(("SIDECAR_", "TRENGO_"))}
     assert image == {
-        "SIDECAR_LISTEN": f"0.0.0.0:{GRPC_PORT}",
+        "SIDECAR_LISTEN": f"127.0.0.1:{GRPC_PORT}",
+        "SIDECAR_HEALTH_LISTEN": f"0.0.0.0:{HEALTH_PORT}",
         "SIDECAR_METRICS_LISTEN": f"0.0.0.0:{METRICS_PORT}",
         "SIDECAR_LOG_FORMAT": "json",
     }
@@ -464,16 +476,21 @@ def test_dockerfile_env_listens_on_the_container_address_and_logs_json() -> None
         assert name in ENV_VARS, f"ENV {name} is not a variable sidecar.config reads"
     needed = {"TRENGO_API_TOKEN": "t", "TRENGO_CHANNEL_ID": "1"}
     config = load_config(env={**env, **needed})
-    assert (config.listen, config.metrics_listen, config.log_format) == (
-        f"0.0.0.0:{GRPC_PORT}",
+    assert (config.listen, config.health_listen, config.metrics_listen, config.log_format) == (
+        f"127.0.0.1:{GRPC_PORT}",
+        f"0.0.0.0:{HEALTH_PORT}",
         f"0.0.0.0:{METRICS_PORT}",
         "json",
     )
     # docker run -e SIDECAR_LISTEN=... replaces the image's value; flags after the image name beat both.
-    ran = load_config(env={**env, **needed, "SIDECAR_LISTEN": "0.0.0.0:6000"})
-    assert ran.listen == "0.0.0.0:6000" and ran.log_format == "json"
-    flagged = load_config(env={**env, **needed}, overrides={"listen": "0.0.0.0:7000"})
-    assert flagged.listen == "0.0.0.0:7000"
+    ran = load_config(env={**env, **needed, "SIDECAR_LISTEN": "127.0.0.1:6000"})
+    assert ran.listen == "127.0.0.1:6000" and ran.log_format == "json"
+    flagged = load_config(env={**env, **needed}, overrides={"listen": "127.0.0.1:7000"})
+    assert flagged.listen == "127.0.0.1:7000"
+    # Publishing the API without caller auth is refused, naming listen.
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={**env, **needed, "SIDECAR_LISTEN": "0.0.0.0:6000"})
+    assert caught.value.key == "listen" and "authToken" in str(caught.value)
 
 
 def test_dockerfile_bakes_in_no_secret_and_downloads_nothing() -> None:
@@ -507,6 +524,18 @@ def test_dockerignore_is_an_allowlist_of_what_the_build_copies() -> None:
             if name == "COPY" and not args.startswith("--from="):
                 for source in shlex.split(args)[:-1]:
                     assert source.rstrip("/") in allowed, f"COPY {source} is not allowed by .dockerignore"
+
+
+def test_the_simulator_stays_out_of_the_image() -> None:
+    """A stand-in for Trengo has no business in production: .dockerignore keeps it out of the context
+    (make run's demo runs it from the source tree), and nothing the image runs imports it."""
+    patterns = [line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()]
+    assert "sidecar/simulator/" in patterns
+    assert patterns.index("sidecar/simulator/") > patterns.index("!sidecar/"), "after the allow, to win"
+    runtime = [p for p in (ROOT / "sidecar").rglob("*.py") if "simulator" not in p.parts]
+    for path in runtime:
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(from|import) (sidecar\.|\.+)simulator", text, re.M), path
 
 
 def _make_variables(text: str) -> dict[str, str]:

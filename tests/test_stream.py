@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -85,8 +86,11 @@ def test_a_sender_that_does_not_read_its_answers_stops_being_read():
     async def answer(i: int) -> int:
         return i
 
+    async def prepare(i: int) -> tuple[str, Any]:
+        return str(i), lambda: answer(i)
+
     async def main() -> None:
-        answers = OrderedByKey(lambda i: (str(i), lambda: answer(i)), max_in_flight=8).run(requests())
+        answers = OrderedByKey(prepare, max_in_flight=8).run(requests())
         assert await anext(answers) is not None
         await asyncio.sleep(0.1)  # ample time to read all 1,000 if nothing held the reader back
         assert pulled <= 8 + 2, pulled

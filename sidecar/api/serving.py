@@ -40,6 +40,9 @@ def build_parser(
     )
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
     parser.add_argument(
+        "--health-listen", metavar="HOST:PORT", help="serve grpc.health.v1 alone there (kubelet's probes)"
+    )
+    parser.add_argument(
         "--http-listen", metavar="HOST:PORT",
         help="serve the HTTP ingest for RudderStack/Segment SDKs there (POST /v1/batch); needs writeKeys",
     )  # fmt: skip
@@ -67,6 +70,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
     return {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "healthListen": args.health_listen,
         "httpListen": args.http_listen,
         "store": args.store,
         "logFormat": args.log_format,
@@ -121,6 +125,7 @@ async def serve(config: Config, started: Callable[[], None] | None = None) -> No
             "fields": {
                 "listen": config.listen,
                 "port": port,
+                "health_listen": config.health_listen,
                 "metrics": f"http://{config.metrics_listen}/metrics" if config.metrics_listen else "off",
                 "tracing": endpoint or "off",
                 "trengo": config.base_url,

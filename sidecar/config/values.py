@@ -17,11 +17,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plan.templates import Template, TemplateError, compile_template
+from . import exposure
 from .sources import close_match, json_value
 from .tls import tls_problems
 
 # An eventTemplateMap entry's keys: anything else is a typo (add one here to allow it).
-TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels")  # note, labels: sidecar/config/followups.py
+TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels", "assignTo")  # all but from/to: config/followups.py
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 MAX_RATE_LIMIT_PER_MINUTE = 100_000  # the limiter keeps one timestamp per allowed call
 
@@ -227,6 +228,7 @@ def _check(c: Any) -> Iterator[ConfigError]:
         "queueRetentionSeconds": c.queue_retention_seconds,
         "rateLimitWindowSeconds": c.rate_limit_window_seconds,
         "storePoolSize": c.store_pool_size,
+        "maxEventFields": c.max_event_fields,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -253,6 +255,9 @@ def _check(c: Any) -> Iterator[ConfigError]:
         yield ConfigError("metricsListen", "must be HOST:PORT")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):
         yield ConfigError("listen", "must be HOST:PORT or unix:///path")
+    if c.health_listen and not _is_host_port(c.health_listen):
+        yield ConfigError("healthListen", "must be HOST:PORT")
+    yield from exposure.problems(c)
     if bool(c.tls_cert_file) != bool(c.tls_key_file):
         yield ConfigError("tlsCertFile", "tlsCertFile and tlsKeyFile go together")
     if c.tls_client_ca_file and not c.tls_cert_file:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -29,8 +30,11 @@ CHANNEL_ID_TYPE = "trengoChannelId"
 CONTACT_ID_TYPE = "trengoContactId"
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-_PHONE = re.compile(r"\+?[0-9][0-9 ().\-]{4,30}")
+_PHONE = re.compile(r"[+(]{0,2}[0-9][0-9 ().\-]{4,30}")  # "(06) 1234-5678" and "(+31) 6 ..." too
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
+# Unicode format characters (category Cf): invisible, yet they change what a reader sees. U+202E
+# (right-to-left override) turns "Ann\u202eTXT.exe" into "Annexe.TXT" in an agent's inbox; zero-width
+# spaces make two identical-looking e-mails or names different contacts. Refused in names and ids.
 
 
 EventKind = Literal["identify", "track"]
@@ -43,6 +47,7 @@ class Event:
     kind: EventKind
     email: str | None = None
     phone: str | None = None
+    phone_field: str = ""  # where the phone came from (traits.phone, ...), for an error that names it
     name: str | None = None
     event_name: str = ""
     properties: dict[str, Any] = field(default_factory=dict)
@@ -189,12 +194,14 @@ def _build(
         (properties, f"{prefix}properties"),
     )
     channel_id, contact_id = _external_ids(external_ids)
+    phone_field = _first(sources, ("phone",))[1]
     if kind == "track":
         event_name = _event_name(event_name, f"{prefix}event")
     return Event(
         kind=kind,
         email=_identifier(sources, "email", _EMAIL, "an e-mail address") or _external_email(external_ids),
         phone=_identifier(sources, "phone", _PHONE, "a phone number"),
+        phone_field=phone_field,
         name=_name(sources),
         event_name=event_name if kind == "track" else "",
         properties=properties,
@@ -282,9 +289,23 @@ def _identifier(sources: Any, key: str, pattern: re.Pattern[str], what: str) -> 
     value = value.strip()
     if not value:
         return None
+    if len(value) <= MAX_IDENTIFIER:
+        _no_format_characters(value, where)
     if len(value) > MAX_IDENTIFIER or _CONTROL.search(value) or not pattern.fullmatch(value):
         raise InvalidArgument(f"{where} is not {what}: {value[:64]!r}", field=where)
     return value
+
+
+def _format_character(value: str) -> str | None:
+    """The first format character of ``value`` (checked values are short: a name, an id)."""
+    return next((ch for ch in value if unicodedata.category(ch) == "Cf"), None)
+
+
+def _no_format_characters(value: str, where: str) -> None:
+    found = _format_character(value)
+    if found:
+        code = f"U+{ord(found):04X}"
+        raise InvalidArgument(f"{where} contains an invisible Unicode format character ({code})", field=where)
 
 
 def _name(sources: Any) -> str | None:
@@ -311,6 +332,7 @@ def _name_text(value: Any, where: str) -> str | None:
         raise InvalidArgument(f"{where} contains control characters", field=where)
     if len(value) > MAX_NAME:
         raise InvalidArgument(f"{where} is longer than {MAX_NAME} characters", field=where)
+    _no_format_characters(value, where)
     return value or None
 
 
@@ -321,6 +343,7 @@ def _event_name(value: Any, where: str) -> str:
         raise InvalidArgument(f"{where} must be a string, not {_js_type(value)}", field=where)
     if len(value) > MAX_EVENT_NAME or _CONTROL.search(value):
         raise InvalidArgument(f"{where} must be at most {MAX_EVENT_NAME} printable characters", field=where)
+    _no_format_characters(value, where)
     return value
 
 
@@ -328,6 +351,7 @@ def _short_text(value: Any, where: str) -> str:
     value = value or ""
     if len(value) > MAX_ID or _CONTROL.search(value):
         raise InvalidArgument(f"{where} must be at most {MAX_ID} printable characters", field=where)
+    _no_format_characters(value, where)
     return str(value)
 
 
@@ -366,7 +390,8 @@ def _external_email(entries: list[tuple[Any, Any, str]]) -> str | None:
         if isinstance(kind, str) and kind.lower().startswith("trengo"):
             continue
         value = raw.strip() if isinstance(raw, str) else ""
-        if len(value) <= MAX_IDENTIFIER and not _CONTROL.search(value) and _EMAIL.fullmatch(value):
+        plain = len(value) <= MAX_IDENTIFIER and not _CONTROL.search(value)
+        if plain and not _format_character(value) and _EMAIL.fullmatch(value):
             return value
     return None
 

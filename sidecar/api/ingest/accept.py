@@ -72,7 +72,7 @@ def decide(
         if dropped is not None:
             reason = dropped.reason
             return Decision(index, message_id, outcome=FILTERED, reason=reason, message=reason)
-        delivery.check(event)
+        event = delivery.check(event)  # the phone in E.164 with a region: the person key below
     except SidecarError as exc:
         error = json_format.MessageToDict(deliver_error(exc), preserving_proto_field_name=True)
         job = NewJob(message_id, f"message:{message_id}", {"refused": raw}, trace, error=error)
