@@ -355,7 +355,8 @@ def test_check_config_prints_a_config_file_with_origins(tmp_path: Path):
     text = check_config(load(path, env=env, overrides={"logLevel": "debug", "listen": None}))
     assert "t0k3n" not in text
     printed = yaml.safe_load(text)
-    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile", "writeKeysFile"}
+    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile", "writeKeysFile", "authToken"}
+    assert "# authToken: not set  # default" in text.splitlines()  # a blank one would not load again
     assert printed["apiToken"] == "****" and printed["channelId"] == 405980
     [entry] = printed["eventTemplateMap"]
     assert entry == {"from": "Added to cart", "to": "Product was of value:{{ revenue }}"}

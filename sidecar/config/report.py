@@ -37,6 +37,10 @@ def check_config(loaded: cfg.Loaded) -> str:
         "# Each line says where its value came from: file, env, flag or default.",
     ]
     for key, value, origin in _entries(loaded):
+        if value is _UNSET:
+            # Not a line a file could hold: a blank token is refused (it would turn caller auth off).
+            lines.append(f"# {key}: not set  # {origin}")
+            continue
         text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=10_000)
         first, *rest = text.rstrip("\n").split("\n")
         lines.append(f"{first}  # {origin}")
@@ -70,10 +74,15 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
             value = file_value(loaded.config.write_keys)  # masked, one **** a key: never as given
         elif key in loaded.given and not isinstance(getattr(loaded.config, attr), _PLAIN):
             value = file_value(_decoded(loaded.given[key]))  # a structure: as given, not as parsed
+        elif isinstance(getattr(loaded.config, attr), cfg.Secret) and not getattr(loaded.config, attr):
+            value = _UNSET
         else:
             value = file_value(getattr(loaded.config, attr))
         entries.append((key, value, loaded.origins.get(key, "default")))
     return entries
+
+
+_UNSET = object()  # a secret nobody gave: printed as a comment, so the output loads again
 
 
 def _template_entry(config: cfg.Config, name: str) -> dict[str, Any]:
