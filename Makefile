@@ -12,7 +12,7 @@ CLIENT_STUBS := $(CLIENT_GEN)/sidecar_pb2.py
 NODE_DIR := clients/node
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel docs docs-build
+.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel docs docs-build test-image
 
 install: $(VENV)/.installed $(STUBS) $(CLIENT_STUBS)
 
@@ -95,6 +95,12 @@ docs-build: install
 	  NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$out"
 
 test: lint buf docs-build test-python
+
+# The image, built from the Dockerfile with buildah (no container engine needed) on a local
+# python:3.11-slim made by debootstrap, then started and checked for real: tests/image/run.sh.
+# Needs root; installs buildah and debootstrap with apt when missing. CI runs it after `test`.
+test-image: install
+	bash tests/image/run.sh
 
 # The Python client's wheel, with its generated stubs inside, into dist/.
 client-wheel: install

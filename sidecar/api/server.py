@@ -143,6 +143,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         like any other, as docs/operating.md promises one line per RPC. Returns the error, for raising."""
         if self.observer:
             self.observer.rpc(method, error.code.name, 0.0)
+            self.observer.refused(error)
         _log_rpc(method, error.code.name, 0.0, request_id, None, None, error)
         return error
 
@@ -174,6 +175,8 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             seconds = time.monotonic() - started
             if self.observer:
                 self.observer.rpc(method, code, seconds)
+                if code != "CANCELLED":  # the caller left: neither delivered nor failed here
+                    self.observer.event(outcome, error)
                 for failure in outcome.failed_followups if outcome and not outcome.replayed else ():
                     self.observer.followup_failed(failure.kind)
             # Written once the answer is on its way, not before: formatting and writing the line took

@@ -33,6 +33,8 @@ from .http_metrics import IngestMetrics
 if TYPE_CHECKING:
     from ..delivery.cache import TTLCache
     from ..delivery.delivery import Delivery
+    from ..delivery.outcome import Outcome
+    from ..errors import SidecarError
     from ..plan.transform import Call
     from ..state.health import StoreHealth
     from ..state.observed import ObservedState
@@ -122,12 +124,33 @@ class SidecarMetrics:
             ("kind",), registry=registry)
         for kind in FOLLOWUP_KINDS:
             self.followup_failures.labels(kind)
+        self.events = Counter(
+            f"{PREFIX}_events", "Events handled by the RPCs (the queue's: trengo_sidecar_queue_attempts), "
+            "by the action taken and how it ended (delivered, replayed, dry_run, filtered, failed).",
+            ("action", "outcome"), registry=registry)
+        self.errors = Counter(
+            f"{PREFIX}_errors", "Calls and events answered with an error, by its ErrorInfo reason "
+            "(TRENGO_UNAVAILABLE, STORE_UNAVAILABLE, INVALID_EVENT, ...).", ("reason",), registry=registry)
 
     # --- Servicer.observer ---------------------------------------------------------------
 
     def rpc(self, method: str, code: str, seconds: float) -> None:
         self.rpcs.labels(method, code).inc()
         self.rpc_duration.labels(method).observe(seconds)
+
+    def event(self, outcome: Outcome | None, error: SidecarError | None) -> None:
+        """One event's end: what it did, or the reason it failed."""
+        if outcome is None:
+            self.events.labels("none", "failed").inc()
+            self.errors.labels(error.reason if error is not None else "INTERNAL").inc()
+            return
+        how = ("filtered" if outcome.action == "filtered" else "replayed" if outcome.replayed
+               else "dry_run" if outcome.dry_run else "delivered")  # fmt: skip
+        self.events.labels(outcome.action, how).inc()
+
+    def refused(self, error: SidecarError) -> None:
+        """A call refused before its event was read (auth, shutdown)."""
+        self.errors.labels(error.reason).inc()
 
     def filtered(self, rule: str) -> None:
         self.filtered_events.labels(rule).inc()
