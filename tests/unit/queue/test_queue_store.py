@@ -409,7 +409,7 @@ def test_a_batch_is_stored_in_order_with_its_refused_events_failed(store: tuple[
     assert run(lambda q: q.enqueue_many([refused, job("b2", "q")])) == [False, False]
     failed = run(lambda q: q.get("bad"))
     assert failed.state == FAILED and failed.error["reason"] == "INVALID_EVENT" and failed.seq > 0
+    assert [c.message_id for c in run(lambda q: q.changes(0, 10))] == ["bad"]  # acceptance is no change
     # Order per person holds across the batch, and the refused event holds no one's turn.
     assert claim(run, limit=10) == ["old", "b2"]
     assert [j.message_id for j in run(lambda q: q.by_state(QUEUED, 0, 10))] == ["b1", "b3"]
-    assert [j.message_id for j in run(lambda q: q.changes(0, 10))] == ["bad"]
