@@ -26,7 +26,7 @@ from .delivery import Delivery
 from .drain import CUT_OFF_SECONDS
 from .queue.service import QueueService, queue_connections
 from .ratelimit import RateLimiter
-from .readiness import Health, HealthServicer, Readiness
+from .readiness import PROBES, Health, HealthServicer, Readiness
 from .retry import RetryPolicy
 from .server import Servicer
 from .state import open_state, scope_of
@@ -72,7 +72,7 @@ class Sidecar:
         self.servicer = Servicer(config, self.delivery)  # type: ignore[abstract]
         self.queue = QueueService(config, self.delivery, lambda: self.servicer.observer)
         self.health = HealthServicer()
-        self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
+        self.status = Health(self.health, ("", SERVICE, *PROBES))  # what health answers, decided in one place
         self.readiness = Readiness(self.delivery, self.status)
         interceptors = (
             [AuthInterceptor(config.auth_token.reveal(), SERVICE, self.servicer.refused_call)]
