@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from sidecar.__main__ import parse_args
-from sidecar.app import SERVICE
 from sidecar.config import ENV_VARS, build_config, load_config
+from sidecar.readiness import LIVENESS, PROBES, READINESS
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -37,6 +37,7 @@ MAKEFILE = ROOT / "Makefile"
 
 SIDECAR = "trengo-sidecar"
 GRPC_PORT = 50051
+PROBE_SERVICES = PROBES  # never "" nor trengo.sidecar.v1.TrengoSidecar: both turn NOT_SERVING on a bad token
 METRICS_PORT = 9090
 RUNTIME_UID = 10001
 BASE_IMAGE = "python:3.11-slim"
@@ -270,7 +271,7 @@ def test_probes_are_grpc_health_on_the_listen_port() -> None:
         handlers = {"grpc", "httpGet", "tcpSocket", "exec"} & set(probe)
         assert handlers == {"grpc"}, f"{kind} must be a native gRPC probe, not {handlers}"
         assert probe["grpc"]["port"] == listen_port, f"{kind} probes port {probe['grpc']['port']}"
-        assert probe["grpc"].get("service", "") in ("", SERVICE), f"{kind}: health has no such service"
+        assert probe["grpc"].get("service", "") in PROBE_SERVICES, f"{kind}: not a process-level health name"
     ports = {p["containerPort"]: p.get("name") for p in sidecar["ports"]}
     assert ports == {GRPC_PORT: "grpc", METRICS_PORT: "metrics"}
 
@@ -562,7 +563,9 @@ def test_the_store_url_comes_from_a_secret() -> None:
     assert ref["key"] in _secret_values(_named("Secret", ref["name"]))
 
 
-def test_no_probe_reads_the_service_a_store_outage_turns_not_serving() -> None:
-    """The store's outage turns trengo.sidecar.v1.TrengoSidecar NOT_SERVING; the pod stays in service."""
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert _sidecar()[kind]["grpc"].get("service", "") == "", kind
+def test_probes_read_the_process_level_names_that_never_depend_on_trengo_or_the_store() -> None:
+    """A revoked token or a store outage turns trengo.sidecar.v1.TrengoSidecar NOT_SERVING; the pod stays
+    in service and is not restarted (tests/test_probes.py shows the names stay SERVING then)."""
+    wanted = {"startupProbe": READINESS, "readinessProbe": READINESS, "livenessProbe": LIVENESS}
+    for kind, service in wanted.items():
+        assert _sidecar()[kind]["grpc"].get("service") == service, kind
