@@ -46,7 +46,7 @@ RUN /opt/tools/bin/pip freeze | grep -iE '^(grpcio|protobuf)==' > /tmp/constrain
  && python -m venv /opt/venv \
  && /opt/venv/bin/pip install --constraint /tmp/constraints.txt . \
  && /opt/venv/bin/trengo-sidecar --help > /dev/null \
- && /opt/venv/bin/python -I -c "import trengo.sidecar.v1.sidecar_pb2_grpc, sidecar.app"
+ && /opt/venv/bin/python -I -c "import trengo.sidecar.v1.sidecar_pb2_grpc, sidecar.api.app"
 
 
 FROM python:3.11-slim

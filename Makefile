@@ -1,5 +1,6 @@
 # Two commands: `make run` (a sidecar, against a local Trengo simulator unless
 # TRENGO_API_TOKEN is set) and `make test` (everything, from a fresh clone).
+# `make docs` serves the documentation site (mkdocs.yml, docs/) on 127.0.0.1:8000.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ CLIENT_STUBS := $(CLIENT_GEN)/sidecar_pb2.py
 NODE_DIR := clients/node
 BUF := $(NODE_DIR)/node_modules/.bin/buf
 
-.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel test-image
+.PHONY: install proto client-proto run test lint test-python node buf bench clean client-wheel docs docs-build test-image
 
 install: $(VENV)/.installed $(STUBS) $(CLIENT_STUBS)
 
@@ -74,14 +75,26 @@ buf: node
 	  $(BUF) breaking --against '.git#ref=$(BUF_BASE)'; \
 	else echo "buf breaking: $(BUF_BASE) has no buf.yaml, nothing to compare"; fi
 
+# lint-imports: the layers in pyproject.toml's [tool.importlinter] (no cycle, no upward import).
 lint: install
 	$(BIN)/ruff check sidecar tests clients/python benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test-python: install node
 	$(BIN)/pytest
 
-test: lint buf test-python
+# The documentation site. --strict turns every warning (a broken link, a missing page, an unknown
+# anchor: mkdocs.yml's validation) into a failure. The build goes to a temporary folder, never site/.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+# (Not --quiet: it hides the warnings from the counter --strict reads, and the build would pass.)
+docs-build: install
+	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+	  NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$out"
+
+test: lint buf docs-build test-python
 
 # The image, built from the Dockerfile with buildah (no container engine needed) on a local
 # python:3.11-slim made by debootstrap, then started and checked for real: tests/image/run.sh.
@@ -96,6 +109,7 @@ client-wheel: install
 bench: install
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.queue
+	$(BIN)/python -m benchmarks.ingest
 
 clean:
-	rm -rf $(VENV) trengo $(CLIENT_GEN) dist $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) trengo $(CLIENT_GEN) dist site $(NODE_DIR)/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from sidecar.cache import TTLCache
+from sidecar.delivery.cache import TTLCache
 from sidecar.state import ContactRecord
 
 FIRST_ID = 90_002_431_001  # the simulator's first contact id: above 2**31 on purpose

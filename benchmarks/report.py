@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sidecar.trengo import POOL_SIZE
+from sidecar.trengo_api.client import POOL_SIZE
 
 from . import plot
 from .machine import machine

@@ -7,10 +7,10 @@ import asyncio
 import logging
 import sys
 
-from . import logs
-from .config import LOG_FORMATS, LOG_LEVELS, Config, load
-from .config_report import check_config, env_help, version
+from .config.load import LOG_FORMATS, LOG_LEVELS, Config, load
+from .config.report import check_config, env_help, version
 from .errors import ConfigError
+from .observe import logs
 
 log = logging.getLogger("sidecar")
 
@@ -31,6 +31,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--listen", metavar="ADDR", help="host:port or unix:///path (default 127.0.0.1:50051)"
     )
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
+    parser.add_argument(
+        "--http-listen", metavar="HOST:PORT",
+        help="serve the HTTP ingest for RudderStack/Segment SDKs there (POST /v1/batch); needs writeKeys",
+    )  # fmt: skip
     parser.add_argument(
         "--store", metavar="URL", help="memory: (default), sqlite:///abs/path.db or postgresql://... (shared)"
     )
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "httpListen": args.http_listen,
         "store": args.store,
         "logFormat": args.log_format,
         "logLevel": args.log_level,
@@ -77,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     for warning in loaded.warnings:
         log.warning(warning)
     if args.check_trengo:
-        from .readiness import check_command
+        from .api.app import Sidecar
+        from .api.readiness import check_command
 
-        return check_command(config)
+        return check_command(config, Sidecar)
     try:
         asyncio.run(_serve(config))
-    except (OSError, ConfigError) as exc:  # ConfigError: the OTEL_* environment (sidecar/tracing.py)
+    except (OSError, ConfigError) as exc:  # ConfigError: the OTEL_* environment (sidecar/observe/tracing.py)
         log.error("cannot start: %s", exc)
         return 1
     return 0
@@ -97,7 +103,7 @@ def config_problems(exc: ConfigError) -> str:
 
 
 async def _serve(config: Config) -> None:
-    from .app import Sidecar  # grpc import deferred so --help and config errors are instant
+    from .api.app import Sidecar  # grpc import deferred so --help and config errors are instant
 
     sidecar = Sidecar(config)
     try:
@@ -105,7 +111,7 @@ async def _serve(config: Config) -> None:
     except RuntimeError as exc:  # grpc's "Failed to bind"
         raise OSError(f"listen {config.listen}: cannot listen there: {exc}") from None
     if config.metrics_listen:
-        from .metrics import start_metrics
+        from .observe.metrics import start_metrics
 
         try:
             start_metrics(config.metrics_listen, sidecar)
@@ -126,6 +132,7 @@ async def _serve(config: Config) -> None:
                 "dedup": config.enable_dedup,
                 "events": len(config.event_templates),
                 "store": config.store.masked(),
+                "http_listen": config.http_listen or "off",
             }
         },
     )

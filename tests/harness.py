@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-from sidecar.app import Sidecar
-from sidecar.config import build_config
+from sidecar.api.app import Sidecar
+from sidecar.config.load import build_config
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 TOKEN = "test-token"

@@ -32,12 +32,13 @@ class SidecarProcess:
     popen: subprocess.Popen[bytes] | None = None
     kills: int = 0
     channels: list[grpc.Channel] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # more environment (OTEL_*...)
 
     def start(self) -> SidecarProcess:
         with self.log.open("ab") as err:
             self.popen = subprocess.Popen(
                 [sys.executable, "-m", "sidecar", "--config", str(self.config)],
-                cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=err,
+                cwd=ROOT, env=cli_env(**self.env), stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
         wait_for(lambda: self.popen is None or self.popen.poll() is not None or self.health() == SERVING,
                  "the sidecar to serve", 30)  # fmt: skip

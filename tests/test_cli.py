@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import ENV_ALIASES, ENV_VARS
+from sidecar.config.load import ENV_ALIASES, ENV_VARS
 from sidecar.simulator import SimulatorThread
 from sidecar.simulator.control import ControlApi
 from sidecar.simulator.state import SimState

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import (
+from sidecar.config.load import (
     _KEYS,
     EMPTY_MAP_WARNING,
     ENV_ALIASES,
@@ -20,8 +20,8 @@ from sidecar.config import (
     load,
     load_config,
 )
-from sidecar.config_report import check_config, file_value
-from sidecar.config_sources import unknown_env
+from sidecar.config.report import check_config, file_value
+from sidecar.config.sources import unknown_env
 from sidecar.errors import ConfigError
 from tests.harness import pieces
 
@@ -352,7 +352,7 @@ def test_check_config_prints_a_config_file_with_origins(tmp_path: Path):
     text = check_config(load(path, env=env, overrides={"logLevel": "debug", "listen": None}))
     assert "t0k3n" not in text
     printed = yaml.safe_load(text)
-    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile"}
+    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile", "writeKeysFile"}
     assert printed["apiToken"] == "****" and printed["channelId"] == 405980
     [entry] = printed["eventTemplateMap"]
     assert entry == {"from": "Added to cart", "to": "Product was of value:{{ revenue }}"}

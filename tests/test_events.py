@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sidecar.errors import InvalidArgument
-from sidecar.events import Event, from_identify, from_send_event, from_track
+from sidecar.plan.events import Event, from_identify, from_send_event, from_track
 from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 

@@ -23,13 +23,13 @@ import grpc
 import httpx
 import pytest
 
-from sidecar import ratelimit
 from sidecar.deadline import Deadline
-from sidecar.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy, retry_after
+from sidecar.plan.transform import create_ticket
 from sidecar.simulator import SimulatorControl
-from sidecar.transform import create_ticket
-from sidecar.trengo import CallRecord
-from sidecar.trengo_answers import TrengoError
+from sidecar.trengo_api import ratelimit
+from sidecar.trengo_api.answers import TrengoError
+from sidecar.trengo_api.client import CallRecord
+from sidecar.trengo_api.retry import MAX_RETRY_AFTER_SECONDS, RetryPolicy, retry_after
 from tests.grpc_helpers import Failure, failure
 from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -448,7 +448,7 @@ def test_backoff_is_exponential_with_full_jitter():
 
 
 def test_the_limiter_defaults_to_120_per_minute():
-    from sidecar.config import build_config
+    from sidecar.config.load import build_config
 
     config = build_config({"apiToken": "t", "channelId": 1})
     assert config.rate_limit_per_minute == 120

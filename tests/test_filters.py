@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from sidecar import filters
-from sidecar.config import build_config, load_config
+from sidecar.config.load import build_config, load_config
 from sidecar.errors import ConfigError
-from sidecar.events import Event, from_send_event, from_track
+from sidecar.plan import filters
+from sidecar.plan.events import Event, from_send_event, from_track
 from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from trengo_sidecar_client import Action, TrengoSidecarClient
 
-from sidecar.logs import JsonFormatter
-from sidecar.metrics import start_metrics
+from sidecar.observe.logs import JsonFormatter
+from sidecar.observe.metrics import start_metrics
 from tests.harness import EMAIL_CHANNEL, TOKEN, cli_env, free_port, struct
 from tests.test_logs import Lines
 from tests.test_metrics import scrape, value

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from sidecar import followup_plan as fp
-from sidecar import followups
-from sidecar.config import build_config, load_config
+from sidecar.config.load import build_config, load_config
 from sidecar.deadline import Deadline
+from sidecar.delivery import followups
+from sidecar.delivery.followups import FollowUps
 from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument
-from sidecar.events import Event
-from sidecar.followups import FollowUps
-from sidecar.templates import compile_template
-from sidecar.trengo import CallRecord, TrengoClient
+from sidecar.plan import followup_plan as fp
+from sidecar.plan.events import Event
+from sidecar.plan.templates import compile_template
+from sidecar.trengo_api.client import CallRecord, TrengoClient
 from tests.harness import sidecar_config
 
 ORDER = "Order Placed"

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from trengo_sidecar_client import FollowUpFailure, TrengoSidecarClient
 
-from sidecar.metrics import start_metrics
+from sidecar.observe.metrics import start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, struct
 from tests.queue_helpers import FAST_QUEUE, settled

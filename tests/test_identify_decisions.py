@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar import transform as tf
-from sidecar.config import build_config, load_config
+from sidecar.config.load import build_config, load_config
 from sidecar.errors import ConfigError
+from sidecar.plan import transform as tf
 from sidecar.state import ContactRecord
-from sidecar.trengo_answers import record_name
+from sidecar.trengo_api.answers import record_name
 
 BASE = {"apiToken": "t0k3n", "channelId": 405980}
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from sidecar.logs import JsonFormatter, TextFormatter
+from sidecar.observe.logs import JsonFormatter, TextFormatter
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 

@@ -26,8 +26,8 @@ import pytest
 import yaml
 
 from sidecar.__main__ import parse_args
-from sidecar.config import ENV_VARS, build_config, load_config
-from sidecar.readiness import LIVENESS, PROBES, READINESS
+from sidecar.api.readiness import LIVENESS, PROBES, READINESS
+from sidecar.config.load import ENV_VARS, build_config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = ROOT / "deploy" / "kubernetes"

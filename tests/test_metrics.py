@@ -17,7 +17,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.metrics import ENDPOINTS, MetricsServer, endpoint, install_metrics, start_metrics
+from sidecar.observe.metrics import ENDPOINTS, MetricsServer, endpoint, install_metrics, start_metrics
 from tests.harness import EMAIL_CHANNEL, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc

@@ -64,9 +64,10 @@ def test_enqueued_events_are_delivered_and_reported_as_typed_statuses(client, co
     assert isinstance(identified.result, DeliveryResult) and identified.result.message_id == "m-1"
     [contact] = control.contacts()
     assert identified.result.contact_id == contact["id"] and contact["name"] == "Ann Lee"
+    delivered = [settled(client, message_id) for message_id in (ticket.message_id, "m-3")]
+    # Read the simulator once both have settled: a ticket is stored only when its delivery is done.
     tickets = {t["id"]: t for t in control.tickets()}
-    for message_id in (ticket.message_id, "m-3"):
-        done = settled(client, message_id)
+    for done in delivered:
         assert done.state is DeliveryState.DELIVERED and done.result is not None
         assert tickets[done.result.ticket_id]["contact_id"] == contact["id"]
     assert sorted(t["subject"] for t in tickets.values()) == [

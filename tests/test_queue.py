@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar.metrics import install_metrics
+from sidecar.observe.metrics import install_metrics
 from sidecar.simulator import SimulatorControl
 from tests.grpc_helpers import failure
 from tests.harness import SidecarThread, struct

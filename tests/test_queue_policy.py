@@ -53,8 +53,8 @@ def test_no_transient_failure_fails_before_both_thresholds(attempts: int, age: f
 def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery() -> None:
     import asyncio
 
-    from sidecar import ratelimit
     from sidecar.deadline import Deadline
+    from sidecar.trengo_api import ratelimit
 
     order: list[str] = []
 
@@ -76,7 +76,7 @@ def test_a_synchronous_call_takes_the_next_slot_before_a_queued_delivery() -> No
 
 
 def test_the_queue_config_keys_are_validated_naming_the_key() -> None:
-    from sidecar.config import build_config
+    from sidecar.config.load import build_config
     from sidecar.errors import ConfigError
 
     base = {"apiToken": "t", "channelId": 1}

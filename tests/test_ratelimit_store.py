@@ -9,8 +9,8 @@ import pytest
 
 from sidecar.deadline import Deadline
 from sidecar.errors import ResourceExhausted, StoreError
-from sidecar.ratelimit import RateLimiter
 from sidecar.state import open_state
+from sidecar.trengo_api.ratelimit import RateLimiter
 from tests.harness import free_port
 from tests.postgres import PASSWORD
 

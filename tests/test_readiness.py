@@ -18,7 +18,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar.app import SERVICE
+from sidecar.api.app import SERVICE
 from tests.grpc_helpers import failure
 from tests.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from tests.test_metrics import scrape, value

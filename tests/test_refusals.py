@@ -1,6 +1,6 @@
 """Calls the sidecar refuses before delivering anything still leave a trace (issue 10, items 12 and 13).
 
-Every refusal gets its log line and its count in ``trengo_sidecar_rpcs_total``, as the README
+Every refusal gets its log line and its count in ``trengo_sidecar_rpcs_total``, as docs/operating.md
 promises one line per RPC: a caller without the authToken, a call during the drain, a request over
 maxMessageBytes. The Deliver stream refuses an empty or repeated ``id`` per event and goes on.
 A call refused during the drain is checked in tests/test_shutdown.py, with the real process.
@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
-from sidecar.logs import JsonFormatter
-from sidecar.metrics import MetricsServer, start_metrics
+from sidecar.observe.logs import JsonFormatter
+from sidecar.observe.metrics import MetricsServer, start_metrics
 from tests.grpc_helpers import failure
 from tests.harness import struct
 from tests.test_metrics import scrape, value

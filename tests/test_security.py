@@ -25,9 +25,9 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
-from sidecar import logs
-from sidecar.config import Config, load_config
-from sidecar.metrics import install_metrics
+from sidecar.config.load import Config, load_config
+from sidecar.observe import logs
+from sidecar.observe.metrics import install_metrics
 from sidecar.simulator import SimulatorControl
 from sidecar.simulator.app import token_fingerprint
 from tests.grpc_helpers import Failure, failure
@@ -103,7 +103,7 @@ def test_an_empty_or_missing_token_file_is_a_config_error_naming_the_key(tmp_pat
 @pytest.mark.parametrize("key", ["apiToken", "authToken"])
 @pytest.mark.parametrize("token", ["t\u00f6k-secret", "tok-secret\nX-Injected: 1", "tok-secret\x00"])
 def test_a_token_that_cannot_be_a_header_is_a_config_error(key, token):
-    from sidecar.config import build_config
+    from sidecar.config.load import build_config
     from sidecar.errors import ConfigError
 
     raw = {"apiToken": "t", "channelId": 1, key: token}

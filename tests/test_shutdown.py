@@ -25,10 +25,10 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sidecar import events
 from sidecar.deadline import Deadline
+from sidecar.plan import events
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from sidecar.trengo_answers import OutcomeUnknown
+from sidecar.trengo_api.answers import OutcomeUnknown
 from tests.grpc_helpers import failure, health_status
 from tests.harness import EMAIL_CHANNEL, SMS_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.config import build_config, load_config
+from sidecar.config.load import build_config, load_config
 from sidecar.errors import ConfigError
 from tests.fleet import CLI, ROOT
 from tests.harness import cli_env

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from sidecar.stream import OrderedByKey
+from sidecar.api.stream import OrderedByKey
 from tests.harness import struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 

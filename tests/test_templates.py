@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.templates import (
+from sidecar.plan.templates import (
     Template,
     TemplateError,
     compile_template,

@@ -20,8 +20,8 @@ import grpc
 import pytest
 import yaml
 
-from sidecar import tracing
 from sidecar.errors import ConfigError
+from sidecar.observe import tracing
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from sidecar.simulator.otlp import Receiver, attributes, serve
 from tests.grpc_helpers import failure

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar import transform as tf
 from sidecar.errors import FailedPrecondition, InvalidArgument
-from sidecar.events import Event
-from sidecar.templates import compile_template
+from sidecar.plan import transform as tf
+from sidecar.plan.events import Event
+from sidecar.plan.templates import compile_template
 
 
 @pytest.mark.parametrize(

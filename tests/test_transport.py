@@ -1,4 +1,5 @@
-"""sidecar/transport.py under httpx: keep-alive, framing, failures mapped to httpx's exceptions, TLS, proxies.
+"""sidecar/trengo_api/transport.py under httpx: keep-alive, framing, failures mapped to httpx's exceptions,
+TLS, proxies.
 
 Each test scripts a real TCP server on 127.0.0.1 (what it answers to each request it reads) and checks
 what that server saw: connections opened, requests received, connections open at once.
@@ -20,14 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
-from sidecar import transform as tf
-from sidecar import transport
-from sidecar.config import Secret
+from sidecar.config.load import Secret
 from sidecar.deadline import Deadline
 from sidecar.errors import Unavailable
-from sidecar.transport import H11Transport
-from sidecar.trengo import TrengoClient, _wire
-from sidecar.trengo_answers import OutcomeUnknown
+from sidecar.plan import transform as tf
+from sidecar.trengo_api import transport
+from sidecar.trengo_api.answers import OutcomeUnknown
+from sidecar.trengo_api.client import TrengoClient, _wire
+from sidecar.trengo_api.transport import H11Transport
 from tests.harness import TOKEN
 from tests.test_security import make_ca, make_cert
 

@@ -69,20 +69,35 @@ class PostgresQueue:
         return int(row[0])
 
     async def enqueue(self, job: NewJob) -> bool:
-        async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
-            cursor = await conn.execute(
-                Q["enqueue"],
-                {
-                    "message_id": job.message_id,
-                    "person": job.person,
-                    "event": Jsonb(job.event),
-                    "trace": Jsonb(job.trace) if job.trace else None,
-                    "now": self._now(),
-                },
-            )
-            return await cursor.fetchone() is not None
+        return (await self.enqueue_many([job]))[0]
+
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> list[bool]:
+            seen: set[str] = set()  # twice in one batch: the second is the duplicate
+            inserted = []
+            for job in jobs:
+                fresh = job.message_id not in seen and await self._insert(conn, job)
+                seen.add(job.message_id)
+                inserted.append(fresh)
+            return inserted
 
         return await self._run(insert)
+
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
+        params = {
+            "message_id": job.message_id,
+            "person": job.person,
+            "event": Jsonb(job.event),
+            "trace": Jsonb(job.trace) if job.trace else None,
+            "now": self._now(),
+        }
+        if job.error is None:
+            cursor = await conn.execute(Q["enqueue"], params)
+        else:
+            # A cursor taken for a duplicate is skipped: watchers never wait for a number.
+            params |= {"error": Jsonb(job.error), "seq": await self._next_seq(conn)}
+            cursor = await conn.execute(Q["enqueue_failed"], params)
+        return await cursor.fetchone() is not None
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         async def take(conn: psycopg.AsyncConnection[Any]) -> list[Job]:

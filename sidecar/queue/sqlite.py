@@ -76,6 +76,12 @@ INSERT = (
     "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, "
     "next_attempt_at, trace) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING"
 )
+# Refused when accepted: failed at once, inactive, its cursor set after the insert (a duplicate takes none).
+INSERT_FAILED = (
+    "INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from, "
+    "next_attempt_at, trace, error, finished_at) VALUES (?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (message_id) DO NOTHING"
+)
 # A job whose lease ran out: its holder died (or stalled past the lease).
 EXPIRED_SENT = (
     "UPDATE queue_deliveries SET state = 'failed', active = 0, attempts = attempts + 1, error = ?, "
@@ -104,7 +110,7 @@ class SqliteQueue:
     def __init__(self, runner: SqlRunner, clock: Callable[[], float] = time.time) -> None:
         self.runner = runner
         self.clock = clock
-        self._pending: list[tuple[NewJob, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[list[NewJob], asyncio.Future[list[bool]]]] = []
         self._flushing = False
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -125,8 +131,11 @@ class SqliteQueue:
     # --- enqueue: group commit ---------------------------------------------------------
 
     async def enqueue(self, job: NewJob) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, future))
+        return (await self.enqueue_many([job]))[0]
+
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((jobs, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -135,35 +144,51 @@ class SqliteQueue:
     async def _flush(self) -> None:
         try:
             while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                jobs = [job for job, _ in batch]
+                batch = self._take()
+                groups = [jobs for jobs, _ in batch]
                 try:
-                    inserted = await self._run(functools.partial(self._insert, jobs=jobs))
+                    inserted = await self._run(functools.partial(self._insert_groups, groups=groups))
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
                 for (_, future), new in zip(batch, inserted, strict=True):
-                    if not future.done():  # the caller may have gone away; the row stays accepted
+                    if not future.done():  # the caller may have gone away; the rows stay accepted
                         future.set_result(new)
         finally:
             self._flushing = False
 
-    def _insert(self, db: sqlite3.Connection, *, jobs: list[NewJob]) -> list[bool]:
+    def _take(self) -> list[tuple[list[NewJob], asyncio.Future[list[bool]]]]:
+        """The next groups for one transaction: about MAX_BATCH jobs, a group never split (a batch
+        from the HTTP ingest commits whole or not at all)."""
+        taken, size = 0, 0
+        while taken < len(self._pending) and (taken == 0 or size + len(self._pending[taken][0]) <= MAX_BATCH):
+            size += len(self._pending[taken][0])
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
+
+    def _insert_groups(self, db: sqlite3.Connection, *, groups: list[list[NewJob]]) -> list[list[bool]]:
         now = self.clock()
-        inserted = []
-        seen: set[str] = set()
-        for job in jobs:
-            if job.message_id in seen:  # twice in one batch: the second is the duplicate
-                inserted.append(False)
-                continue
-            seen.add(job.message_id)
-            event = json.dumps(job.event, separators=(",", ":"))
-            trace = _dumps(job.trace) if job.trace else None
+        seen: set[str] = set()  # twice in one transaction: the second is the duplicate
+        return [[self._insert(db, job, now, seen) for job in jobs] for jobs in groups]
+
+    def _insert(self, db: sqlite3.Connection, job: NewJob, now: float, seen: set[str]) -> bool:
+        if job.message_id in seen:
+            return False
+        seen.add(job.message_id)
+        event = json.dumps(job.event, separators=(",", ":"))
+        trace = _dumps(job.trace) if job.trace else None
+        if job.error is None:
             cursor = db.execute(INSERT, (job.message_id, job.person, event, now, now, now, trace))
-            inserted.append(cursor.rowcount == 1)
-        return inserted
+            return cursor.rowcount == 1
+        cursor = db.execute(INSERT_FAILED, (job.message_id, job.person, event, now, now, now, trace,
+                                            _dumps(job.error), now))
+        if cursor.rowcount != 1:
+            return False
+        db.execute("UPDATE queue_deliveries SET seq = ? WHERE id = ?", (self._next_seq(db), cursor.lastrowid))
+        return True
 
     # --- the worker's operations -----------------------------------------------------------
 

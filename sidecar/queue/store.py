@@ -51,6 +51,9 @@ class NewJob:
     person: str
     event: dict[str, Any]
     trace: dict[str, str] | None = None  # the Enqueue's trace context (traceparent), when it was traced
+    # Refused when accepted (the HTTP ingest's per-event validation): stored failed with this DeliverError
+    # (protobuf JSON), never delivered, so GetDelivery and ListDeliveries show it.
+    error: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -97,6 +100,11 @@ class QueueStore(Protocol):
     async def enqueue(self, job: NewJob) -> bool:
         """Store the job durably (committed when this returns); False if its message_id was already
         accepted, in which case nothing changed."""
+
+    async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
+        """Store all the jobs in one transaction (all or none, committed when this returns); for each,
+        False if its message_id was already accepted (or came earlier in ``jobs``). A job with an
+        ``error`` is stored failed, inactive: it holds no person's turn."""
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Take up to ``limit`` due jobs, each its person's head with nothing of that person in flight,

@@ -22,14 +22,14 @@ from typing import Any
 from google.protobuf import json_format
 from opentelemetry.trace import Status, StatusCode
 
-from ..answers import deliver_error, to_result
 from ..deadline import Deadline
-from ..delivery import Delivery
-from ..errors import ResourceExhausted, SidecarError, Unavailable
-from ..events import Event
-from ..ratelimit import BACKGROUND
-from ..trengo import ATTEMPT_HOOK
-from ..trengo_answers import OutcomeUnknown
+from ..delivery.delivery import Delivery
+from ..delivery.outcome import deliver_error, to_result
+from ..errors import InvalidArgument, ResourceExhausted, SidecarError, Unavailable
+from ..plan.events import Event
+from ..trengo_api.answers import OutcomeUnknown
+from ..trengo_api.client import ATTEMPT_HOOK
+from ..trengo_api.ratelimit import BACKGROUND
 from .policy import KEEP_RETRYING, OUTCOME_UNKNOWN, REJECTED, TRANSIENT, QueuePolicy
 from .store import DELIVERED, FAILED, RETRYING, Job, Outcome, QueueError, QueueStore, Stats, unknown_error
 
@@ -105,7 +105,11 @@ def classify(error: SidecarError, last_status: int) -> str:
 
 
 def event_from(data: dict[str, Any]) -> Event:
-    return Event(**data)
+    try:
+        return Event(**data)
+    except TypeError:
+        # An event the HTTP ingest refused (stored as sent), queued again by an operator's retry.
+        raise InvalidArgument("the event was refused when accepted: it is not valid", field="event") from None
 
 
 class Worker:
@@ -205,11 +209,10 @@ class Worker:
 
     async def _attempt(self, job: Job, attempt: _Attempt) -> Outcome | None:
         """Deliver once; the Outcome to store, or None to give the event back unattempted."""
-        event = event_from(job.event)
         # Retried by an operator: sent again, not answered with the stored (failed) result.
         deliver = self.delivery.deliver_again if job.forced else self.delivery.deliver
         try:
-            done = await deliver(event, Deadline.after(self.settings.attempt_seconds))
+            done = await deliver(event_from(job.event), Deadline.after(self.settings.attempt_seconds))
         except LeaseLost:
             return None
         except SidecarError as exc:

@@ -20,38 +20,13 @@ from aiohttp import web
 
 from sidecar.simulator.control import CONTROL, ControlApi
 from sidecar.simulator.extras import ExtrasApi, ExtrasControl
+from sidecar.simulator.helpers import error, invalid
+from sidecar.simulator.helpers import int_or_none as _int_or_none
+from sidecar.simulator.helpers import page_number as _page
 from sidecar.simulator.state import PHONE_TYPES, Channel, Fault, SimState, is_email, is_phone, paginate
 
 API = "/api/v2"
-INVALID = "The given data was invalid."
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error(status: int, message: str, errors: Any = None) -> web.Response:
-    body: dict[str, Any] = {"message": message}
-    if errors is not None:
-        body["errors"] = errors
-    return web.json_response(body, status=status)
-
-
-def invalid(errors: dict[str, str]) -> web.Response:
-    return error(422, INVALID, {field: [message] for field, message in errors.items()})
-
-
-def _int_or_none(value: Any) -> int | None:
-    """Laravel accepts ids as JSON numbers or numeric strings; booleans are not ids."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _page(request: web.Request) -> int:
-    page = _int_or_none(request.query.get("page", "1"))
-    return page if page is not None and page >= 1 else 1  # Laravel falls back to page 1
 
 
 def _trimmed(value: Any) -> Any:

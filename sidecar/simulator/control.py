@@ -12,13 +12,10 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from sidecar.simulator.helpers import bad_request as _bad_request
 from sidecar.simulator.state import EXISTING_EMAIL_ANSWERS, Fault, SimState
 
 CONTROL = "/_sim"
-
-
-def _bad_request(message: str) -> web.Response:
-    return web.json_response({"message": message}, status=400)
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -11,12 +11,13 @@ import os
 import signal
 import tempfile
 
-from .. import logs
-from ..app import Sidecar
-from ..config import build_config
+from ..api.app import Sidecar
+from ..config.load import build_config
+from ..observe import logs
 from . import Simulator
 
 DEMO_TOKEN = "demo-token"
+DEMO_WRITE_KEY = "demo-write-key"  # the HTTP ingest's key for this demo only: printed at start
 DEMO_CONFIG = {
     "apiToken": DEMO_TOKEN,
     "channelId": 405980,  # the simulator's e-mail channel
@@ -59,11 +60,18 @@ Enqueue accepts for later delivery (the queue is SQLite in {state}); GetDelivery
   grpcurl -plaintext -d '{{"messageId": "order-1"}}' {listen} trengo.sidecar.v1.TrengoSidecar/GetDelivery
   trengo-sidecar deliveries --address {listen} list --state failed
 
+A RudderStack or Segment SDK posts to http://{http} (its dataPlaneUrl or host), write key {write_key}:
+
+  echo '{{"batch": [{{"type": "identify", "userId": "bo", "traits": {{"email": "bo@example.com"}}}},
+    {{"type": "track", "userId": "bo", "event": "Checked Out",
+      "context": {{"traits": {{"email": "bo@example.com"}}}}}}]}}' | gzip \\
+    | curl -s -u {write_key}: -H 'Content-Encoding: gzip' --data-binary @- http://{http}/v1/batch
+
 Ctrl-C to stop.
 """
 
 
-async def run(listen: str, sim_port: int) -> None:
+async def run(listen: str, sim_port: int, http: str) -> None:
     simulator = Simulator(tokens=[DEMO_TOKEN])
     for label in DEMO_LABELS:  # what the demo config names, as a Trengo account would have them
         simulator.state.extras.add_label(label)
@@ -73,11 +81,14 @@ async def run(listen: str, sim_port: int) -> None:
     # The queue's SQLite in a folder of this run's own: the simulator forgets everything when it stops,
     # so events queued for it must not outlive it either.
     state = tempfile.mkdtemp(prefix="trengo-sidecar-demo-")
-    raw = {**DEMO_CONFIG, "baseUrl": base_url, "listen": listen, "store": f"sqlite:///{state}/state.db"}
+    raw = {**DEMO_CONFIG, "baseUrl": base_url, "listen": listen, "store": f"sqlite:///{state}/state.db",
+           "httpListen": http, "writeKeys": [DEMO_WRITE_KEY]}  # fmt: skip
     sidecar = Sidecar(build_config(raw))
     await sidecar.start()
     sim_root = base_url.removesuffix("/api/v2")
-    print(EXAMPLE.format(listen=listen, sim=base_url, sim_root=sim_root, state=state), flush=True)
+    text = EXAMPLE.format(listen=listen, sim=base_url, sim_root=sim_root, state=state, http=http,
+                          write_key=DEMO_WRITE_KEY)  # fmt: skip
+    print(text, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -91,9 +102,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--listen", default=os.environ.get("SIDECAR_LISTEN", "127.0.0.1:50051"))
     parser.add_argument("--sim-port", type=int, default=int(os.environ.get("TRENGO_SIM_PORT", "8090")))
+    parser.add_argument("--http-listen", default=os.environ.get("SIDECAR_HTTP_LISTEN", "127.0.0.1:8088"))
     args = parser.parse_args()
     logs.setup("text", "INFO")
-    asyncio.run(run(args.listen, args.sim_port))
+    asyncio.run(run(args.listen, args.sim_port, args.http_listen))
 
 
 if __name__ == "__main__":

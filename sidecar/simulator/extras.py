@@ -19,6 +19,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.simulator.helpers import bad_request as _bad_request
+from sidecar.simulator.helpers import error, int_or_none, invalid, page_number, paginate
+
 FIRST_LABEL_ID = 1001
 FIRST_FIELD_ID = 2001
 FIRST_MESSAGE_ID = 5000000001
@@ -104,25 +107,6 @@ class ExtrasStore:
         return {"custom_field_data": {str(k): v for k, v in values.items()}}
 
 
-def _app() -> Any:
-    """app.py, for its Laravel-style answers and id parsing (one definition of each); imported when a
-    request is served, because app.py imports this module."""
-    from sidecar.simulator import app
-
-    return app
-
-
-def _id(value: Any) -> int | None:
-    result: int | None = _app()._int_or_none(value)
-    return result
-
-
-def _bad_request(message: str) -> web.Response:
-    from sidecar.simulator.control import _bad_request as bad  # late, as _app()
-
-    return bad(message)
-
-
 class ExtrasApi:
     """Trengo's label, custom field and message routes, over the main store's tickets and contacts."""
 
@@ -151,18 +135,18 @@ class ExtrasApi:
 
     def _page(self, request: web.Request, items: list[Any], render: Callable[[Any], Any]) -> web.Response:
         url = str(request.url.with_query(None))
-        return web.json_response(_app().paginate(items, _app()._page(request), url, render))
+        return web.json_response(paginate(items, page_number(request), url, render))
 
     async def attach_label(self, request: web.Request) -> web.Response:
         ticket = self._ticket(request)
         if ticket is None:
-            return _app().error(404, "No query results for model [App\\Models\\Ticket].")
+            return error(404, "No query results for model [App\\Models\\Ticket].")
         body = await _body(request)
-        label_id = _id(body.get("label_id"))
+        label_id = int_or_none(body.get("label_id"))
         if body.get("label_id") in (None, ""):
-            return _app().invalid({"label_id": "The label id field is required."})
+            return invalid({"label_id": "The label id field is required."})
         if label_id is None or label_id not in self.store.labels:
-            return _app().invalid({"label_id": "The selected label id is invalid."})
+            return invalid({"label_id": "The selected label id is invalid."})
         attached = self.store.ticket_labels.setdefault(ticket.id, [])
         if label_id not in attached:  # attaching twice changes nothing
             attached.append(label_id)
@@ -171,36 +155,36 @@ class ExtrasApi:
     async def add_message(self, request: web.Request) -> web.Response:
         ticket = self._ticket(request)
         if ticket is None:
-            return _app().error(404, "No query results for model [App\\Models\\Ticket].")
+            return error(404, "No query results for model [App\\Models\\Ticket].")
         body = await _body(request)
         text, internal = body.get("message"), body.get("internal_note", False)
         if text is None or (isinstance(text, str) and not text.strip()):
-            return _app().invalid({"message": "The message field is required."})
+            return invalid({"message": "The message field is required."})
         if not isinstance(text, str):
-            return _app().invalid({"message": "The message must be a string."})
+            return invalid({"message": "The message must be a string."})
         if not isinstance(internal, bool):
-            return _app().invalid({"internal_note": "The internal note field must be true or false."})
+            return invalid({"internal_note": "The internal note field must be true or false."})
         message = self.store.add_message(ticket.id, text.strip(), internal)
         return web.json_response(message.to_dict(), status=201)
 
     async def set_field(self, request: web.Request) -> web.Response:
-        contact = self.state.contacts.get(_id(request.match_info["contact_id"]) or -1)
+        contact = self.state.contacts.get(int_or_none(request.match_info["contact_id"]) or -1)
         if contact is None:
-            return _app().error(404, "No query results for model [App\\Models\\Contact].")
+            return error(404, "No query results for model [App\\Models\\Contact].")
         body = await _body(request)
-        field_id, value = _id(body.get("custom_field_id")), body.get("value")
+        field_id, value = int_or_none(body.get("custom_field_id")), body.get("value")
         known = self.store.fields.get(field_id or -1)
         if body.get("custom_field_id") in (None, ""):
-            return _app().invalid({"custom_field_id": "The custom field id field is required."})
+            return invalid({"custom_field_id": "The custom field id field is required."})
         if known is None or known.type != "CONTACT":
-            return _app().invalid({"custom_field_id": "The selected custom field id is invalid."})
+            return invalid({"custom_field_id": "The selected custom field id is invalid."})
         if value is not None and not isinstance(value, str):
-            return _app().invalid({"value": "The value must be a string."})
+            return invalid({"value": "The value must be a string."})
         self.store.values.setdefault(contact.id, {})[known.id] = value or ""
         return web.json_response({**contact.to_dict(), **self.store.contact_view(contact.id)})
 
     def _ticket(self, request: web.Request) -> Any:
-        return self.state.tickets.get(_id(request.match_info["ticket_id"]) or -1)
+        return self.state.tickets.get(int_or_none(request.match_info["ticket_id"]) or -1)
 
 
 class ExtrasControl:
@@ -246,7 +230,7 @@ class ExtrasControl:
 def _optional_id(value: Any, taken: Iterable[int]) -> int | None:
     if value is None:
         return None
-    if _id(value) is None or int(value) in taken:
+    if int_or_none(value) is None or int(value) in taken:
         raise ValueError(f"id {value!r} is not a new positive integer")
     return int(value)
 

@@ -10,14 +10,15 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sidecar.simulator.extras import ExtrasStore
+from sidecar.simulator.helpers import PER_PAGE as PER_PAGE  # re-exported: app.py and the tests
+from sidecar.simulator.helpers import paginate as paginate
 
 T = TypeVar("T")
-PER_PAGE = 25
 FIRST_CONTACT_ID = 90002431001  # above 2**31 on purpose: clients must not squeeze ids into int32
 FIRST_TICKET_ID = 7000000001
 RATE_WINDOW_SECONDS = 60.0
@@ -276,36 +277,3 @@ class SimState:
         return RateDecision(True, limit, limit - len(window), window[0] + span, 0)
 
 
-def paginate(
-    items: Sequence[T], page: int, url: str, render: Callable[[T], dict[str, Any]]
-) -> dict[str, Any]:
-    """Laravel's length-aware paginator answer, as Trengo sends it (25 per page).
-
-    `render` runs on the page's items only, so a broad search does not serialise every match.
-    """
-    total = len(items)
-    last_page = max(1, math.ceil(total / PER_PAGE))
-    start = (page - 1) * PER_PAGE
-    data = [render(item) for item in items[start : start + PER_PAGE]]
-
-    def link(n: int) -> str:
-        return f"{url}?page={n}"
-
-    return {
-        "data": data,
-        "links": {
-            "first": link(1),
-            "last": link(last_page),
-            "prev": link(page - 1) if page > 1 else None,
-            "next": link(page + 1) if page < last_page else None,
-        },
-        "meta": {
-            "current_page": page,
-            "from": start + 1 if data else None,
-            "path": url,
-            "per_page": PER_PAGE,
-            "to": start + len(data) if data else None,
-            "last_page": last_page,
-            "total": total,
-        },
-    }

@@ -1,6 +1,6 @@
 """The default backend, ``memory:``: one process, nothing survives a restart (the sidecar as it was).
 
-The sliding log is the one sidecar/ratelimit.py kept (a bounded deque of send times per token),
+The sliding log is the one sidecar/trengo_api/ratelimit.py kept (a bounded deque of send times per token),
 the contacts and results are the bounded TTLCaches delivery.py kept; they moved here so that
 delivery and the limiter talk to the same interface whatever the backend.
 """
@@ -14,8 +14,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
-from ..cache import TTLCache
 from .base import ContactRecord, SlotDecision, StoredResult
+from .ttl import TTLCache
 
 V = TypeVar("V")
 

@@ -243,7 +243,7 @@ def _pool(url: str, name: str, min_size: int, max_size: int, connect_timeout: fl
         # autocommit: a one-statement operation is one round trip; the others open a transaction.
         # psycopg prepares a statement run five times: without that, a Track with a message_id took
         # 3.4 ms more on the store instead of 1.0 ms. Through PgBouncer in transaction mode this needs
-        # PgBouncer 1.21 or later with max_prepared_statements set (README, "Many replicas").
+        # PgBouncer 1.21 or later with max_prepared_statements set (docs/replicas.md).
         kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
     )
 

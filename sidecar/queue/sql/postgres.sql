@@ -47,6 +47,16 @@ FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::fl
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id;
 
+-- name: enqueue_failed
+-- Refused when accepted (the HTTP ingest): failed at once, inactive, with its cursor.
+INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from,
+                              next_attempt_at, trace, error, finished_at, seq)
+SELECT %(message_id)s, %(person)s, %(event)s, 'failed', FALSE, now_.t, now_.t, now_.t, %(trace)s,
+       %(error)s, now_.t, %(seq)s
+FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
+ON CONFLICT (message_id) DO NOTHING
+RETURNING id;
+
 -- name: expired
 SELECT id, write_sent FROM queue_deliveries
 WHERE active AND state = 'delivering'

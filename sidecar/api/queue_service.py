@@ -1,0 +1,366 @@
+"""The queue's RPCs (Enqueue, GetDelivery, WatchDeliveries, ListDeliveries, RetryDeliveries) and life cycle.
+
+app.py registers these handlers beside the servicer's and starts and stops this
+service with the sidecar; the queue itself (store, backends, worker) lives under sidecar/queue/.
+Enqueue validates exactly as the synchronous calls do (same parsers, then
+Delivery.check), and answers only once the store has committed the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, replace
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+from prometheus_client.core import Metric
+
+from trengo.sidecar.v1 import sidecar_pb2 as pb
+
+from ..config.load import Config
+from ..delivery.delivery import Delivery
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, StoreError, Unavailable
+from ..observe import tracing
+from ..plan import events, filters
+from ..queue.backends import queue_on
+from ..queue.metrics import collect as queue_metrics
+from ..queue.policy import QueuePolicy
+from ..queue.store import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    QUEUED,
+    RETRYING,
+    Job,
+    NewJob,
+    QueueStore,
+    RetryRefused,
+)
+from ..queue.worker import Worker, WorkerSettings
+from ..state import open_state
+from ..state.url import scheme_of
+from .answers import abort_with
+from .decoding import decoded, tolerant
+
+log = logging.getLogger("sidecar.queue")
+SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
+STATES = {
+    QUEUED: pb.DELIVERY_STATE_QUEUED,
+    DELIVERING: pb.DELIVERY_STATE_DELIVERING,
+    RETRYING: pb.DELIVERY_STATE_RETRYING,
+    DELIVERED: pb.DELIVERY_STATE_DELIVERED,
+    FAILED: pb.DELIVERY_STATE_FAILED,
+}
+STATE_NAMES = {number: name for name, number in STATES.items()}
+PARSERS: dict[str, Callable[[Any], events.Event]] = {
+    "identify": events.from_identify,
+    "track": events.from_track,
+    "send_event": events.from_send_event,
+}
+DEFAULT_PAGE, MAX_PAGE = 100, 1000
+WATCH_POLL_SECONDS = 0.5
+STORE_RETRY_SECONDS = 1.0
+OPEN_WAIT_SECONDS = 2.0  # how long start-up waits for the queue's tables before going on without them
+
+
+def person(event: events.Event) -> str:
+    """Whose event it is, for order: user_id, else anonymous_id, else the identifier (or contact id)."""
+    if event.user_id:
+        return f"user:{event.user_id}"
+    if event.anonymous_id:
+        return f"anonymous:{event.anonymous_id}"
+    if event.email:
+        return f"email:{event.email.lower()}"
+    if event.phone:
+        return "phone:" + "".join(ch for ch in event.phone if ch.isdigit() or ch == "+")
+    if event.contact_id is not None:
+        return f"contact:{event.contact_id}"
+    return f"message:{event.message_id}"
+
+
+def queue_connections(config: Config) -> int:
+    """The connections the queue adds to each of the store's pools (PostgreSQL): every delivery in
+    flight may hold one of each (a message_id's lock, a person's lock, an operation), and the worker
+    claims and renews leases beside them; without them, queued deliveries would take the connections
+    synchronous calls need."""
+    if scheme_of(config.store.reveal()) == "memory":
+        return 0
+    return config.queue_concurrency + 1
+
+
+def policy_of(config: Config) -> QueuePolicy:
+    return QueuePolicy(
+        base_seconds=config.queue_retry_base_seconds,
+        max_seconds=config.queue_retry_max_seconds,
+        min_attempts=config.queue_give_up_attempts,
+        give_up_seconds=config.queue_give_up_seconds,
+        max_age_seconds=config.queue_max_age_seconds,
+    )
+
+
+def settings_of(config: Config) -> WorkerSettings:
+    return WorkerSettings(
+        concurrency=config.queue_concurrency,
+        lease_seconds=config.queue_lease_seconds,
+        poll_seconds=config.queue_poll_seconds,
+        attempt_seconds=config.queue_attempt_timeout_seconds,
+        retention_seconds=config.queue_retention_seconds,
+    )
+
+
+def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def to_status(job: Job) -> pb.DeliveryStatus:
+    status = pb.DeliveryStatus(
+        message_id=job.message_id,
+        state=STATES[job.state],
+        attempts=job.attempts,
+        accepted_at=_timestamp(job.accepted_at),
+    )
+    if job.state == DELIVERED and job.result is not None:
+        json_format.ParseDict(job.result, status.result)
+    if job.state in (FAILED, RETRYING) and job.error is not None:
+        json_format.ParseDict(job.error, status.error)
+    if job.state in (QUEUED, RETRYING):
+        status.next_attempt_at.CopyFrom(_timestamp(job.next_attempt_at))
+    return status
+
+
+def _not_durable() -> FailedPrecondition:
+    return FailedPrecondition(
+        "Enqueue needs a durable store, and this sidecar runs with store memory: (nothing would survive a "
+        "restart); set store to sqlite:///path/state.db or postgresql://...",
+        reason="STORE_NOT_DURABLE",
+    )
+
+
+class QueueService:
+    def __init__(self, config: Config, delivery: Delivery, observer: Callable[[], Any]) -> None:
+        self.config = config
+        self.delivery = delivery
+        self._observer = observer  # the servicer's metrics hook, looked up per call (installed later)
+        self.store: QueueStore | None = None
+        self.worker: Worker | None = None
+        self._state: Any = None
+        self._owns_state = False
+        self._ready: Callable[[], bool] = lambda: True
+        self._opening: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+        self.tracing: Any = None  # the sidecar's Tracing, set by server.py when tracing is on
+
+    def metrics(self) -> Iterator[Metric]:
+        """The queue's figures, read at scrape time (sidecar/queue/metrics.py; observe/metrics.py asks)."""
+        return queue_metrics(self)
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self, state: Any = None, ready: Callable[[], bool] | None = None) -> None:
+        """Open the queue in ``state`` (the sidecar's; ``ready`` says when its store answers), or in a
+        state of its own for ``store``.
+
+        A store that cannot be reached yet does not stop the sidecar: the queue keeps trying in the
+        background, and Enqueue answers UNAVAILABLE (STORE_UNAVAILABLE) meanwhile.
+        """
+        if scheme_of(self.config.store.reveal()) == "memory":
+            return  # Enqueue answers FAILED_PRECONDITION naming store
+        if state is None:
+            state, self._owns_state = open_state(self.config.store.reveal()), True
+        self._state = state
+        self._ready = ready or (lambda: True)
+        self._opening = asyncio.create_task(self._open(), name="queue-open")
+        if self._owns_state or self._ready():  # a store that answers: Enqueue works from the start
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._opening), OPEN_WAIT_SECONDS)
+
+    async def _open(self) -> None:
+        while True:
+            try:
+                if self._owns_state:
+                    await self._state.start()
+                elif not self._ready():  # the sidecar retries its store itself: no second prober
+                    await asyncio.sleep(STORE_RETRY_SECONDS)
+                    continue
+                self.store = await queue_on(self._state)
+                break
+            except StoreError as exc:
+                log.warning("queue: the store is not usable yet, retrying: %s", exc)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+        if self.config.queue_concurrency > 0 and self.store is not None:
+            policy, settings = policy_of(self.config), settings_of(self.config)
+            self.worker = Worker(self.store, self.delivery, policy, settings, tracing=self.tracing)
+            self.worker.start()
+
+    async def stop(self, grace: float) -> None:
+        self._closing.set()
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        if self.worker is not None:
+            await self.worker.stop(grace)
+        if self._owns_state and self._state is not None:
+            await self._state.aclose()
+            self._state = None
+
+    # --- registration --------------------------------------------------------------------------
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The RPC handlers, for server.py to register with its own; requests are parsed as its are."""
+
+        def deserializer(message_type: Any) -> Callable[[bytes], Any]:
+            return tolerant(message_type, self.config.max_message_bytes)
+
+        unary: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any, Any]] = {
+            "Enqueue": (self.Enqueue, pb.EnqueueRequest, pb.EnqueueResponse),
+            "GetDelivery": (self.GetDelivery, pb.GetDeliveryRequest, pb.DeliveryStatus),
+            "ListDeliveries": (self.ListDeliveries, pb.ListDeliveriesRequest, pb.ListDeliveriesResponse),
+            "RetryDeliveries": (self.RetryDeliveries, pb.RetryDeliveriesRequest, pb.RetryDeliveriesResponse),
+        }
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(
+                self._unary(name, handler),
+                request_deserializer=deserializer(request),
+                response_serializer=response.SerializeToString,
+            )
+            for name, (handler, request, response) in unary.items()
+        }
+        handlers["WatchDeliveries"] = grpc.unary_stream_rpc_method_handler(
+            self.WatchDeliveries,
+            request_deserializer=deserializer(pb.WatchDeliveriesRequest),
+            response_serializer=pb.DeliveryUpdate.SerializeToString,
+        )
+        return handlers
+
+    def _unary(self, name: str, handler: Callable[[Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, code = time.monotonic(), "OK"
+            try:
+                return await handler(decoded(request))
+            except SidecarError as exc:  # StoreError (UNAVAILABLE, STORE_UNAVAILABLE) among them
+                code = exc.code.name
+                await abort_with(context, exc)
+            finally:
+                observer = self._observer()
+                if observer:
+                    observer.rpc(name, code, time.monotonic() - started)
+
+        return call
+
+    def _durable(self) -> QueueStore:
+        if self.store is not None:
+            return self.store
+        if self._state is None:
+            raise _not_durable()
+        raise Unavailable("the queue's store is not reachable yet", reason="STORE_UNAVAILABLE",
+                          retry_after=STORE_RETRY_SECONDS)
+
+    # --- the RPCs --------------------------------------------------------------------------------
+
+    async def Enqueue(self, request: pb.EnqueueRequest) -> pb.EnqueueResponse:
+        store = self._durable()
+        which = request.WhichOneof("event")
+        if which is None:
+            raise InvalidArgument("one of identify, track or send_event is required", field="event")
+        event = PARSERS[which](getattr(request, which))
+        if event.dry_run:
+            raise InvalidArgument(
+                "a dry run cannot be queued: call Identify, Track or SendEvent", field="dry_run"
+            )
+        message_id = event.message_id or uuid.uuid4().hex
+        event = replace(event, message_id=message_id)
+        dropped = filters.check(event, self.config)  # first, as the synchronous calls filter first
+        if dropped is not None:
+            observer = self._observer()
+            if observer:
+                observer.filtered(dropped.rule)
+            return pb.EnqueueResponse(message_id=message_id, filtered_reason=dropped.reason)
+        self.delivery.check(event)
+        trace = (tracing.carrier() or None) if self.tracing is not None else None  # off: no work at all
+        new = await store.enqueue(NewJob(message_id, person(event), asdict(event), trace))
+        if new and self.worker is not None:
+            self.worker.wake()
+        return pb.EnqueueResponse(message_id=message_id, duplicate=not new)
+
+    async def accept_many(self, jobs: list[NewJob]) -> list[bool]:
+        """The HTTP ingest's batch (sidecar/ingest/), stored in one transaction: for each job, False if
+        its message_id was already accepted. Raises as Enqueue does when the store cannot take it."""
+        stored = await self._durable().enqueue_many(jobs)
+        if any(stored) and self.worker is not None:
+            self.worker.wake()
+        return stored
+
+    async def GetDelivery(self, request: pb.GetDeliveryRequest) -> pb.DeliveryStatus:
+        store = self._durable()
+        if not request.message_id:
+            raise InvalidArgument("message_id is required", field="message_id")
+        job = await store.get(request.message_id)
+        if job is None:
+            raise NotFound(
+                f"no accepted event has message_id {request.message_id[:80]!r}", reason="DELIVERY_NOT_FOUND"
+            )
+        return to_status(job)
+
+    async def ListDeliveries(self, request: pb.ListDeliveriesRequest) -> pb.ListDeliveriesResponse:
+        store = self._durable()
+        state = STATE_NAMES.get(request.state or pb.DELIVERY_STATE_FAILED)
+        if state is None:
+            raise InvalidArgument(f"state {request.state} is not a DeliveryState", field="state")
+        if request.limit < 0:
+            raise InvalidArgument("limit must not be negative", field="limit")
+        limit = min(request.limit or DEFAULT_PAGE, MAX_PAGE)
+        after = _page_token(request.page_token)
+        jobs = await store.by_state(state, after, limit)
+        token = str(jobs[-1].id) if len(jobs) == limit else ""
+        return pb.ListDeliveriesResponse(deliveries=[to_status(j) for j in jobs], next_page_token=token)
+
+    async def RetryDeliveries(self, request: pb.RetryDeliveriesRequest) -> pb.RetryDeliveriesResponse:
+        store = self._durable()
+        if request.all_failed == bool(request.message_ids):
+            raise InvalidArgument("give message_ids or all_failed, one of the two", field="message_ids")
+        try:
+            retried = await store.retry_failed(None if request.all_failed else list(request.message_ids))
+        except RetryRefused as exc:
+            if exc.state is None:
+                raise NotFound(str(exc), reason="DELIVERY_NOT_FOUND") from None
+            raise FailedPrecondition(str(exc), reason="DELIVERY_NOT_FAILED") from None
+        if retried and self.worker is not None:
+            self.worker.wake()
+        return pb.RetryDeliveriesResponse(retried=retried)
+
+    async def WatchDeliveries(
+        self, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeliveryUpdate]:
+        try:
+            store = self._durable()
+            cursor = decoded(request).cursor
+            if cursor < 0:
+                raise InvalidArgument("cursor must not be negative", field="cursor")
+        except SidecarError as exc:
+            await abort_with(context, exc)
+        while not self._closing.is_set():
+            try:
+                jobs = await store.changes(cursor, DEFAULT_PAGE)
+            except StoreError as exc:
+                await abort_with(context, exc)
+            for job in jobs:
+                cursor = job.seq
+                yield pb.DeliveryUpdate(cursor=job.seq, status=to_status(job))
+            if len(jobs) < DEFAULT_PAGE:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), WATCH_POLL_SECONDS)
+
+
+def _page_token(token: str) -> int:
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument("page_token is not one ListDeliveries gave", field="page_token")
+    return int(token)
