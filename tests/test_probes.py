@@ -25,8 +25,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.api.app import SERVICE
-from sidecar.observe.metrics import install_metrics
 from sidecar.api.readiness import LIVENESS, PROBES, READINESS, Conditions, decide
+from sidecar.observe.metrics import install_metrics
 from tests.grpc_helpers import failure
 from tests.harness import TOKEN, struct
 from tests.test_readiness import WRONG, identify
