@@ -14,6 +14,9 @@ SMS_CHANNEL_ID = 405981  # its seeded SMS channel: the phone scenario names it p
 EVENT = "Product Purchased"
 FOLLOWUP_EVENT = "Order Placed"  # a ticket with an internal note and two labels (issue 15)
 LABELS = ("VIP", "Orders")
+ASSIGNED_EVENT = "Refund Requested"  # a ticket routed to a team with POST /tickets/{id}/assign (issue 20)
+TEAM = "Support"
+PHONE_REGION = "NL"  # defaultPhoneRegion: the phone scenarios spell numbers as a Dutch app would
 TEMPLATES = [
     {"from": EVENT, "to": "{{ event }}: order {{ order_id }}"},
     {"from": "Signed Up", "to": ""},
@@ -23,6 +26,7 @@ TEMPLATES = [
         "note": "Order {{ order_id }}: {{ revenue }} {{ currency }}, {{ items }} items",
         "labels": list(LABELS),
     },
+    {"from": ASSIGNED_EVENT, "to": "", "assignTo": {"team": TEAM}},
 ]
 # Traits the plain identify scenarios do not carry, so only the custom field scenarios write fields.
 CUSTOM_FIELD_TITLES = ("Tier", "City")

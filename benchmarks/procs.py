@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import CHANNEL_ID, CUSTOM_FIELDS, TEMPLATES, TOKEN
+from . import CHANNEL_ID, CUSTOM_FIELDS, PHONE_REGION, TEMPLATES, TOKEN
 
 SERVICE = "trengo.sidecar.v1.TrengoSidecar"
 LISTENING = re.compile(r"trengo-sim listening on (http://\S+/api/v2)")
@@ -156,6 +156,7 @@ def sidecar_config(base_url: str, listen: str, **overrides: Any) -> dict[str, An
         "enableDedup": True,
         "eventTemplateMap": TEMPLATES,
         "customFieldMap": CUSTOM_FIELDS,
+        "defaultPhoneRegion": PHONE_REGION,
         "listen": listen,
         "rateLimitPerMinute": 0,
         "shutdownGraceSeconds": 1,

@@ -29,7 +29,7 @@ from google.protobuf import struct_pb2
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import CUSTOM_FIELD_TITLES, EVENT, FOLLOWUP_EVENT, LABELS, SMS_CHANNEL_ID
+from . import ASSIGNED_EVENT, CUSTOM_FIELD_TITLES, EVENT, FOLLOWUP_EVENT, LABELS, SMS_CHANNEL_ID, TEAM
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,6 +48,12 @@ def email(tag: str, n: int) -> str:
 def phone(tag: str, n: int) -> str:
     """A number unique to this run: the sidecar's contact cache outlives the simulator's resets."""
     return f"+31 6{zlib.crc32(tag.encode()) % 10_000:04d}{n:04d}"
+
+
+def national(number: str, style: int) -> str:
+    """The number as a Dutch app spells it (defaultPhoneRegion NL): "06-1234 5678" or "(06) 1234-5678"."""
+    rest = number.removeprefix("+31 6")
+    return f"06-{rest[:4]} {rest[4:]}" if style == 0 else f"(06) {rest[:4]}-{rest[4:]}"
 
 
 def _person(identifier: str) -> tuple[str, list[pb.ExternalId]]:
@@ -108,7 +114,8 @@ class SimCounter:
         (await self._http.post("/_sim/reset")).raise_for_status()
 
     async def seed(self) -> None:
-        """The labels and custom fields the follow-up scenarios name (same ids after every reset)."""
+        """The labels, custom fields and team the follow-up scenarios name (same ids after every reset)."""
+        (await self._http.post("/_sim/teams", json={"name": TEAM})).raise_for_status()
         for name in LABELS:
             (await self._http.post("/_sim/labels", json={"name": name})).raise_for_status()
         for title in CUSTOM_FIELD_TITLES:
@@ -169,10 +176,20 @@ async def calls_per_event(
             )
         ]
 
+        # Phone channel, numbers formatted as an app formats them: the identify spells it "06-1234 5678",
+        # the track "+31 6 12345678"; with defaultPhoneRegion both are one person (one E.164 number).
         phones = [phone(tag, i) for i in range(people)]
-        calls = await session.calls(session.identify_then_track(phones))
-        scenario = "new person: identify, then track (phone channel)"
+        spelled = [national(p, 0) for p in phones]
+        calls = await session.calls(session.identify_then_track(spelled, phones))
+        scenario = "new person: identify, then track (phone channel, numbers spelled two ways)"
         rows.append(CallsRow("new_identify_track_phone", scenario, "person", people, calls, 4.0, "3.0"))
+
+        known = [phone(f"{tag}.known", i) for i in range(people)]
+        calls = await session.calls(
+            session.identify([national(p, 0) for p in known]), session.track([national(p, 1) for p in known])
+        )
+        scenario = "warm: track (phone channel, spelled unlike the identify)"
+        rows.append(CallsRow("warm_track_phone", scenario, "event", people, calls, 2.0, "1.0"))
 
         fresh = [email(f"{tag}.fresh", i) for i in range(people)]
         calls = await session.calls(session.identify(fresh))
@@ -198,7 +215,7 @@ async def calls_per_event(
 
         many = [email(f"{tag}.many", i) for i in range(people * 5)]
         await session.calls(session.identify(many))
-        everyone = len(set(new + phones + fresh + warm + repeat + again + many))
+        everyone = len(set(new + phones + known + fresh + warm + repeat + again + many))
         scenario = f"channel look-ups ({session.events} events, {everyone} people, cold start included)"
         rows.append(CallsRow("channels", scenario, "event", session.events, session.listings, 0.0, "~0"))
     return rows
@@ -241,12 +258,14 @@ class Session:
         await bounded(self.stub.Identify, requests, self.concurrency)
         return len(addresses)
 
-    async def identify_then_track(self, addresses: list[str]) -> int:
-        """Each person identified, then tracked (people side by side, each one's two calls in turn)."""
+    async def identify_then_track(self, addresses: list[str], tracked: list[str] | None = None) -> int:
+        """Each person identified, then tracked (people side by side, each one's two calls in turn);
+        ``tracked``: the same people as the tracks spell them, if not as the identifies do."""
+        tracked = tracked or addresses
 
         async def person(i: int) -> None:
             await self.stub.Identify(identify_request(addresses[i], i))
-            await self.stub.Track(track_request(addresses[i], i))
+            await self.stub.Track(track_request(tracked[i], i))
 
         await bounded(person, range(len(addresses)), self.concurrency)
         return 2 * len(addresses)
@@ -275,6 +294,15 @@ async def followup_rows(session: Session, tag: str, people: int) -> list[CallsRo
             f"{1 + extra:.1f}",
         )
     ]
+    routed = [email(f"{tag}.routed", i) for i in range(people)]
+    routed_first = [email(f"{tag}.routed.warmup", 0)]
+    calls = await session.calls(
+        session.identify(routed + routed_first),
+        session.track(routed_first, ASSIGNED_EVENT),  # the team list, once per sidecar
+        session.track(routed, ASSIGNED_EVENT),
+    )
+    scenario = f"warm: track assigned to a team (assignTo {{team: {TEAM}}})"
+    rows.append(CallsRow("warm_track_assigned", scenario, "event", people, calls, 3.0, "2.0"))
     fields = len(CUSTOM_FIELD_TITLES)
     filled = [email(f"{tag}.fields", i) for i in range(people)]
     calls = await session.calls(

@@ -102,6 +102,8 @@ def _call_targets(results: Results) -> list[Target]:
         ("warm_track", 1.0, "warm Track: 1.0 calls/event"),
         ("new_identify_track", 2.0, "new person identify+track, e-mail channel: 2.0 (ref 4.0)"),
         ("new_identify_track_phone", 3.0, "new person identify+track, phone channel: 3.0 (ref 4.0)"),
+        ("warm_track_phone", 1.0, "warm Track, phone channel, number spelled another way: 1.0 calls/event"),
+        ("warm_track_assigned", 2.0, "warm Track assigned to a team: 2.0 calls/event"),
         ("repeat_identify", 0.0, "Identify again with the same name: 0 calls (ref 2.0)"),
         ("warm_identify", 1.0, "Identify with a changed name: 1.0 calls/event"),
         ("warm_track_followups", 4.0, "warm Track with a note and 2 labels: 4.0 calls/event"),

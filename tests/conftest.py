@@ -24,7 +24,8 @@ def control(sim: SimulatorThread) -> SimulatorControl:
     """The simulator, emptied for this test: what it records is what this test caused."""
     sim.control.reset()
     sim.control.configure(
-        rate_limit_per_minute=0, rate_window_seconds=60, tokens=[TOKEN], existing_email_answer="contact"
+        rate_limit_per_minute=0, rate_window_seconds=60, tokens=[TOKEN], existing_email_answer="contact",
+        phone_region=None,
     )
     return sim.control
 

@@ -196,7 +196,7 @@ def test_a_bad_template_entry_names_its_index(entries, key, says):
 
 
 def test_the_entry_keys_allowed_are_one_constant():
-    assert set(TEMPLATE_ENTRY_KEYS) == {"from", "to", "note", "labels"}  # note, labels: issue 15
+    assert set(TEMPLATE_ENTRY_KEYS) == {"from", "to", "note", "labels", "assignTo"}  # issues 15, 20
 
 
 def test_an_empty_template_map_is_a_start_up_warning():

@@ -385,7 +385,7 @@ def test_a_429_holds_every_call_sharing_the_token(make_sidecar, control):
     [the_429] = [r for r in requests if r["status"] == 429]
     later = [r["at"] - the_429["at"] for r in requests if r["at"] > the_429["at"]]
     assert len(later) == 6 and min(later) >= 0.9  # nothing reached Trengo inside the Retry-After second
-    identifiers = sorted(c["identifier"] for c in control.contacts())
+    identifiers = sorted(c["phone"] for c in control.contacts())  # Trengo keeps the phone in E.164
     assert identifiers == ["+31600000000", *people, "+31600000009"]
     channel.close()
 
@@ -883,7 +883,8 @@ def test_12_concurrent_identifies_for_one_new_phone_number_make_one_contact(star
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(call, range(12)))
     [contact] = control.contacts()
-    assert {r.contact_id for r in results} == {contact["id"]} and contact["identifier"] == phone
+    # Stored as Trengo stores it: E.164 in phone (the identifier is shown as "+31 6 12345678").
+    assert {r.contact_id for r in results} == {contact["id"]} and contact["phone"] == "+31612345678"
     assert len(control.requests(path_prefix=f"{API}/channels/{SMS_CHANNEL}/contacts", method="POST")) == 1
     assert len(control.requests(path_prefix=SEARCH, method="GET")) == 1
     assert not control.requests(method="PUT")  # same name: nothing to update

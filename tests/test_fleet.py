@@ -134,12 +134,43 @@ def test_twelve_identifies_for_one_new_phone_over_three_sidecars_make_one_contac
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(identify, range(12)))
     control.clear_faults()
-    phones = [c for c in control.contacts() if c["identifier"] == "+31612345678"]
+    phones = [c for c in control.contacts() if c["phone"] == "+31612345678"]  # Trengo's E.164 field
     assert len(phones) == 1, phones
     assert {r.contact_id for r in results} == {phones[0]["id"]}
     assert len(control.requests(path_prefix=CREATE, method="POST")) == 1
     searches = control.requests(path_prefix=CONTACTS, method="GET")
     assert len(searches) == 1  # one search across the fleet: the others found it in the store
+
+
+def test_twelve_identifies_spelling_one_number_twelve_ways_over_three_sidecars_make_one_contact(
+    fleet, control, pg_url
+):
+    """defaultPhoneRegion NL: every spelling is one E.164 number, so one lock and one store key."""
+    sidecars = fleet.spawn(3, store=pg_url, channelId=SMS_CHANNEL, defaultPhoneRegion="NL")
+    for s in sidecars:  # channels listed, so the identifies below meet at the contact
+        s.stub.Identify(pb.IdentifyRequest(traits=struct({"phone": "+31600000001"})), timeout=10)
+    control.reset()
+    control.add_fault(method="POST", path=CREATE, delay=1.0, count=-1)  # slow creates
+    spellings = [
+        "06 12345678", "(06) 1234-5678", "0031 6 12345678", "+31612345678", "+31 6 12345678", "06-12345678",
+        "0612345678", "06 1234 5678", "+31 (0)6 12345678", "0031612345678", "(06)12345678", "+31-6-1234-5678",
+    ]  # fmt: skip
+
+    def identify(n: int) -> pb.DeliveryResult:
+        request = pb.IdentifyRequest(traits=struct({"phone": spellings[n], "name": "Bob"}))
+        return sidecars[n % 3].stub.Identify(request, timeout=20)
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(identify, range(12)))
+    control.clear_faults()
+    phones = [c for c in control.contacts() if c["phone"] == "+31612345678"]
+    assert len(phones) == 1, phones
+    assert phones[0]["identifier"] == "+31 6 12345678"  # as Trengo shows it
+    assert {r.contact_id for r in results} == {phones[0]["id"]}
+    [create] = control.requests(path_prefix=CREATE, method="POST")
+    assert create["body"]["identifier"] == "+31612345678"
+    searches = control.requests(path_prefix=CONTACTS, method="GET")
+    assert [s["params"]["term"] for s in searches] == ["31612345678"]  # one search across the fleet
 
 
 def test_a_sidecar_killed_while_it_holds_the_create_lock_leaves_one_contact(fleet, control, pg_url):
@@ -156,7 +187,7 @@ def test_a_sidecar_killed_while_it_holds_the_create_lock_leaves_one_contact(flee
     pending.cancel()
     control.clear_faults()
     result = b.stub.Identify(request, timeout=5)  # a lease would still hold it: the lock died with a
-    created = [c for c in control.contacts() if c["identifier"] == "+31687654321"]
+    created = [c for c in control.contacts() if c["phone"] == "+31687654321"]
     assert len(created) == 1 and result.contact_id == created[0]["id"]
     assert len(control.requests(path_prefix=CREATE, method="POST")) == 1  # the holder searched first
 

@@ -112,16 +112,26 @@ def test_label_names_are_looked_up_once(shop, control, ann):
     assert len(control.requests(path_prefix="/api/v2/labels")) == 1
 
 
-def test_unknown_label_name_is_refused_before_anything_is_written(make_sidecar, control, ann, labels):
-    typo = {**ORDER, "labels": ["VIP", "Vip customers"]}
-    sidecar = make_sidecar(eventTemplateMap=[typo])
+@pytest.mark.parametrize(
+    ("names", "archived"),
+    [
+        (["VIP", "Vip customers"], False),  # a typo
+        (["VIP", "Old campaign"], True),  # Trengo lists it (archived set), but it cannot be put on a ticket
+    ],
+)
+def test_an_unknown_or_archived_label_is_refused_before_anything_is_written(
+    make_sidecar, control, ann, labels, names, archived
+):
+    if archived:
+        control.add_label("Old campaign", archived=True)
+    sidecar = make_sidecar(eventTemplateMap=[{**ORDER, "labels": names}])
     channel = grpc.insecure_channel(sidecar.address)
     with pytest.raises(grpc.RpcError) as caught:
         pb_stub(channel).Track(order())
     channel.close()
     refused = failure(caught.value)
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION and refused.reason == "LABEL_NOT_FOUND"
-    assert "Vip customers" in refused.message
+    assert names[1] in refused.message
     assert api_calls(control) == [("GET", "/channels"), ("GET", "/labels")]
     assert control.tickets() == []
 

@@ -91,6 +91,7 @@ def test_email_contact_shape_and_not_duplicated(api: httpx.Client, control: Simu
         "identifier": "Ann@Example.com",
         "email": "Ann@Example.com",
         "phone": None,
+        "formatted_phone": None,
         "is_phone": False,
         "channels": [{"id": EMAIL, "type": "EMAIL", "title": "Support email"}],
     }
@@ -129,7 +130,9 @@ def test_phone_contacts_are_duplicated_and_name_defaults(
     two = create(api, WHATSAPP, "+31 6-1234 5678", name=None).json()
     assert one["id"] != two["id"] and two["id"] == one["id"] + 1
     assert one["name"] == "+31 6-1234 5678"
-    assert (one["phone"], one["email"], one["is_phone"]) == ("+31 6-1234 5678", None, True)
+    # Stored as Trengo stores it: phone in E.164, identifier and formatted_phone international.
+    assert (one["phone"], one["email"], one["is_phone"]) == ("+31612345678", None, True)
+    assert one["identifier"] == one["formatted_phone"] == "+31 6 12345678"
     assert len(control.contacts()) == 2
 
 
@@ -189,7 +192,7 @@ def test_create_ticket(api: httpx.Client, control: SimulatorControl) -> None:
     answer = api.post("/tickets", json={"contact_id": contact["id"], "channel_id": EMAIL, "subject": "Hi"})
     assert answer.status_code == 201
     ticket = answer.json()
-    assert ticket["id"] == 7000000001 and ticket["status"] == "OPEN" and ticket["subject"] == "Hi"
+    assert ticket["id"] == 7000000001 and ticket["status"] == "ASSIGNED" and ticket["subject"] == "Hi"
     assert (ticket["contact_id"], ticket["channel_id"]) == (contact["id"], EMAIL)
     assert ticket["contact"]["id"] == contact["id"] and ticket["channel"]["type"] == "EMAIL"
     assert ticket["created_at"]

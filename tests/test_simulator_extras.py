@@ -61,8 +61,8 @@ def test_a_label_is_attached_once_and_unknown_ids_are_laravels_422(api, control,
 def test_a_note_is_a_message_of_type_note(api, control, ticket):
     path = f"/tickets/{ticket['id']}/messages"
     answer = api.post(path, json={"message": "Order A-1", "internal_note": True})
-    assert answer.status_code == 201 and answer.json()["type"] == "NOTE"
-    assert api.post(path, json={"message": "Hello"}).json()["type"] == "OUTBOUND"
+    assert answer.status_code == 201 and answer.json()["message"]["type"] == "NOTE"
+    assert api.post(path, json={"message": "Hello"}).json()["message"]["type"] == "OUTBOUND"
     assert errors(api.post(path, json={"message": "  "})) == {"message": ["The message field is required."]}
     assert "internal_note" in errors(api.post(path, json={"message": "x", "internal_note": "yes"}))
     assert api.post("/tickets/1/messages", json={"message": "x"}).status_code == 404

@@ -282,7 +282,7 @@ class QueueService:
             if observer:
                 observer.filtered(dropped.rule)
             return pb.EnqueueResponse(message_id=message_id, filtered_reason=dropped.reason)
-        self.delivery.check(event)
+        event = self.delivery.check(event)  # the phone in E.164 with a region: the person key below
         trace = (tracing.carrier() or None) if self.tracing is not None else None  # off: no work at all
         new = await store.enqueue(NewJob(message_id, person(event), asdict(event), trace))
         if new and self.worker is not None:

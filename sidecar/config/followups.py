@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError
-from ..plan.followup_plan import FieldMapping, Target, TicketExtras
+from ..plan.followup_plan import AssignTo, FieldMapping, Target, TicketExtras
 from ..plan.templates import TemplateError, compile_template
 
 FIELD_MAP_KEYS = ("from", "to")
@@ -29,13 +29,34 @@ def ticket_extras(key: str, value: Any) -> Mapping[str, TicketExtras]:
     extras: dict[str, TicketExtras] = {}
     for i, entry in enumerate(entries):
         where = f"{key}[{i}]"
-        if not isinstance(entry, dict) or ("note" not in entry and "labels" not in entry):
+        if not isinstance(entry, dict) or not {"note", "labels", "assignTo"} & set(entry):
             continue
         note = _note(f"{where}.note", entry.get("note"))
         labels = _labels(f"{where}.labels", entry.get("labels"))
-        if note is not None or labels:
-            extras[entry["from"]] = TicketExtras(note, labels)
+        assign = assign_to(f"{where}.assignTo", entry.get("assignTo"))
+        if note is not None or labels or assign is not None:
+            extras[entry["from"]] = TicketExtras(note, labels, assign)
     return MappingProxyType(extras)
+
+
+def assign_to(where: str, value: Any) -> AssignTo | None:
+    """``assignTo`` / ``defaultAssignTo``: ``{team: "<team name>"}`` or ``{user: "<agent e-mail>"}``
+    (an id instead of the name is taken as it is); null or absent for none."""
+    if isinstance(value, str):  # from an environment variable: JSON
+        try:
+            value = json.loads(value) if value.strip() else None
+        except ValueError as exc:
+            raise ConfigError(where, f"must be JSON such as {{\"team\": \"Support\"}}: {exc}") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in ("team", "user"):
+        raise ConfigError(where, 'must be {team: "<team name>"} or {user: "<agent e-mail>"}')
+    kind, target = next(iter(value.items()))
+    what = "team" if kind == "team" else "agent e-mail"
+    parsed = _target(f"{where}.{kind}", target, what)
+    if kind == "user" and isinstance(parsed, str) and "@" not in parsed:
+        raise ConfigError(f"{where}.user", f"must be the agent's e-mail address, not {parsed[:40]!r}")
+    return AssignTo(kind, parsed)
 
 
 def custom_field_map(key: str, value: Any) -> tuple[FieldMapping, ...]:

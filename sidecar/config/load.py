@@ -19,11 +19,11 @@ from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError
-from ..plan import filters
-from ..plan.followup_plan import FieldMapping, TicketExtras
+from ..plan import filters, phones
+from ..plan.followup_plan import AssignTo, FieldMapping, TicketExtras
 from ..plan.templates import Template
 from . import consent
-from .followups import custom_field_map, ticket_extras
+from .followups import assign_to, custom_field_map, ticket_extras
 from .sources import close_match, env_values, read_file, unknown_env
 from .values import (
     TEMPLATE_ENTRY_KEYS as TEMPLATE_ENTRY_KEYS,  # re-exported: the tests read it here
@@ -56,11 +56,16 @@ class Config:
     channel_identifier: str = "auto"
     enable_dedup: bool = True
     skip_unchanged_names: bool = True  # an identify with the name the sidecar knows sends nothing
+    # ISO 3166 alpha-2 (NL): phones without a country are read there, and E.164 is the person
+    # (sidecar/plan/phones.py); "" keeps the reference's behaviour
+    default_phone_region: str = ""
     # event name -> compiled subject template ("" source = no subject)
     event_templates: Mapping[str, Template] = field(default_factory=lambda: MappingProxyType({}))
     # event name -> the note and labels its tickets get (eventTemplateMap entries' note, labels)
     event_extras: Mapping[str, TicketExtras] = field(default_factory=lambda: MappingProxyType({}))
     custom_field_map: tuple[FieldMapping, ...] = ()
+    # the team or agent of every mapped event's ticket whose entry has no assignTo of its own
+    default_assign_to: AssignTo | None = None
     base_url: str = DEFAULT_BASE_URL
     # consent rules (plan/filters.py; consent.py parses them): provider -> entry, two legacy id lists
     consent_management: Mapping[str, filters.ConsentEntry] = field(
@@ -121,8 +126,10 @@ _KEYS: dict[str, tuple[str, str]] = {
     "channelIdentifier": ("channel_identifier", "TRENGO_CHANNEL_IDENTIFIER"),
     "enableDedup": ("enable_dedup", "TRENGO_ENABLE_DEDUP"),
     "skipUnchangedNames": ("skip_unchanged_names", "SIDECAR_SKIP_UNCHANGED_NAMES"),
+    "defaultPhoneRegion": ("default_phone_region", "TRENGO_DEFAULT_PHONE_REGION"),
     "eventTemplateMap": ("event_templates", "TRENGO_EVENT_TEMPLATE_MAP"),
     "customFieldMap": ("custom_field_map", "TRENGO_CUSTOM_FIELD_MAP"),
+    "defaultAssignTo": ("default_assign_to", "TRENGO_DEFAULT_ASSIGN_TO"),
     "baseUrl": ("base_url", "TRENGO_BASE_URL"),
     "consentManagement": ("consent_management", "TRENGO_CONSENT_MANAGEMENT"),
     "oneTrustCookieCategories": ("one_trust_cookie_categories", "TRENGO_ONE_TRUST_COOKIE_CATEGORIES"),
@@ -326,6 +333,13 @@ _INTS = {f.name for f in fields(Config) if f.type == "int"}
 _FLOATS = {f.name for f in fields(Config) if f.type == "float"}
 
 
+def _region(key: str, value: Any) -> str:
+    try:
+        return phones.region(_text(key, value)) or ""
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def _parse(key: str, value: Any) -> Any:
     attr = _KEYS[key][0]
     if attr in ("api_token", "auth_token"):
@@ -340,6 +354,10 @@ def _parse(key: str, value: Any) -> Any:
         return _CONSENT_KEYS[attr](key, value)
     if attr == "custom_field_map":
         return custom_field_map(key, value)
+    if attr == "default_phone_region":
+        return _region(key, value)
+    if attr == "default_assign_to":
+        return assign_to(key, value)
     if attr in ("enable_dedup", "skip_unchanged_names"):
         return _bool(key, value)
     if attr in _CHOICES:

@@ -60,8 +60,7 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
                 continue
             value: Any = file_value(loaded.given[key])
         elif attr == "event_templates":
-            templates = loaded.config.event_templates.items()
-            value = [{"from": name, "to": template.source} for name, template in templates]
+            value = [_template_entry(loaded.config, name) for name in loaded.config.event_templates]
         elif attr not in attrs:
             continue
         elif attr == "write_keys":
@@ -72,6 +71,19 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
             value = file_value(getattr(loaded.config, attr))
         entries.append((key, value, loaded.origins.get(key, "default")))
     return entries
+
+
+def _template_entry(config: cfg.Config, name: str) -> dict[str, Any]:
+    """One eventTemplateMap entry as a file holds it, with its note, labels and assignTo if any."""
+    entry: dict[str, Any] = {"from": name, "to": config.event_templates[name].source}
+    extras = config.event_extras.get(name)
+    if extras is not None and extras.note is not None:
+        entry["note"] = extras.note.source
+    if extras is not None and extras.labels:
+        entry["labels"] = list(extras.labels)
+    if extras is not None and extras.assign_to is not None:
+        entry["assignTo"] = {extras.assign_to.kind: extras.assign_to.target}
+    return entry
 
 
 # Values printed as parsed (canonical: 405980 for "405980", INFO for info). A structured value (the

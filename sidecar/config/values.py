@@ -21,7 +21,7 @@ from .sources import close_match, json_value
 from .tls import tls_problems
 
 # An eventTemplateMap entry's keys: anything else is a typo (add one here to allow it).
-TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels")  # note, labels: sidecar/config/followups.py
+TEMPLATE_ENTRY_KEYS = ("from", "to", "note", "labels", "assignTo")  # all but from/to: config/followups.py
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 MAX_RATE_LIMIT_PER_MINUTE = 100_000  # the limiter keeps one timestamp per allowed call
 

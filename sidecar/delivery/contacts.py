@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from ..config.load import Config
 from ..deadline import Deadline
 from ..errors import NotFound, StoreError
+from ..plan import phones
 from ..plan import transform as tf
 from ..state import ContactRecord, State
 from ..state.waiting import busy, holding
@@ -65,7 +66,7 @@ class ContactFinder:
         if not self.config.enable_dedup:
             created = await self._create(run, ident)
             return run.outcome("create_contact", created.contact_id)
-        key = tf.cache_key(ident, run.kind)
+        key = self.key(ident, run.kind)
         record = await self.cached(key)
         if record is not None:
             run.cache_hit = True
@@ -146,7 +147,7 @@ class ContactFinder:
 
     async def _update_known(self, run: Run, contact_id: int, ident: str | None) -> Outcome:
         """Identify with a trengoContactId: no search, update the name if there is one."""
-        known = await self.cached(tf.cache_key(ident, run.kind)) if ident else None
+        known = await self.cached(self.key(ident, run.kind)) if ident else None
         known_name = known.name if known is not None and known.contact_id == contact_id else None
         if not tf.writes_name(known_name, run.event.name, self.config.skip_unchanged_names):
             run.cache_hit = known_name is not None
@@ -195,9 +196,10 @@ class ContactFinder:
             return await self._search(run, ident)
 
     async def _search(self, run: Run, ident: str) -> ContactRecord | None:
-        call = tf.search_contacts(ident)
+        region = self._region(run.kind)
+        call = tf.search_contacts(phones.search_term(ident) if region else ident)
         answer = await self.client.send(call, run.deadline, run.calls)
-        found = tf.matching_record(contact_list(call, answer), ident, run.kind)
+        found = tf.matching_record(contact_list(call, answer), ident, run.kind, region)
         if found is not None:
             await self._remember(run, ident, found.contact_id, found.name)
         return found
@@ -248,7 +250,7 @@ class ContactFinder:
             return None
 
     async def _remember(self, run: Run, ident: str, contact_id: int, name: str | None) -> None:
-        key = tf.cache_key(ident, run.kind)
+        key = self.key(ident, run.kind)
         record = ContactRecord(contact_id, name)
         self.contacts.set(key, record)
         if self.state.shared:
@@ -268,3 +270,11 @@ class ContactFinder:
 
     def _scoped(self, key: str) -> str:
         return f"{self.scope}:contact:{key}"
+
+    def _region(self, kind: tf.Kind) -> str:
+        """defaultPhoneRegion on a phone channel (the event's phone is then E.164), else ""."""
+        return self.config.default_phone_region if kind == "phone" else ""
+
+    def key(self, ident: str, kind: tf.Kind) -> str:
+        """The person: its cache and store key, and its lock's name (phones.cache_key with a region)."""
+        return phones.cache_key(ident) if self._region(kind) else tf.cache_key(ident, kind)

@@ -11,12 +11,15 @@ which ``Delivery`` holds); the channels and the track path are here. ``Outcome``
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from ..config.load import Config
 from ..deadline import Deadline
-from ..errors import FailedPrecondition, NotFound
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..plan import phones
 from ..plan import transform as tf
 from ..plan.events import Event
 from ..state import ContactRecord, State, open_state
@@ -28,6 +31,7 @@ from .followups import FollowUps
 from .idempotency import Idempotency
 from .outcome import Outcome, Run
 
+log = logging.getLogger("sidecar")
 MAX_CHANNEL_PAGES = 40  # 1,000 channels: more than any Trengo account we have seen
 CHANNEL_RELIST_SECONDS = 30.0
 
@@ -59,6 +63,7 @@ class Delivery:
         self._flights: SingleFlight[tuple[str, str]] = SingleFlight()
         self.finder = ContactFinder(config, client, self.state, scope, self.contacts, self._flights)
         self.followups = FollowUps(config, client)
+        self._region_warned = False
 
     @property
     def replays(self) -> int:
@@ -74,16 +79,37 @@ class Delivery:
 
     async def deliver(self, event: Event, deadline: Deadline) -> Outcome:
         """Deliver once per message_id: a repeat within the window gets the first result back."""
+        event = self.normalise(event)
         if not event.message_id or event.dry_run:
             return await self._deliver(event, deadline)
         work = lambda: self._deliver(event, deadline)  # noqa: E731
         return await self.idempotency.deliver(event.message_id, deadline, work)
 
-    def check(self, event: Event) -> None:
-        """Refuse, before any Trengo call, what ``deliver`` would refuse without one (Enqueue asks)."""
+    def check(self, event: Event) -> Event:
+        """Refuse, before any Trengo call, what ``deliver`` would refuse without one (Enqueue asks);
+        the event as it is delivered (its phone in E.164 with a region: the queue's person key)."""
         if event.kind == "track":
             tf.template_for(event, self.config.event_templates)
+        event = self.normalise(event)
         self._precheck_identifier(event)
+        return event
+
+    def normalise(self, event: Event, strict: bool = False) -> Event:
+        """The event with its phone in E.164 when defaultPhoneRegion is set (sidecar/plan/phones.py).
+
+        An impossible number is INVALID_ARGUMENT when the phone is what the channel needs (``strict``,
+        or channelIdentifier phone); on other channels the number is kept as given, unused.
+        """
+        region = self.config.default_phone_region
+        if not region or not event.phone:
+            return event
+        strict = strict or self.config.channel_identifier == "phone"
+        try:
+            return replace(event, phone=phones.e164(event.phone, region, event.phone_field or "traits.phone"))
+        except InvalidArgument:
+            if strict:
+                raise
+            return event
 
     async def deliver_again(self, event: Event, deadline: Deadline) -> Outcome:
         """An operator asked for this event to be sent again: deliver it without giving back the result
@@ -95,6 +121,8 @@ class Delivery:
         self._precheck_identifier(event)
         run = Run(event, deadline, event.channel_id or self.config.channel_id)
         run.kind = await self._channel_kind(run)
+        if run.kind == "phone":  # now the phone is needed: an impossible one is refused before any write
+            run.event = event = self.normalise(event, strict=True)
         # Follow-ups (sidecar/delivery/followups.py): planned before the primary write, so that a name Trengo
         # lacks refuses the event before anything is written; sent after it.
         if template is not None:
@@ -124,7 +152,22 @@ class Delivery:
                 f"channel {run.channel_id} is not among the Trengo channels this token can see",
                 reason="CHANNEL_NOT_FOUND",
             )
-        return tf.identifier_kind(self.config.channel_identifier, run.channel_id, types[run.channel_id])
+        kind = tf.identifier_kind(self.config.channel_identifier, run.channel_id, types[run.channel_id])
+        if kind == "phone":
+            self._warn_without_region()
+        return kind
+
+    def _warn_without_region(self) -> None:
+        """Once per process: a phone channel with no defaultPhoneRegion keeps the reference's behaviour."""
+        if self._region_warned or self.config.default_phone_region:
+            return
+        self._region_warned = True
+        log.warning(
+            "a phone channel is in use and defaultPhoneRegion (TRENGO_DEFAULT_PHONE_REGION) is not set: "
+            "phone numbers are searched and created exactly as events spell them, so '06 12345678' and "
+            "'+31 6 12345678' can become two contacts; set it (e.g. NL) to read numbers without a country "
+            "code in that region and keep one contact per E.164 number"
+        )
 
     async def _channel_types(self, run: Run) -> dict[int, str]:
         """Channel id -> Trengo type, from the cache or one (shared) listing."""
@@ -153,6 +196,8 @@ class Delivery:
             if not has_next_page(answer):
                 break
         self.channels.set("all", (types, time.monotonic()))
+        if tf.channel_kind(types.get(self.config.channel_id, "")) == "phone":
+            self._warn_without_region()  # at start: the readiness check lists the channels
         return types
 
     # --- track ---------------------------------------------------------------------
@@ -164,7 +209,7 @@ class Delivery:
         key = ""
         if contact_id is None:
             ident = tf.identifier(event, run.kind)
-            key = tf.cache_key(ident, run.kind)
+            key = self.finder.key(ident, run.kind)
             contact_id = await self._find_for_track(run, ident, key)
         try:
             ticket_id = await self._ticket(run, contact_id, subject)

@@ -32,14 +32,22 @@ from .outcome import Outcome
 
 MAX_PAGES = 40  # 1,000 labels or custom fields
 RELIST_SECONDS = 30.0  # a name missing from the cached list is looked for again at most this often
-_LISTS = {"label": fp.list_labels, "custom_field": fp.list_custom_fields}
-_INDEX = {"label": fp.label_index, "custom_field": fp.field_index}
+_LISTS = {
+    "label": fp.list_labels,
+    "custom_field": fp.list_custom_fields,
+    "team": fp.list_teams,
+    "user": fp.list_users,
+}
+_INDEX = {
+    "label": fp.label_index, "custom_field": fp.field_index, "team": fp.team_index, "user": fp.user_index,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class TicketPlan:
     note: str | None
     labels: list[tuple[str, int]]
+    assign: tuple[str, str, int] | None = None  # (team or user, as the config named it, Trengo's id)
 
 
 class FollowUps:
@@ -66,16 +74,24 @@ class FollowUps:
         self, event: Event, deadline: Deadline, calls: list[CallRecord]
     ) -> TicketPlan | None:
         extras = self.config.event_extras.get(event.event_name)
-        if extras is None:
-            return None
-        note = fp.note_text(event, extras)
-        labels = await self._resolve("label", extras.labels, deadline, calls)
-        return TicketPlan(note, labels) if note or labels else None
+        assign_to = extras.assign_to if extras and extras.assign_to else self.config.default_assign_to
+        note = fp.note_text(event, extras) if extras else None
+        labels = await self._resolve("label", extras.labels, deadline, calls) if extras else []
+        assign = None
+        if assign_to is not None:  # resolved before the ticket exists: an unknown name writes nothing
+            [(target, target_id)] = await self._resolve(assign_to.kind, [assign_to.target], deadline, calls)
+            assign = (assign_to.kind, target, target_id)
+        return TicketPlan(note, labels, assign) if note or labels or assign else None
 
     async def finish_ticket(self, plan: TicketPlan | None, outcome: Outcome, deadline: Deadline) -> Outcome:
         if plan is not None and outcome.action == "create_ticket":
-            planned = fp.ticket_followups(outcome.ticket_id, plan.note, plan.labels)
-            outcome.failed_followups += await self._send(planned, deadline, outcome)
+            planned = fp.ticket_followups(outcome.ticket_id, plan.note, plan.labels, plan.assign)
+            failures = await self._send(planned, deadline, outcome)
+            outcome.failed_followups += failures
+            if plan.assign is not None:
+                kind, target, target_id = plan.assign
+                landed = not outcome.dry_run and not any(f.kind == "assign" for f in failures)
+                outcome.assignment = fp.Assignment(kind, target, target_id, landed)
         return outcome
 
     # --- an identify's contact ----------------------------------------------------------
@@ -139,7 +155,7 @@ class FollowUps:
     async def _resolve(
         self, kind: str, targets: Sequence[fp.Target], deadline: Deadline, calls: list[CallRecord]
     ) -> list[tuple[str, int]]:
-        names = fp.names_in(targets)
+        names = [fp.lookup_name(name, kind) for name in fp.names_in(targets)]
         index = await self._index(kind, names, deadline, calls) if names else {}
         return fp.resolve(targets, index, kind)
 

@@ -24,7 +24,7 @@ import grpc
 
 from ..deadline import Deadline
 from ..errors import SidecarError, StoreError
-from ..plan.followup_plan import FollowUpFailure
+from ..plan.followup_plan import Assignment, FollowUpFailure
 from ..state import State, StoredResult
 from ..state.waiting import busy, holding, patiently
 from ..trengo_api.answers import CutOff, OutcomeUnknown
@@ -179,6 +179,7 @@ class _Sending:
 def encode_outcome(outcome: Outcome) -> StoredResult:
     fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "calls"}
     fields["failed_followups"] = [dataclasses.asdict(f) for f in outcome.failed_followups]  # as data
+    fields["assignment"] = dataclasses.asdict(outcome.assignment) if outcome.assignment else None
     return StoredResult(outcome=fields)
 
 
@@ -194,6 +195,8 @@ def decode(stored: StoredResult) -> Outcome | SidecarError:
         known = {f.name for f in dataclasses.fields(Outcome)}
         outcome = Outcome(**{k: v for k, v in stored.outcome.items() if k in known}, calls=[])
         outcome.failed_followups = [FollowUpFailure(**f) for f in stored.outcome.get("failed_followups", [])]
+        assignment = stored.outcome.get("assignment")
+        outcome.assignment = Assignment(**assignment) if assignment else None
         return outcome
     data: dict[str, Any] = stored.error or {}
     cls = _ERRORS.get(str(data.get("type")), SidecarError)

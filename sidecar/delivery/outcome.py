@@ -16,7 +16,7 @@ from ..deadline import Deadline
 from ..errors import SidecarError
 from ..plan import transform as tf
 from ..plan.events import Event
-from ..plan.followup_plan import FollowUpFailure
+from ..plan.followup_plan import Assignment, FollowUpFailure
 from ..trengo_api.records import CallRecord
 
 ACTIONS = {
@@ -44,6 +44,7 @@ class Outcome:
     filtered_reason: str = ""  # for "filtered": the rule that kept the event from Trengo
     # follow-ups (note, labels, custom fields) that did not land; the primary write stands
     failed_followups: list[FollowUpFailure] = field(default_factory=list)
+    assignment: Assignment | None = None  # a track's ticket, when assignTo/defaultAssignTo applies
 
 
 @dataclass(slots=True)
@@ -97,7 +98,15 @@ def to_result(outcome: Outcome) -> pb.DeliveryResult:
             pb.FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
             for f in outcome.failed_followups
         ],
+        assignment=_assignment(outcome),
     )
+
+
+def _assignment(outcome: Outcome) -> pb.TicketAssignment | None:
+    a = outcome.assignment
+    if a is None:
+        return None
+    return pb.TicketAssignment(type=a.kind, target=a.target, id=a.id, assigned=a.assigned)
 
 
 def deliver_error(error: SidecarError) -> pb.DeliverError:

@@ -29,7 +29,7 @@ CHANNEL_ID_TYPE = "trengoChannelId"
 CONTACT_ID_TYPE = "trengoContactId"
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-_PHONE = re.compile(r"\+?[0-9][0-9 ().\-]{4,30}")
+_PHONE = re.compile(r"[+(]{0,2}[0-9][0-9 ().\-]{4,30}")  # "(06) 1234-5678" and "(+31) 6 ..." too
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
 
 
@@ -43,6 +43,7 @@ class Event:
     kind: EventKind
     email: str | None = None
     phone: str | None = None
+    phone_field: str = ""  # where the phone came from (traits.phone, ...), for an error that names it
     name: str | None = None
     event_name: str = ""
     properties: dict[str, Any] = field(default_factory=dict)
@@ -189,12 +190,14 @@ def _build(
         (properties, f"{prefix}properties"),
     )
     channel_id, contact_id = _external_ids(external_ids)
+    phone_field = _first(sources, ("phone",))[1]
     if kind == "track":
         event_name = _event_name(event_name, f"{prefix}event")
     return Event(
         kind=kind,
         email=_identifier(sources, "email", _EMAIL, "an e-mail address") or _external_email(external_ids),
         phone=_identifier(sources, "phone", _PHONE, "a phone number"),
+        phone_field=phone_field,
         name=_name(sources),
         event_name=event_name if kind == "track" else "",
         properties=properties,

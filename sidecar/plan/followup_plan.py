@@ -20,10 +20,28 @@ from .events import Event
 from .templates import Template, js_string, render_subject
 from .transform import Call
 
-FollowUpKind = Literal["note", "label", "custom_field"]
+FollowUpKind = Literal["note", "label", "custom_field", "assign"]
 Target = int | str  # what the config names: an id (int) or a name (str)
 # Custom field types of other records: a field of one of these is never taken for a contact field.
 NOT_CONTACT_FIELD_TYPES = frozenset({"TICKET", "PROFILE"})
+
+
+@dataclass(frozen=True, slots=True)
+class AssignTo:
+    """``assignTo`` / ``defaultAssignTo``: a team (by name or id) or an agent (by e-mail or id)."""
+
+    kind: Literal["team", "user"]
+    target: Target
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Whom a track's ticket was assigned to (DeliveryResult.assignment)."""
+
+    kind: str  # team, user
+    target: str  # as the config named it
+    id: int  # Trengo's id of the team or user
+    assigned: bool  # the /assign call landed (false: it failed for good, or a dry run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +50,7 @@ class TicketExtras:
 
     note: Template | None = None
     labels: tuple[Target, ...] = ()
+    assign_to: AssignTo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +91,13 @@ class FieldValue:
 
 # --- names ----------------------------------------------------------------------
 
+_NOT_FOUND = {
+    "label": "LABEL_NOT_FOUND",
+    "custom_field": "CUSTOM_FIELD_NOT_FOUND",
+    "team": "TEAM_NOT_FOUND",
+    "user": "USER_NOT_FOUND",
+}
+
 
 def names_in(targets: Iterable[Target]) -> list[str]:
     """The targets given by name (they need a look-up); ids are used as they are."""
@@ -79,9 +105,15 @@ def names_in(targets: Iterable[Target]) -> list[str]:
 
 
 def label_index(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """GET /labels records -> name -> id (the first of a name wins, as Trengo lists oldest first)."""
+    """GET /labels records -> name -> id (the first of a name wins, as Trengo lists oldest first).
+
+    An archived label (``archived`` set: a captured label carries ``"archived": null`` when it is not)
+    cannot be put on a ticket, so it is left out: naming one is LABEL_NOT_FOUND before any write.
+    """
     index: dict[str, int] = {}
     for record in records:
+        if record.get("archived"):
+            continue
         name = record.get("name")
         if isinstance(name, str) and name.strip():
             index.setdefault(name.strip(), int(record["id"]))
@@ -104,6 +136,26 @@ def field_index(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return index
 
 
+def team_index(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """GET /teams records -> name -> id (trimmed; the first of a name wins)."""
+    return label_index({"id": r.get("id"), "name": r.get("name")} for r in records)
+
+
+def user_index(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """GET /users records -> e-mail (case-folded: addresses are matched case-insensitively) -> id."""
+    index: dict[str, int] = {}
+    for record in records:
+        email = record.get("email")
+        if isinstance(email, str) and email.strip():
+            index.setdefault(email.strip().casefold(), int(record["id"]))
+    return index
+
+
+def lookup_name(target: str, what: str) -> str:
+    """How a configured name is looked up in its index: an agent's e-mail case-folded."""
+    return target.casefold() if what == "user" else target
+
+
 def missing(names: Iterable[str], index: Mapping[str, int]) -> list[str]:
     return [n for n in names if n not in index]
 
@@ -112,17 +164,18 @@ def resolve(targets: Sequence[Target], index: Mapping[str, int], what: str) -> l
     """(target as configured, id) for each target, in config order; ids are taken as they are.
 
     A name Trengo does not have is the config's mistake, found before anything is written:
-    FAILED_PRECONDITION LABEL_NOT_FOUND or CUSTOM_FIELD_NOT_FOUND.
+    FAILED_PRECONDITION LABEL_NOT_FOUND, CUSTOM_FIELD_NOT_FOUND, TEAM_NOT_FOUND or USER_NOT_FOUND.
     """
     resolved: list[tuple[str, int]] = []
     for target in targets:
-        target_id = target if isinstance(target, int) else index.get(target)
+        target_id = target if isinstance(target, int) else index.get(lookup_name(target, what))
         if target_id is None:
             known = ", ".join(sorted(index)[:10]) or "none"
+            named = "with the e-mail" if what == "user" else "named"
             raise FailedPrecondition(
-                f"Trengo has no {what.replace('_', ' ')} named {str(target)[:80]!r} (known: {known}): "
+                f"Trengo has no {what.replace('_', ' ')} {named} {str(target)[:80]!r} (known: {known}): "
                 "fix the config, or create it in Trengo",
-                reason="LABEL_NOT_FOUND" if what == "label" else "CUSTOM_FIELD_NOT_FOUND",
+                reason=_NOT_FOUND[what],
             )
         resolved.append((str(target), target_id))
     return resolved
@@ -139,14 +192,23 @@ def note_text(event: Event, extras: TicketExtras) -> str | None:
     return render_subject(extras.note, event.event_name, event.properties) or None
 
 
-def ticket_followups(ticket_id: int, note: str | None, labels: Sequence[tuple[str, int]]) -> list[FollowUp]:
-    """The note first (what happened, for the agent who opens the ticket), then the labels in config order."""
+def ticket_followups(
+    ticket_id: int,
+    note: str | None,
+    labels: Sequence[tuple[str, int]],
+    assign: tuple[str, str, int] | None = None,
+) -> list[FollowUp]:
+    """The note first (what happened, for the agent who opens the ticket), then the labels in config
+    order, then the assignment (kind, target, id): whoever it routes the ticket to finds it complete."""
     planned = [FollowUp("note", "", add_note(ticket_id, note))] if note else []
     seen: set[int] = set()
     for name, label_id in labels:
         if label_id not in seen:  # a label named twice (by name and by id) is added once
             seen.add(label_id)
             planned.append(FollowUp("label", name, add_label(ticket_id, label_id)))
+    if assign is not None:
+        kind, target, target_id = assign
+        planned.append(FollowUp("assign", target, assign_ticket(ticket_id, kind, target_id)))
     return planned
 
 
@@ -243,6 +305,21 @@ def add_label(ticket_id: int, label_id: int) -> Call:
 def set_contact_field(contact_id: int, field_id: int, value: str) -> Call:
     body = {"custom_field_id": field_id, "value": value}
     return Call("POST", f"/contacts/{contact_id}/custom_fields", body=body, resendable=True)
+
+
+def assign_ticket(ticket_id: int, kind: str, target_id: int) -> Call:
+    # Pipedream's assign-ticket and TrengoSDK's assignATicket: POST {type, user_id | team_id}. It sets
+    # rather than adds: resent after a lost answer, it assigns to the same team or agent once more.
+    body = {"type": kind, f"{kind}_id": target_id}
+    return Call("POST", f"/tickets/{ticket_id}/assign", body=body, resendable=True)
+
+
+def list_teams(page: int) -> Call:
+    return Call("GET", "/teams", params=(("page", str(page)),))
+
+
+def list_users(page: int) -> Call:
+    return Call("GET", "/users", params=(("page", str(page)),))
 
 
 def list_labels(page: int) -> Call:

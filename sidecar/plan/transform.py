@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from ..errors import FailedPrecondition, InvalidArgument
 from ..state.base import ContactRecord
+from . import phones
 from .events import Event
 from .templates import Template, render_subject
 
@@ -198,15 +199,21 @@ def create_ticket(contact_id: int, channel_id: int, subject_line: str | None) ->
 # --- reading answers ---------------------------------------------------------------
 
 
-def matching_contact(found: Sequence[Mapping[str, Any]], ident: str, kind: Kind) -> int | None:
+def matching_contact(
+    found: Sequence[Mapping[str, Any]], ident: str, kind: Kind, region: str = ""
+) -> int | None:
     """The one contact a search found for the identifier, None if none; several is an error.
 
     Trengo's term search is fuzzy (a substring of name, e-mail or phone), so
     unlike the reference we keep only exact matches of the identifier: a
-    search for ann@x.io must not call joann@x.io a duplicate.
+    search for ann@x.io must not call joann@x.io a duplicate. With a phone region
+    (``ident`` then E.164), a contact matches when its phone or identifier parses to it.
     """
-    want = cache_key(ident, kind)
-    ids = sorted({c["id"] for c in found if _contact_matches(c, want, kind)})
+    if kind == "phone" and region:
+        ids = sorted({c["id"] for c in found if phones.is_person(c, ident, region)})
+    else:
+        want = cache_key(ident, kind)
+        ids = sorted({c["id"] for c in found if _contact_matches(c, want, kind)})
     if len(ids) > 1:
         raise FailedPrecondition(
             f"{len(ids)} Trengo contacts match this {kind} ({', '.join(map(str, ids[:5]))}): "
@@ -216,9 +223,11 @@ def matching_contact(found: Sequence[Mapping[str, Any]], ident: str, kind: Kind)
     return ids[0] if ids else None
 
 
-def matching_record(found: Sequence[Mapping[str, Any]], ident: str, kind: Kind) -> ContactRecord | None:
+def matching_record(
+    found: Sequence[Mapping[str, Any]], ident: str, kind: Kind, region: str = ""
+) -> ContactRecord | None:
     """Like matching_contact, with the name the search answered for that contact."""
-    contact_id = matching_contact(found, ident, kind)
+    contact_id = matching_contact(found, ident, kind, region)
     if contact_id is None:
         return None
     name = next(c.get("name") for c in found if c["id"] == contact_id)

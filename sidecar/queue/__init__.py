@@ -1,1 +1,4 @@
-"""The delivery queue: Enqueue accepts durably, a worker delivers at Trengo's pace (see service.py)."""
+"""The delivery queue: Enqueue accepts durably, a worker delivers at Trengo's pace.
+
+The queue's RPCs are served by sidecar/api/queue_service.py.
+"""

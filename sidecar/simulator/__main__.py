@@ -28,6 +28,10 @@ The control API, beside /api/v2 on the same port (no auth; never recorded, never
                               (duplicates allowed, to stage them)
   DELETE /_sim/contacts/ID    delete a contact
   POST   /_sim/channels       {"id" (optional), "title", "type"}: add a channel
+  GET    /_sim/labels         labels; POST {"name", "id"?, "archived"?} seeds one (archived: listed,
+                              never attachable); likewise /_sim/custom_fields {"title", "type"?}
+  GET    /_sim/users          users (the token's owner first); POST {"email", "name"?} adds an agent
+  GET    /_sim/teams          teams; POST {"name", "id"?} adds one (for assignTo)
   GET    /_sim/faults         the faults still waiting
   POST   /_sim/faults         script a fault; the first one matching a request is used:
            method, path         which requests it hits (path is a prefix; default: any)
@@ -40,8 +44,9 @@ The control API, beside /api/v2 on the same port (no auth; never recorded, never
            after                run the real handler first (the write happens), then delay,
                                 drop or answer: a lost or spoiled answer
   DELETE /_sim/faults         clear every fault
-  PUT    /_sim/config         {"rate_limit_per_minute": N (0 = off), "tokens": [...]}: change the
-                              per-token rate limit and the accepted tokens (never echoed back)
+  PUT    /_sim/config         {"rate_limit_per_minute": N (0 = off), "tokens": [...],
+                              "phone_region": "NL" or null}: change the per-token rate limit, the
+                              accepted tokens (never echoed back) and how national numbers are read
 
 Example: curl -X POST localhost:8090/_sim/faults -d '{"method": "POST", "path": "/api/v2/tickets",
 "status": 429, "headers": {"Retry-After": "2"}}'

@@ -23,6 +23,7 @@ from sidecar.simulator.extras import ExtrasApi, ExtrasControl
 from sidecar.simulator.helpers import error, invalid
 from sidecar.simulator.helpers import int_or_none as _int_or_none
 from sidecar.simulator.helpers import page_number as _page
+from sidecar.simulator.people import PeopleApi, PeopleControl
 from sidecar.simulator.state import PHONE_TYPES, Channel, Fault, SimState, is_email, is_phone, paginate
 
 API = "/api/v2"
@@ -297,6 +298,8 @@ def create_app(state: SimState) -> web.Application:
     app = web.Application(middlewares=[middleware])
     app.add_routes(TrengoApi(state).routes())
     app.add_routes(ExtrasApi(state).routes(API))
+    app.add_routes(PeopleApi(state).routes(API))
     app.add_routes(ControlApi(state).routes())
     app.add_routes(ExtrasControl(state).routes(CONTROL))
+    app.add_routes(PeopleControl(state).routes(CONTROL))
     return app

@@ -130,6 +130,9 @@ class ControlApi:
                 isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)
             ):
                 raise ValueError("tokens must be a list of strings")
+            region = data.get("phone_region", self.state.phone_region)
+            if region is not None and (not isinstance(region, str) or not region.strip()):
+                raise ValueError("phone_region must be a region code such as NL, or null")
             existing = data.get("existing_email_answer", self.state.existing_email_answer)
             if existing not in EXISTING_EMAIL_ANSWERS:
                 raise ValueError(f"existing_email_answer must be one of {', '.join(EXISTING_EMAIL_ANSWERS)}")
@@ -137,6 +140,7 @@ class ControlApi:
             return _bad_request(f"bad config: {exc}")
         self.state.rate_limit_per_minute = limit
         self.state.existing_email_answer = existing
+        self.state.phone_region = region.strip().upper() if region else None
         self.state.rate_window_seconds = window
         if tokens is not None:
             self.state.tokens = set(tokens)
@@ -147,6 +151,7 @@ class ControlApi:
                 "rate_window_seconds": window,
                 "tokens": len(self.state.tokens),
                 "existing_email_answer": existing,
+                "phone_region": self.state.phone_region,
             }
         )
 
@@ -239,8 +244,20 @@ class SimulatorControl:
     def add_fault(self, **fields: Any) -> None:
         self._call("POST", "/faults", fields)
 
-    def add_label(self, name: str, id: int | None = None) -> dict[str, Any]:
-        return dict(self._call("POST", "/labels", {"name": name, "id": id}))
+    def add_label(self, name: str, id: int | None = None, archived: bool = False) -> dict[str, Any]:
+        return dict(self._call("POST", "/labels", {"name": name, "id": id, "archived": archived}))
+
+    def add_user(self, email: str, name: str | None = None, id: int | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/users", {"email": email, "name": name, "id": id}))
+
+    def add_team(self, name: str, id: int | None = None) -> dict[str, Any]:
+        return dict(self._call("POST", "/teams", {"name": name, "id": id}))
+
+    def users(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/users")["data"])
+
+    def teams(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/teams")["data"])
 
     def add_custom_field(self, title: str, type: str = "CONTACT", id: int | None = None) -> dict[str, Any]:
         return dict(self._call("POST", "/custom_fields", {"title": title, "type": type, "id": id}))

@@ -33,9 +33,14 @@ class Label:
     id: int
     name: str
     color: str = "#4d7cfe"
+    archived: str | None = None  # when it was archived; a captured label carries "archived": null
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "color": self.color, "sort_order": self.id}
+        slug = "-".join(self.name.lower().split())
+        return {
+            "id": self.id, "name": self.name, "slug": slug, "color": self.color, "sort_order": self.id,
+            "archived": self.archived,
+        }
 
 
 @dataclass
@@ -79,8 +84,10 @@ class ExtrasStore:
     values: dict[int, dict[int, str]] = field(default_factory=dict)  # contact -> field -> value
     _next_message_id: int = FIRST_MESSAGE_ID
 
-    def add_label(self, name: str, id: int | None = None) -> Label:
+    def add_label(self, name: str, id: int | None = None, archived: bool = False) -> Label:
         label = Label(id if id is not None else max(self.labels, default=FIRST_LABEL_ID - 1) + 1, name)
+        if archived:
+            label.archived = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         self.labels[label.id] = label
         return label
 
@@ -134,8 +141,7 @@ class ExtrasApi:
         return self._page(request, list(self.store.fields.values()), CustomField.to_dict)
 
     def _page(self, request: web.Request, items: list[Any], render: Callable[[Any], Any]) -> web.Response:
-        url = str(request.url.with_query(None))
-        return web.json_response(paginate(items, page_number(request), url, render))
+        return page_answer(request, items, render)
 
     async def attach_label(self, request: web.Request) -> web.Response:
         ticket = self._ticket(request)
@@ -145,7 +151,8 @@ class ExtrasApi:
         label_id = int_or_none(body.get("label_id"))
         if body.get("label_id") in (None, ""):
             return invalid({"label_id": "The label id field is required."})
-        if label_id is None or label_id not in self.store.labels:
+        if label_id is None or label_id not in self.store.labels or self.store.labels[label_id].archived:
+            # An archived label cannot be put on a ticket (assumed Laravel's exists rule on live labels).
             return invalid({"label_id": "The selected label id is invalid."})
         attached = self.store.ticket_labels.setdefault(ticket.id, [])
         if label_id not in attached:  # attaching twice changes nothing
@@ -165,7 +172,8 @@ class ExtrasApi:
         if not isinstance(internal, bool):
             return invalid({"internal_note": "The internal note field must be true or false."})
         message = self.store.add_message(ticket.id, text.strip(), internal)
-        return web.json_response(message.to_dict(), status=201)
+        # Trengo wraps the new message (a captured answer: {"message": {"id", "type": "NOTE", ...}}).
+        return web.json_response({"message": message.to_dict()}, status=201)
 
     async def set_field(self, request: web.Request) -> web.Response:
         contact = self.state.contacts.get(int_or_none(request.match_info["contact_id"]) or -1)
@@ -211,9 +219,13 @@ class ExtrasControl:
         try:
             data = await _body(request)
             name, label_id = str(data["name"]), _optional_id(data.get("id"), self.state.extras.labels)
+            archived = data.get("archived", False)
+            if not isinstance(archived, bool):
+                raise ValueError("archived must be true or false")
         except (ValueError, KeyError, TypeError) as exc:
-            return _bad_request(f"need name (and a new id): {exc}")
-        return web.json_response(self.state.extras.add_label(name, label_id).to_dict(), status=201)
+            return _bad_request(f"need name (a new id, archived): {exc}")
+        label = self.state.extras.add_label(name, label_id, archived)
+        return web.json_response(label.to_dict(), status=201)
 
     async def add_field(self, request: web.Request) -> web.Response:
         try:
@@ -225,6 +237,12 @@ class ExtrasControl:
         except (ValueError, KeyError, TypeError) as exc:
             return _bad_request(f"need title (type, a new id): {exc}")
         return web.json_response(self.state.extras.add_field(title, kind, field_id).to_dict(), status=201)
+
+
+def page_answer(request: web.Request, items: list[Any], render: Callable[[Any], Any]) -> web.Response:
+    """A Laravel paginated list of ``items`` for the request's page (users and teams use it too)."""
+    url = str(request.url.with_query(None))
+    return web.json_response(paginate(items, page_number(request), url, render))
 
 
 def _optional_id(value: Any, taken: Iterable[int]) -> int | None:

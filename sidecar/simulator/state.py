@@ -14,9 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import phonenumbers
+
 from sidecar.simulator.extras import ExtrasStore
 from sidecar.simulator.helpers import PER_PAGE as PER_PAGE  # re-exported: app.py and the tests
 from sidecar.simulator.helpers import paginate as paginate
+from sidecar.simulator.people import PeopleStore
 
 T = TypeVar("T")
 FIRST_CONTACT_ID = 90002431001  # above 2**31 on purpose: clients must not squeeze ids into int32
@@ -36,6 +39,7 @@ PHONE_TYPES = frozenset({"SMS", "WA_BUSINESS", "VOIP"})
 EXISTING_EMAIL_ANSWERS = ("contact", "422")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PHONE_RE = re.compile(r"^\+?[0-9][0-9 \-]*$")
+PHONE_TERM_RE = re.compile(r"^[+(]?[0-9][0-9 ().\-]*$")
 
 
 def is_email(value: str) -> bool:
@@ -69,14 +73,35 @@ class Contact:
     channels: list[Channel]
     email: str | None = None
     phone: str | None = None
-    # Lower-cased name/email/phone/identifier joined once, so a search is one `in` per contact.
+    formatted_phone: str | None = None
+    region: str | None = None  # the account's country: how a number written nationally is read
+    # Lower-cased name/email/identifier, and the digits of phone/identifier, joined once, so a search is
+    # one `in` per contact.
     haystack: str = ""
+    digits: str = ""
 
     def refresh(self) -> None:
         kind = self.channels[0].type if self.channels else ""
         self.email, self.phone = _email_and_phone(self.identifier, kind)
-        fields = (self.name, self.email or "", self.phone or "", self.identifier)
+        self.formatted_phone = None
+        if self.phone is not None:
+            self._format_phone()
+        fields = (self.name, self.email or "", self.identifier)
         self.haystack = "\x00".join(f.lower() for f in fields)
+        numbers = (self.phone, self.identifier) if self.phone is not None else ()
+        self.digits = "\x00".join(_digits(f) for f in numbers)
+
+    def _format_phone(self) -> None:
+        """Trengo keeps ``phone`` in E.164 and shows ``identifier``/``formatted_phone`` internationally
+        (a captured answer: "phone": "+972545614020", "identifier": "+972 54-561-4020"); a number it
+        cannot read is kept as given."""
+        number = parse_phone(self.identifier, self.region)
+        if number is None:
+            self.formatted_phone = self.identifier
+            return
+        self.phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        self.identifier = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        self.formatted_phone = self.identifier
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,9 +111,28 @@ class Contact:
             "identifier": self.identifier,
             "email": self.email,
             "phone": self.phone,
+            "formatted_phone": self.formatted_phone,
             "is_phone": self.phone is not None,
             "channels": [c.brief() for c in self.channels],
         }
+
+
+def parse_phone(value: str, region: str | None) -> Any:
+    """The number, or None: ``+`` and ``00`` numbers are international, others need ``region``."""
+    text = value.strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    if not text.startswith("+") and region is None:
+        return None
+    try:
+        number = phonenumbers.parse(text, None if text.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        return None
+    return number if phonenumbers.is_possible_number(number) else None
+
+
+def _digits(value: str) -> str:
+    return "".join(ch for ch in value if ch.isdigit())
 
 
 def _email_and_phone(identifier: str, kind: str) -> tuple[str | None, str | None]:
@@ -110,7 +154,12 @@ class Ticket:
     contact: Contact
     channel: Channel
     created_at: str
-    status: str = "OPEN"
+    # A ticket made through the API is assigned to the token's owner (a captured answer:
+    # "status": "ASSIGNED", "user_id" and "assigned_by" the token's user, "team": null).
+    status: str = "ASSIGNED"
+    user_id: int | None = None
+    team_id: int | None = None
+    assigned_by: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +168,9 @@ class Ticket:
             "subject": self.subject,
             "contact_id": self.contact.id,
             "channel_id": self.channel.id,
+            "user_id": self.user_id,
+            "team_id": self.team_id,
+            "assigned_by": self.assigned_by,
             "contact": self.contact.to_dict(),
             "channel": self.channel.to_dict(),
             "created_at": self.created_at,
@@ -188,6 +240,7 @@ class SimState:
         self.rate_window_seconds = RATE_WINDOW_SECONDS  # Trengo's minute; tests shrink it
         self.extra_channels = extra_channels
         self.existing_email_answer = "contact"  # one of EXISTING_EMAIL_ANSWERS
+        self.phone_region: str | None = None  # the account's country, for numbers written nationally
         self.reset()
 
     def reset(self) -> None:
@@ -197,6 +250,7 @@ class SimState:
         self.requests: list[dict[str, Any]] = []
         self.faults: list[Fault] = []
         self.extras = ExtrasStore()  # labels, custom fields, notes: sidecar/simulator/extras.py
+        self.people = PeopleStore()  # users, teams, the token's owner: sidecar/simulator/people.py
         self._by_identifier: dict[str, list[int]] = {}
         self._rate: dict[str, deque[float]] = {}
         self._next_contact_id = FIRST_CONTACT_ID
@@ -214,10 +268,11 @@ class SimState:
 
     def add_contact(self, name: str, identifier: str, channel: Channel | None) -> Contact:
         contact = Contact(self._next_contact_id, name, identifier, [channel] if channel else [])
+        contact.region = self.phone_region
         contact.refresh()
         self._next_contact_id += 1
         self.contacts[contact.id] = contact
-        self._by_identifier.setdefault(identifier.lower(), []).append(contact.id)
+        self._by_identifier.setdefault(contact.identifier.lower(), []).append(contact.id)
         return contact
 
     def find_by_identifier(self, identifier: str) -> Contact | None:
@@ -238,17 +293,23 @@ class SimState:
 
     def add_ticket(self, contact: Contact, channel: Channel, subject: str | None) -> Ticket:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        ticket = Ticket(self._next_ticket_id, subject, contact, channel, created)
+        owner = self.people.owner.id
+        ticket = Ticket(
+            self._next_ticket_id, subject, contact, channel, created, user_id=owner, assigned_by=owner
+        )
         self._next_ticket_id += 1
         self.tickets[ticket.id] = ticket
         return ticket
 
     def search_contacts(self, term: str) -> list[Contact]:
-        """Case-insensitive substring over name/email/phone/identifier, oldest first, like Trengo."""
+        """Oldest first, like Trengo: the term as a case-insensitive substring of name, e-mail and
+        identifier, and a term that looks like a number as digits within the phone or identifier
+        (RudderStack's mocks: the term 9830311521 finds the identifier "+98 30311521")."""
         needle = term.strip().lower()
         if not needle:
             return list(self.contacts.values())
-        return [c for c in self.contacts.values() if needle in c.haystack]
+        digits = _digits(needle) if PHONE_TERM_RE.match(needle) else ""
+        return [c for c in self.contacts.values() if needle in c.haystack or (digits and digits in c.digits)]
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         """The first matching fault, with one use consumed (removed once used up; -1 never is)."""
@@ -275,5 +336,3 @@ class SimState:
             return RateDecision(False, limit, 0, reset_at, max(1, math.ceil(reset_at - now)))
         window.append(now)
         return RateDecision(True, limit, limit - len(window), window[0] + span, 0)
-
-

@@ -19,12 +19,13 @@ from .result import (
     DeliveryStatus,
     Enqueued,
     FollowUpFailure,
+    TicketAssignment,
     TrengoCall,
 )
 
 __all__ = [
     "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryError", "DeliveryResult",
     "DeliveryState", "DeliveryStatus", "Enqueued", "FailedPrecondition", "FollowUpFailure", "InvalidArgument",
-    "NotFound", "RateLimited", "SidecarError", "TrengoCall", "TrengoSidecarClient", "Unauthenticated",
-    "Unavailable",
+    "NotFound", "RateLimited", "SidecarError", "TicketAssignment", "TrengoCall", "TrengoSidecarClient",
+    "Unauthenticated", "Unavailable",
 ]

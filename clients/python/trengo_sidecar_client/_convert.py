@@ -18,6 +18,7 @@ from .result import (
     DeliveryStatus,
     Enqueued,
     FollowUpFailure,
+    TicketAssignment,
     TrengoCall,
 )
 
@@ -82,7 +83,15 @@ def to_result(message: pb.DeliveryResult, request_id: str | None) -> DeliveryRes
             FollowUpFailure(kind=f.kind, target=f.target, reason=f.reason, message=f.message)
             for f in message.failed_followups
         ),
+        assignment=_assignment(message),
     )
+
+
+def _assignment(message: pb.DeliveryResult) -> TicketAssignment | None:
+    if not message.HasField("assignment"):
+        return None
+    a = message.assignment
+    return TicketAssignment(type=a.type, target=a.target, id=a.id, assigned=a.assigned)
 
 
 def to_enqueued(message: pb.EnqueueResponse, request_id: str | None) -> Enqueued:

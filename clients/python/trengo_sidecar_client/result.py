@@ -50,10 +50,20 @@ class FollowUpFailure:
     The primary write (the ticket, the contact) stands: the call succeeded.
     """
 
-    kind: str  # "note", "label" or "custom_field"
+    kind: str  # "note", "label", "custom_field" or "assign"
     target: str  # the label or custom field as the sidecar's config names it; "" for the note
     reason: str  # the ErrorInfo reason of the failed write (TRENGO_REJECTED, TRENGO_UNAVAILABLE, ...)
     message: str
+
+
+@dataclass(frozen=True)
+class TicketAssignment:
+    """Where a track's ticket was routed (the sidecar's assignTo / defaultAssignTo)."""
+
+    type: str  # "team" or "user"
+    target: str  # the team's name or the agent's e-mail (or id) as the sidecar's config names it
+    id: int  # Trengo's id of the team or user
+    assigned: bool  # the assign call landed (False in a dry run, or when it failed for good)
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class DeliveryResult:
     request_id: str | None = None  # the sidecar's x-request-id for this call, for its logs
     filtered_reason: str = ""  # for Action.FILTERED: "consent denied: C0004", "integrations.Trengo is false"
     failed_followups: tuple[FollowUpFailure, ...] = ()  # follow-ups that did not land; () when all did
+    assignment: TicketAssignment | None = None  # a track's ticket routed to a team or agent; else None
 
 
 # --- the queue: Enqueue and GetDelivery ---------------------------------------------------------

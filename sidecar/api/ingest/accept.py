@@ -1,6 +1,6 @@
 """Each event of a batch, one by one: queued, filtered or refused, then the batch in one transaction.
 
-The same steps as Enqueue (sidecar/queue/service.py): the RudderStack JSON parsed as SendEvent parses
+The same steps as Enqueue (sidecar/api/queue_service.py): the RudderStack JSON parsed as SendEvent parses
 it, a missing messageId generated, the filters (consent, integrations) first, then what delivery would
 refuse before any Trengo call. An event that fails is stored failed with its error (INVALID_EVENT and
 the field, or EVENT_NOT_MAPPED...), so GetDelivery and ``deliveries list`` show it; it never stops the
@@ -72,7 +72,7 @@ def decide(
         if dropped is not None:
             reason = dropped.reason
             return Decision(index, message_id, outcome=FILTERED, reason=reason, message=reason)
-        delivery.check(event)
+        event = delivery.check(event)  # the phone in E.164 with a region: the person key below
     except SidecarError as exc:
         error = json_format.MessageToDict(deliver_error(exc), preserving_proto_field_name=True)
         job = NewJob(message_id, f"message:{message_id}", {"refused": raw}, trace, error=error)
