@@ -2,9 +2,14 @@
 # trengo-sidecar: a gRPC sidecar that delivers customer events to Trengo.
 #
 #   docker build -t trengo-sidecar .
-#   docker run --rm -p 50051:50051 -p 9090:9090 \
+#   docker run --rm -p 50052:50052 -p 9090:9090 \
 #     -e TRENGO_API_TOKEN_FILE=/run/secrets/trengo -v "$PWD/token:/run/secrets/trengo:ro" \
 #     -e TRENGO_CHANNEL_ID=12345 trengo-sidecar
+#
+# The API listens on the container's loopback: a pod's app reaches it over
+# 127.0.0.1. To publish it (docker -p 50051:50051), set SIDECAR_LISTEN=0.0.0.0:50051
+# and SIDECAR_AUTH_TOKEN_FILE (or mTLS): the sidecar refuses an open API without
+# caller auth unless SIDECAR_ALLOW_UNAUTHENTICATED=true.
 #
 # Two stages. The builder generates the Python stubs from protos/ (the exact
 # command of the Makefile's `proto` target; tests/test_manifests.py checks they
@@ -13,9 +18,9 @@
 # no source tree. No secret is baked in: the Trengo token comes at run time
 # (TRENGO_API_TOKEN_FILE, a mounted file, or TRENGO_API_TOKEN).
 #
-# Health: the server implements grpc.health.v1 (for "" and
-# "trengo.sidecar.v1.TrengoSidecar"); Kubernetes probes it natively with
-# `grpc: {port: 50051}` (see deploy/kubernetes/), so no probe binary is shipped.
+# Health: grpc.health.v1 (for "" and "trengo.sidecar.v1.TrengoSidecar") is
+# served alone on healthListen (50052); Kubernetes probes it natively with
+# `grpc: {port: 50052}` (see deploy/kubernetes/), so no probe binary is shipped.
 
 FROM python:3.11-slim AS builder
 
@@ -51,8 +56,8 @@ RUN /opt/tools/bin/pip freeze | grep -iE '^(grpcio|protobuf)==' > /tmp/constrain
 
 FROM python:3.11-slim
 
-# 0.0.0.0, not the default 127.0.0.1: outside a pod's loopback (docker -p,
-# kubelet's gRPC probes) the ports must be reachable on the container's address.
+# The API on loopback (a pod's app calls it there); health and metrics on
+# 0.0.0.0, where kubelet's gRPC probes and Prometheus reach the pod IP.
 # Environment, not CMD flags: flags beat the environment and the config file, so
 # they would hide `docker run -e SIDECAR_LISTEN=...`. These beat a --config
 # file's listen/metricsListen/logFormat too; `-e SIDECAR_LISTEN=` (empty) unsets
@@ -60,7 +65,8 @@ FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    SIDECAR_LISTEN=0.0.0.0:50051 \
+    SIDECAR_LISTEN=127.0.0.1:50051 \
+    SIDECAR_HEALTH_LISTEN=0.0.0.0:50052 \
     SIDECAR_METRICS_LISTEN=0.0.0.0:9090 \
     SIDECAR_LOG_FORMAT=json
 
@@ -74,8 +80,9 @@ COPY --from=builder /opt/venv /opt/venv
 # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 10001:10001
 
-# 50051: gRPC (TrengoSidecar, grpc.health.v1, reflection); 9090: Prometheus /metrics.
-EXPOSE 50051 9090
+# 50052: grpc.health.v1 alone (healthListen); 9090: Prometheus /metrics. The API
+# (50051: TrengoSidecar, grpc.health.v1, reflection) is on loopback, not exposed.
+EXPOSE 50052 9090
 
 ENTRYPOINT ["trengo-sidecar"]
 CMD []

@@ -4,7 +4,7 @@ Starts the Trengo simulator and the sidecar as separate processes, then measures
 Trengo calls per event next to RudderStack's Trengo destination, Track throughput and
 latency through the sidecar as ratios to a raw httpx client posting the same tickets to the
 same simulator, and the memory of the contact cache. Writes docs/benchmarks.md and
-docs/benchmarks.png. Not a timed test: only tests/test_bench_smoke.py runs in CI, and it
+docs/benchmarks.png. Not a timed test: only tests/project/test_bench_smoke.py runs in CI, and it
 asserts call counts, never wall-clock numbers.
 """
 

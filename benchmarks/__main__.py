@@ -17,7 +17,7 @@ import grpc
 
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
-from . import fleet, load, memory, procs, profiling, report, scenarios, tracing
+from . import fleet, load, memory, procs, profiling, report, scenarios, stall, tracing
 from .results import Results
 
 LEVELS = [1, 4, 8, 16, 32]
@@ -149,6 +149,8 @@ def run(args: argparse.Namespace, results: Results, workdir: Path) -> None:
             say("tracing off and on ...")
             warmup = 0.2 if results.quick else 0.5
             results.tracing = tracing.run(sim, sim_url, workdir, results.seconds, warmup)
+        say("wide requests and the event loop ...")
+        results.stall = stall.lines(stall.run(sim_url, workdir, 2.0 if results.quick else 5.0))
         say("memory ...")
         results.memory = memory.run(100_000)
         if not args.no_fleet:

@@ -54,7 +54,7 @@ class LatencyRow:
 
 
 def run(sim_url: str, workdir: Path) -> tuple[list[FleetRow], list[LatencyRow]]:
-    from tests.postgres import Postgres  # the dev install's pgserver: a real PostgreSQL 16
+    from tests.support.postgres import Postgres  # the dev install's pgserver: a real PostgreSQL 16
 
     server = Postgres()
     server.start()

@@ -42,6 +42,8 @@ def text(results: Results) -> str:
     ]
     if results.fleet:
         parts += ["", "Many sidecars, one token (benchmarks/fleet.py)", *results.fleet]
+    if results.stall:
+        parts += ["", "Wide requests and the event loop (benchmarks/stall.py)", *results.stall]
     for profile in results.profiles:
         parts += ["", f"Profile: {profile.label}", *profile_lines(profile)]
     return "\n".join(parts)
@@ -78,6 +80,8 @@ def markdown(results: Results, png_name: str, info: dict[str, str]) -> str:
     ]
     if results.fleet:
         lines += ["## Many sidecars, one token", "", *results.fleet, ""]
+    if results.stall:
+        lines += ["## Wide requests and the event loop", "", *results.stall, ""]
     for profile in results.profiles:
         lines += [
             f"## Profile at {profile.in_flight} in flight",

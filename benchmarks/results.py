@@ -35,6 +35,7 @@ class Results:
     profiles: list[Profile] = field(default_factory=list)
     fleet: list[str] = field(default_factory=list)  # the fleet scenario's lines (benchmarks/fleet.py)
     tracing: list[TracingRow] = field(default_factory=list)  # the same Tracks with tracing off and on
+    stall: list[str] = field(default_factory=list)  # health Check latency under wide requests (stall.py)
     wall_seconds: float = 0.0
 
     @property

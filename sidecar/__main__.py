@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
     parser.add_argument(
+        "--health-listen", metavar="HOST:PORT", help="serve grpc.health.v1 alone there (kubelet's probes)"
+    )
+    parser.add_argument(
         "--http-listen", metavar="HOST:PORT",
         help="serve the HTTP ingest for RudderStack/Segment SDKs there (POST /v1/batch); needs writeKeys",
     )  # fmt: skip
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "listen": args.listen,
         "metricsListen": args.metrics_listen,
+        "healthListen": args.health_listen,
         "httpListen": args.http_listen,
         "store": args.store,
         "logFormat": args.log_format,
@@ -126,6 +130,7 @@ async def _serve(config: Config) -> None:
             "fields": {
                 "listen": config.listen,
                 "port": port,
+                "health_listen": config.health_listen,
                 "trengo": config.base_url,
                 "channel_id": config.channel_id,
                 "channel_identifier": config.channel_identifier,

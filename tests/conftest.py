@@ -8,8 +8,11 @@ import grpc
 import pytest
 
 from sidecar.simulator import SimulatorControl, SimulatorThread
-from tests.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_config
-from tests.postgres import Postgres
+from tests.support.grpcurl import grpcurl  # noqa: F401 (a fixture, for every test)
+from tests.support.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_config
+from tests.support.logs import json_lines  # noqa: F401 (a fixture)
+from tests.support.postgres import Postgres
+from tests.support.processes import spawn  # noqa: F401 (a fixture)
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 
@@ -65,7 +68,7 @@ def ann(control: SimulatorControl) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    """A real PostgreSQL server for the session (tests/postgres.py); never skipped."""
+    """A real PostgreSQL server for the session (tests/support/postgres.py); never skipped."""
     server = Postgres()
     server.start()
     yield server

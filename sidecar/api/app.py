@@ -107,6 +107,8 @@ class Sidecar:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable((SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         self.port = 0
+        self.health_port = 0
+        self.health_server = _health_server(self.health) if config.health_listen else None
         self.store_health = StoreHealth(self.state, self._store_changed)
 
     def not_serving_reasons(self) -> list[str]:
@@ -125,6 +127,7 @@ class Sidecar:
 
     def _handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """The generated registration, with deserializers that turn a decode error into INVALID_ARGUMENT."""
+        limits = (self.config.max_message_bytes, self.config.max_event_fields)
         unary = {
             "Identify": (self.servicer.Identify, pb.IdentifyRequest),
             "Track": (self.servicer.Track, pb.TrackRequest),
@@ -133,14 +136,14 @@ class Sidecar:
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(
                 handler,
-                request_deserializer=_tolerant(request_type, self.config.max_message_bytes),
+                request_deserializer=_tolerant(request_type, *limits),
                 response_serializer=pb.DeliveryResult.SerializeToString,
             )
             for name, (handler, request_type) in unary.items()
         }
         handlers["Deliver"] = grpc.stream_stream_rpc_method_handler(
             self.servicer.Deliver,
-            request_deserializer=_tolerant(pb.DeliverRequest, self.config.max_message_bytes),
+            request_deserializer=_tolerant(pb.DeliverRequest, *limits),
             response_serializer=pb.DeliverResponse.SerializeToString,
         )
         return handlers
@@ -151,11 +154,19 @@ class Sidecar:
         ``check_trengo``: check the token and baseUrl first (health waits for it) and every few minutes.
         """
         self.port = self._bind(self.config.listen)
+        if self.health_server is not None:
+            try:
+                self.health_port = self.health_server.add_insecure_port(self.config.health_listen)
+            except RuntimeError as exc:  # grpc's "Failed to bind"
+                where = self.config.health_listen
+                raise OSError(f"healthListen {where}: cannot listen there: {exc}") from None
         await self.status.update()  # NOT_SERVING for both services until started (grpc's says SERVING)
         await self.store_health.start()  # a store that is down is retried in the background
         # The queue's tables in the same store (sidecar/queue/), opened once the store answers.
         await self.queue.start(self.state, lambda: self.store_health.started and self.store_health.up)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         if self.ingest is not None:
             try:
                 await self.ingest.start()
@@ -203,6 +214,8 @@ class Sidecar:
             await self.servicer.in_flight.wait_idle(CUT_OFF_SECONDS)
         self.health.close()  # open Watch streams end now, not cancelled by server.stop
         await self.server.stop(max(0.0, ends - time.monotonic()))
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.delivery.aclose()
         await self.store_health.aclose()
         await self.state.aclose()
@@ -220,3 +233,12 @@ class Sidecar:
         )
         await self.stop()
         log.info("stopped")
+
+
+def _health_server(health: HealthServicer) -> grpc.aio.Server:
+    """``healthListen``: grpc.health.v1 and nothing else, in plaintext and without caller auth, as
+    kubelet's gRPC probes dial the pod address with neither. The same servicer as on the API port,
+    so both answer alike. Reflection is left out too: it would list the API's methods."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4096)])
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return server

@@ -13,6 +13,8 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from ..errors import InvalidArgument, ResourceExhausted
+from .field_budget import TooManyFields, check
+from .offload import OFFLOAD_BYTES, Deferred
 
 
 class Undecodable:
@@ -42,10 +44,28 @@ def transport_limit(max_message_bytes: int) -> int:
     return min(TRANSPORT_FACTOR * max_message_bytes, 2**31 - 1)  # grpc's option is a C int
 
 
-def tolerant(message_type: Any, limit: int) -> Callable[[bytes], Any]:
+# The fewest bytes one Struct value takes on the wire (an empty Value in a list: a tag and a length).
+# A request shorter than twice maxEventFields cannot hold too many, and is not counted.
+MIN_VALUE_BYTES = 2
+
+
+def tolerant(message_type: Any, limit: int, max_fields: int = 10_000) -> Callable[[bytes], Any]:
+    """The deserializer grpc calls on the event loop: cheap checks only, a large request deferred."""
+
     def parse(data: bytes) -> Any:
         if len(data) > limit:
             return Oversized(len(data), limit)
+        if len(data) > OFFLOAD_BYTES:
+            # parsed on the decoding threads (api/offload.py)
+            return Deferred(data, parse_now, message_type.DESCRIPTOR)
+        return parse_now(data)
+
+    def parse_now(data: bytes) -> Any:
+        if len(data) >= MIN_VALUE_BYTES * max_fields:
+            try:
+                check(data, message_type.DESCRIPTOR, max_fields)
+            except TooManyFields as exc:
+                return exc
         try:
             return message_type.FromString(data)
         except DecodeError as exc:
@@ -62,6 +82,14 @@ def _undecodable(request: Undecodable) -> InvalidArgument:
 
 
 def decoded(request: Any) -> Any:
+    if isinstance(request, Deferred):
+        request = request.parse(request.data)
+    if isinstance(request, TooManyFields):
+        raise InvalidArgument(
+            f"{request.where} makes the event more than {request.limit} fields (Struct values), over "
+            "maxEventFields",
+            field=request.where,
+        )
     if isinstance(request, Undecodable):
         raise _undecodable(request)
     if isinstance(request, Oversized):

@@ -47,6 +47,7 @@ from ..state import open_state
 from ..state.url import scheme_of
 from .answers import abort_with
 from .decoding import decoded, tolerant
+from .offload import off_loop
 
 log = logging.getLogger("sidecar.queue")
 SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
@@ -216,7 +217,7 @@ class QueueService:
         """The RPC handlers, for server.py to register with its own; requests are parsed as its are."""
 
         def deserializer(message_type: Any) -> Callable[[bytes], Any]:
-            return tolerant(message_type, self.config.max_message_bytes)
+            return tolerant(message_type, self.config.max_message_bytes, self.config.max_event_fields)
 
         unary: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any, Any]] = {
             "Enqueue": (self.Enqueue, pb.EnqueueRequest, pb.EnqueueResponse),
@@ -243,7 +244,7 @@ class QueueService:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, code = time.monotonic(), "OK"
             try:
-                return await handler(decoded(request))
+                return await handler(await off_loop(request, _as_is, decoded))
             except SidecarError as exc:  # StoreError (UNAVAILABLE, STORE_UNAVAILABLE) among them
                 code = exc.code.name
                 await abort_with(context, exc)
@@ -364,3 +365,7 @@ def _page_token(token: str) -> int:
     if not token.isdigit():
         raise InvalidArgument("page_token is not one ListDeliveries gave", field="page_token")
     return int(token)
+
+
+def _as_is(message: Any) -> Any:
+    return message

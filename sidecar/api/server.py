@@ -7,7 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -23,9 +23,11 @@ from ..plan import events, filters
 from .answers import abort_with, deliver_error, to_result
 from .decoding import decoded as _decoded
 from .drain import InFlight
-from .stream import OrderedByKey, StreamIds
+from .offload import Deferred, in_pool, off_loop
+from .stream import OrderedByKey, StreamIds, echoed_id
 
 log = logging.getLogger("sidecar")
+T = TypeVar("T")
 
 
 _PARSERS: dict[str, tuple[str, Callable[[Any], events.Event]]] = {
@@ -46,15 +48,17 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
     async def Identify(
         self, request: pb.IdentifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeliveryResult:
-        return await self._handle("Identify", context, lambda: events.from_identify(_decoded(request)))
+        parse = events.from_identify
+        return await self._handle("Identify", context, lambda: off_loop(request, parse, _decoded))
 
     async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.DeliveryResult:
-        return await self._handle("Track", context, lambda: events.from_track(_decoded(request)))
+        return await self._handle("Track", context, lambda: off_loop(request, events.from_track, _decoded))
 
     async def SendEvent(
         self, request: pb.SendEventRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeliveryResult:
-        return await self._handle("SendEvent", context, lambda: events.from_send_event(_decoded(request)))
+        parse = events.from_send_event
+        return await self._handle("SendEvent", context, lambda: off_loop(request, parse, _decoded))
 
     async def Deliver(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
@@ -63,22 +67,26 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         await context.send_initial_metadata((("x-request-id", request_id),))
         ids = StreamIds()
 
-        def prepare(item: Any) -> tuple[str, Callable[[], Awaitable[pb.DeliverResponse]]]:
+        async def prepare(item: Any) -> tuple[str, Callable[[], Awaitable[pb.DeliverResponse]]]:
             """Parse now (to know whose event it is); deliver when that person's previous event is done."""
             try:
-                ids.check(_decoded(item).id)
+                large = isinstance(item, Deferred)
+                item = await off_loop(item, _as_is, _decoded)
+                ids.check(item.id)
                 which = item.WhichOneof("event")
                 if which is None:
                     raise InvalidArgument("one of identify, track or send_event is required", field="event")
                 method, parse = _PARSERS[which]
-                event = parse(getattr(item, which))
-            except SidecarError as exc:
+                part = getattr(item, which)
+                event = await in_pool(lambda: parse(part)) if large else parse(part)
+            except SidecarError as exc:  # an item refused before it was parsed still has its id read
                 self.refused("Deliver", exc, request_id)
-                answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=deliver_error(exc))
+                answer = pb.DeliverResponse(id=echoed_id(getattr(item, "id", "")), error=deliver_error(exc))
                 return f"invalid:{id(item)}", lambda: _ready(answer)
             except Exception:
                 log.exception("Deliver request_id=%s: an event could not be read", request_id)
-                answer = pb.DeliverResponse(id=getattr(item, "id", ""), error=_internal(request_id))
+                internal = _internal(request_id)
+                answer = pb.DeliverResponse(id=echoed_id(getattr(item, "id", "")), error=internal)
                 return f"invalid:{id(item)}", lambda: _ready(answer)
             key = event.user_id or event.anonymous_id or event.email or event.phone or f"anonymous:{id(item)}"
             return key, lambda: self._answer(item.id, method, event, context, request_id)
@@ -106,7 +114,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
             min(self.config.default_deadline_seconds, self._deadline(context).remaining())
         )
         try:
-            outcome = await self._run(method, lambda: event, deadline, request_id)
+            outcome = await self._run(method, lambda: _ready(event), deadline, request_id)
         except SidecarError as exc:
             return pb.DeliverResponse(id=id_, error=deliver_error(exc))
         except Exception:  # _run logged it; the stream answers it and goes on
@@ -114,7 +122,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         return pb.DeliverResponse(id=id_, result=to_result(outcome))
 
     async def _handle(
-        self, method: str, context: grpc.aio.ServicerContext, parse: Callable[[], events.Event]
+        self, method: str, context: grpc.aio.ServicerContext, parse: Callable[[], Awaitable[events.Event]]
     ) -> pb.DeliveryResult:
         request_id = _request_id(context)
         # Sent while the event is delivered, not before: awaited first, it would add a trip through
@@ -152,13 +160,13 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
         self.refused(method, error, _request_id(context))
 
     async def _run(
-        self, method: str, parse: Callable[[], events.Event], deadline: Deadline, request_id: str
+        self, method: str, parse: Callable[[], Awaitable[events.Event]], deadline: Deadline, request_id: str
     ) -> Outcome:
         """Parse and deliver one event, with its log line and metrics."""
         started = time.monotonic()
         code, outcome, error, event = "OK", None, None, None
         try:
-            event = parse()
+            event = await parse()
             outcome = self.filtered(event) or await self.delivery.deliver(event, deadline)
             return outcome
         except SidecarError as exc:
@@ -217,8 +225,12 @@ def _internal(request_id: str) -> pb.DeliverError:
     )
 
 
-async def _ready(answer: pb.DeliverResponse) -> pb.DeliverResponse:
+async def _ready(answer: T) -> T:
     return answer
+
+
+def _as_is(message: Any) -> Any:
+    return message
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:

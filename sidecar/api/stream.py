@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -26,7 +27,7 @@ MAX_IN_FLIGHT = 64
 class OrderedByKey(Generic[R, A]):
     def __init__(
         self,
-        prepare: Callable[[R], tuple[str, Callable[[], Awaitable[A]]]],
+        prepare: Callable[[R], Awaitable[tuple[str, Callable[[], Awaitable[A]]]]],
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         """``prepare`` turns a request into (its person's key, the work that answers it).
@@ -64,7 +65,7 @@ class OrderedByKey(Generic[R, A]):
             try:
                 async for request in requests:
                     await self._slots.acquire()
-                    key, work = self._prepare(request)
+                    key, work = await self._prepare(request)
                     before = self._tails.get(key)
                     task = asyncio.create_task(self._one(work, before))
                     self._tails[key] = task
@@ -93,24 +94,36 @@ class OrderedByKey(Generic[R, A]):
 
 
 class StreamIds:
-    """The ids of one Deliver stream: each must be non-empty and new, or answers cannot be matched.
+    """The ids of one Deliver stream: each must be non-empty, new, and at most MAX_ID characters (as
+    message_id), or answers cannot be matched.
 
-    The last MAX_IDS are remembered (a dict keeps insertion order): a stream that lives for days
-    must not grow without bound, and a reused id that old cannot be confused with a pending one.
+    The last MAX_IDS are remembered (a dict keeps insertion order), each as a 16-byte digest: what a
+    stream remembers is bounded in bytes (about 100 bytes an id with the dict's own, so ~5 MB at
+    most), whatever the ids' length. Unbounded, 300 ids of 1 MB took 300 MB for the stream's life.
+    A reused id older than MAX_IDS cannot be confused with a pending one (64 are in flight at most).
     """
 
-    MAX_IDS = 100_000
+    MAX_IDS = 50_000
+    MAX_ID = 256
 
     def __init__(self) -> None:
-        self._seen: dict[str, None] = {}
+        self._seen: dict[bytes, None] = {}
 
     def check(self, id_: str) -> None:
         if not id_:
             raise InvalidArgument("id is required: each event's answer echoes it", field="id")
-        if id_ in self._seen:
+        if len(id_) > self.MAX_ID:
+            raise InvalidArgument(f"id is {len(id_)} characters, over {self.MAX_ID}", field="id")
+        digest = hashlib.blake2b(id_.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in self._seen:
             raise InvalidArgument(
                 f"id {id_[:64]!r} was already used on this stream: each event needs its own", field="id"
             )
-        self._seen[id_] = None
+        self._seen[digest] = None
         if len(self._seen) > self.MAX_IDS:
             del self._seen[next(iter(self._seen))]
+
+
+def echoed_id(id_: str) -> str:
+    """The id an answer echoes: a refused, over-long id is cut (its answer must not cost its size again)."""
+    return id_[: StreamIds.MAX_ID]

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..plan import filters, phones
 from ..plan.followup_plan import AssignTo, FieldMapping, TicketExtras
 from ..plan.templates import Template
-from . import consent
+from . import consent, exposure
 from .followups import assign_to, custom_field_map, ticket_extras
 from .sources import close_match, env_values, read_file, unknown_env
 from .values import (
@@ -111,6 +111,10 @@ class Config:
     tls_client_ca_file: str = ""
     shutdown_grace_seconds: float = 20.0
     metrics_listen: str = ""
+    health_listen: str = ""  # grpc.health.v1 alone, for kubelet probes on the pod address (exposure.py)
+    allow_unauthenticated: bool = False  # the API off loopback with no caller auth, on purpose
+    allow_insecure_trengo: bool = False  # an http:// baseUrl to a host other than loopback, on purpose
+    max_event_fields: int = 10_000  # Struct nodes in one event (traits, properties, context together)
     # the HTTP ingest for RudderStack and Segment SDKs (sidecar/ingest/): off unless httpListen is set
     http_listen: str = ""
     write_keys: tuple[Secret, ...] = ()
@@ -168,6 +172,10 @@ _KEYS: dict[str, tuple[str, str]] = {
     "tlsClientCaFile": ("tls_client_ca_file", "SIDECAR_TLS_CLIENT_CA_FILE"),
     "shutdownGraceSeconds": ("shutdown_grace_seconds", "SIDECAR_SHUTDOWN_GRACE_SECONDS"),
     "metricsListen": ("metrics_listen", "SIDECAR_METRICS_LISTEN"),
+    "healthListen": ("health_listen", "SIDECAR_HEALTH_LISTEN"),
+    "allowUnauthenticated": ("allow_unauthenticated", "SIDECAR_ALLOW_UNAUTHENTICATED"),
+    "allowInsecureTrengo": ("allow_insecure_trengo", "SIDECAR_ALLOW_INSECURE_TRENGO"),
+    "maxEventFields": ("max_event_fields", "SIDECAR_MAX_EVENT_FIELDS"),
     "httpListen": ("http_listen", "SIDECAR_HTTP_LISTEN"),
     "writeKeys": ("write_keys", "SIDECAR_WRITE_KEYS"),
     "writeKeysFile": ("write_keys", "SIDECAR_WRITE_KEYS_FILE"),
@@ -248,6 +256,7 @@ def load(
         origins.update(where)
     config = _build(raw, origins, problems)
     warnings = unknown_env(env, KNOWN_ENV) + ([] if config.event_templates else [EMPTY_MAP_WARNING])
+    warnings += exposure.warnings(config)
     ignored = tuple(key for key in raw if key in IGNORED_KEYS)
     return Loaded(config, raw, origins, ignored, tuple(warnings))
 
@@ -343,7 +352,11 @@ def _region(key: str, value: Any) -> str:
 def _parse(key: str, value: Any) -> Any:
     attr = _KEYS[key][0]
     if attr in ("api_token", "auth_token"):
-        return Secret(_header_value(key, _text(key, value).strip()))
+        token = _text(key, value).strip()
+        if attr == "auth_token" and not token:
+            # Blank would turn caller auth off without a word: leave the key out for that.
+            raise ConfigError(key, "is blank; give a token, or leave the key out to run without caller auth")
+        return Secret(_header_value(key, token))
     if attr == "event_templates":
         return _templates(key, value)
     if attr == "write_keys":
@@ -358,7 +371,7 @@ def _parse(key: str, value: Any) -> Any:
         return _region(key, value)
     if attr == "default_assign_to":
         return assign_to(key, value)
-    if attr in ("enable_dedup", "skip_unchanged_names"):
+    if attr in ("enable_dedup", "skip_unchanged_names", "allow_unauthenticated", "allow_insecure_trengo"):
         return _bool(key, value)
     if attr in _CHOICES:
         return _choice(key, _text(key, value), _CHOICES[attr])

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..plan.templates import Template, TemplateError, compile_template
+from . import exposure
 from .sources import close_match, json_value
 from .tls import tls_problems
 
@@ -226,6 +227,7 @@ def _check(c: Any) -> Iterator[ConfigError]:
         "queueRetentionSeconds": c.queue_retention_seconds,
         "rateLimitWindowSeconds": c.rate_limit_window_seconds,
         "storePoolSize": c.store_pool_size,
+        "maxEventFields": c.max_event_fields,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -252,6 +254,9 @@ def _check(c: Any) -> Iterator[ConfigError]:
         yield ConfigError("metricsListen", "must be HOST:PORT")
     if not (c.listen.startswith("unix:") or _is_host_port(c.listen)):
         yield ConfigError("listen", "must be HOST:PORT or unix:///path")
+    if c.health_listen and not _is_host_port(c.health_listen):
+        yield ConfigError("healthListen", "must be HOST:PORT")
+    yield from exposure.problems(c)
     if bool(c.tls_cert_file) != bool(c.tls_key_file):
         yield ConfigError("tlsCertFile", "tlsCertFile and tlsKeyFile go together")
     if c.tls_client_ca_file and not c.tls_cert_file:

@@ -49,6 +49,10 @@ def _text(value: Any) -> str:
 def setup(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    # Every record, the drivers' included, loses any store password before it is written.
+    from ..state.url import REDACT
+
+    handler.addFilter(REDACT)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -14,13 +14,11 @@ from config is exported, so the API token cannot show up in a scrape.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -29,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from ..plan.filters import RULES
 from .http_metrics import IngestMetrics
+from .metrics_server import MetricsHttp
 
 if TYPE_CHECKING:
     from ..delivery.cache import TTLCache
@@ -275,8 +274,7 @@ class MetricsServer:
     """The ``/metrics`` HTTP server of one sidecar (a daemon thread)."""
 
     registry: CollectorRegistry
-    server: WSGIServer
-    thread: threading.Thread
+    server: MetricsHttp
     host: str
     port: int
 
@@ -286,9 +284,7 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.server.close()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -304,5 +300,5 @@ def start_metrics(listen: str, sidecar: Sidecar) -> MetricsServer:
     """Install the sidecar's metrics and serve them at ``http://HOST:PORT/metrics`` (port 0: any free one)."""
     host, port = parse_listen(listen)
     registry = install_metrics(sidecar)
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    return MetricsServer(registry, server, thread, host, server.server_port)
+    server = MetricsHttp(registry, host, port)  # one thread, capped and timed out (observe/metrics_server.py)
+    return MetricsServer(registry, server, host, server.port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
@@ -31,6 +32,9 @@ CONTACT_ID_TYPE = "trengoContactId"
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 _PHONE = re.compile(r"[+(]{0,2}[0-9][0-9 ().\-]{4,30}")  # "(06) 1234-5678" and "(+31) 6 ..." too
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 controls
+# Unicode format characters (category Cf): invisible, yet they change what a reader sees. U+202E
+# (right-to-left override) turns "Ann\u202eTXT.exe" into "Annexe.TXT" in an agent's inbox; zero-width
+# spaces make two identical-looking e-mails or names different contacts. Refused in names and ids.
 
 
 EventKind = Literal["identify", "track"]
@@ -285,9 +289,23 @@ def _identifier(sources: Any, key: str, pattern: re.Pattern[str], what: str) -> 
     value = value.strip()
     if not value:
         return None
+    if len(value) <= MAX_IDENTIFIER:
+        _no_format_characters(value, where)
     if len(value) > MAX_IDENTIFIER or _CONTROL.search(value) or not pattern.fullmatch(value):
         raise InvalidArgument(f"{where} is not {what}: {value[:64]!r}", field=where)
     return value
+
+
+def _format_character(value: str) -> str | None:
+    """The first format character of ``value`` (checked values are short: a name, an id)."""
+    return next((ch for ch in value if unicodedata.category(ch) == "Cf"), None)
+
+
+def _no_format_characters(value: str, where: str) -> None:
+    found = _format_character(value)
+    if found:
+        code = f"U+{ord(found):04X}"
+        raise InvalidArgument(f"{where} contains an invisible Unicode format character ({code})", field=where)
 
 
 def _name(sources: Any) -> str | None:
@@ -314,6 +332,7 @@ def _name_text(value: Any, where: str) -> str | None:
         raise InvalidArgument(f"{where} contains control characters", field=where)
     if len(value) > MAX_NAME:
         raise InvalidArgument(f"{where} is longer than {MAX_NAME} characters", field=where)
+    _no_format_characters(value, where)
     return value or None
 
 
@@ -324,6 +343,7 @@ def _event_name(value: Any, where: str) -> str:
         raise InvalidArgument(f"{where} must be a string, not {_js_type(value)}", field=where)
     if len(value) > MAX_EVENT_NAME or _CONTROL.search(value):
         raise InvalidArgument(f"{where} must be at most {MAX_EVENT_NAME} printable characters", field=where)
+    _no_format_characters(value, where)
     return value
 
 
@@ -331,6 +351,7 @@ def _short_text(value: Any, where: str) -> str:
     value = value or ""
     if len(value) > MAX_ID or _CONTROL.search(value):
         raise InvalidArgument(f"{where} must be at most {MAX_ID} printable characters", field=where)
+    _no_format_characters(value, where)
     return str(value)
 
 
@@ -369,7 +390,8 @@ def _external_email(entries: list[tuple[Any, Any, str]]) -> str | None:
         if isinstance(kind, str) and kind.lower().startswith("trengo"):
             continue
         value = raw.strip() if isinstance(raw, str) else ""
-        if len(value) <= MAX_IDENTIFIER and not _CONTROL.search(value) and _EMAIL.fullmatch(value):
+        plain = len(value) <= MAX_IDENTIFIER and not _CONTROL.search(value)
+        if plain and not _format_character(value) and _EMAIL.fullmatch(value):
             return value
     return None
 

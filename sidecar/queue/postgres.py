@@ -53,7 +53,7 @@ class PostgresQueue:
             # The class and SQLSTATE only: a driver's message can name the host, never our business.
             code = getattr(exc, "sqlstate", None) or ""
             raise QueueError(
-                f"the queue's store {self.state.url} is unavailable: {type(exc).__name__} {code}".strip()
+                f"the queue's store ({self.state.url}) is unavailable: {type(exc).__name__} {code}".strip()
             ) from None
 
     async def open(self) -> None:

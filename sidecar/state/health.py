@@ -61,7 +61,7 @@ class StoreHealth:
         if up != self.up:
             self.up = up
             if up:
-                log.warning("the store answers again: %s", self.state.url)
+                log.warning("the store (%s) answers again", self.state.url)
             else:
                 log.warning("the store is unreachable; the service is NOT_SERVING until it answers: %s", why)
             await self._changed()

@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ..errors import StoreError
 from . import sql
 from .base import ContactRecord, SlotDecision, StoredResult
-from .url import mask_url
+from .url import describe, guard_logs
 
 log = logging.getLogger("sidecar.state")
 Q = sql.queries("postgres")
@@ -52,7 +52,8 @@ class PostgresState:
         self, url: str, *, clock: Callable[[], float] | None = None, pool_size: int = 4,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.url = mask_url(url)
+        guard_logs(url)  # psycopg and psycopg_pool log on their own: their records are redacted too
+        self.url = describe(url)  # host:port/db, all an error ever names
         self._clock = clock  # None: the server's clock
         self._migrated = False
         self._migrating = asyncio.Lock()
@@ -213,7 +214,7 @@ class PostgresState:
                 return await pool.getconn(CONNECTION_WAIT_SECONDS)
             except PoolTimeout:
                 if not self.reachable:
-                    raise StoreError(f"the store {self.url} is unavailable: no connection") from None
+                    raise StoreError(f"the store ({self.url}) is unavailable: no connection") from None
                 await self.ping()  # raises StoreError when the server is gone
 
     async def prune(self, window: float) -> None:
@@ -228,9 +229,9 @@ async def _wrapped(url: str) -> AsyncIterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise StoreError(f"the store {url} is unavailable: {_why(exc, url)}") from None
+        raise StoreError(f"the store ({url}) is unavailable: {_why(exc, url)}") from None
     except OSError as exc:
-        raise StoreError(f"the store {url} is unavailable: {type(exc).__name__}") from None
+        raise StoreError(f"the store ({url}) is unavailable: {type(exc).__name__}") from None
 
 
 def _pool(url: str, name: str, min_size: int, max_size: int, connect_timeout: float) -> AsyncConnectionPool:

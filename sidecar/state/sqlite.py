@@ -63,7 +63,7 @@ class SqliteState:
         try:
             return await loop.run_in_executor(self._thread, self._transaction, work)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"the store {self.url} is unavailable: {type(exc).__name__} ({exc})") from None
+            raise StoreError(f"the store ({self.url}) is unavailable: {type(exc).__name__} ({exc})") from None
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._connection()
@@ -78,6 +78,9 @@ class SqliteState:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
+            # The file holds names and e-mails: created 0600 before SQLite opens it (SQLite would make
+            # it 0644 under the usual umask; its -wal and -shm files take the database file's mode).
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
             # isolation_level=None: no implicit transactions; each operation opens its own above.
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -93,7 +96,7 @@ class SqliteState:
     async def start(self) -> None:
         if not self._migrated:
             await self.migrate("state", sql.migrations("sqlite"))
-            self.lock_dir.mkdir(exist_ok=True)
+            self.lock_dir.mkdir(mode=0o700, exist_ok=True)
             self._migrated = True
 
     async def migrate(self, component: str, steps: list[str]) -> None:
@@ -213,7 +216,7 @@ class SqliteState:
         try:
             fd = os.open(self.lock_dir / f"{bucket:03d}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise StoreError(f"the store {self.url} is unavailable: {type(exc).__name__} ({exc})") from None
+            raise StoreError(f"the store ({self.url}) is unavailable: {type(exc).__name__} ({exc})") from None
         try:
             # Polled (LOCK_NB): a waiter whose deadline runs out simply stops. Another holder of this
             # process may take the file meanwhile: then this one shares its hold.

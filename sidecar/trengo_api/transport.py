@@ -28,6 +28,10 @@ import httpx
 UNSENT = "trengo_sidecar.unsent"
 KEEPALIVE_SECONDS = 5.0  # httpx's own keepalive_expiry: a connection idle longer is not trusted
 READ_BYTES = 65_536
+# Trengo's answers are a few kB (a page of contacts: 25 of them). One larger than this is not an
+# answer the sidecar can use, and reading it whole would let one misbehaving server (or whoever sits
+# on an http:// path) fill the sidecar's memory: refused as a broken answer, its connection closed.
+MAX_ANSWER_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -185,10 +189,14 @@ class H11Transport(httpx.AsyncBaseTransport):
                 if not isinstance(answer, h11.Response):
                     unexpected = f"{type(answer).__name__} before the answer"
                     raise httpx.RemoteProtocolError(unexpected, request=request)
+                _refuse_if_too_large(_declared_length(answer), request)
                 chunks: list[bytes] = []
+                size = 0
                 while not isinstance(event := await self._next(connection, request), h11.EndOfMessage):
                     if isinstance(event, h11.Data):
                         chunks.append(bytes(event.data))
+                        size += len(event.data)
+                        _refuse_if_too_large(size, request)
         except TimeoutError:
             raise httpx.ReadTimeout("no complete answer in time", request=request) from None
         return httpx.Response(
@@ -232,6 +240,19 @@ class H11Transport(httpx.AsyncBaseTransport):
                 closed = "the server closed the connection without an answer"
                 raise httpx.RemoteProtocolError(closed, request=request)
             return event
+
+
+def _declared_length(answer: h11.Response) -> int:
+    for name, value in answer.headers:
+        if name == b"content-length" and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def _refuse_if_too_large(size: int, request: httpx.Request) -> None:
+    if size > MAX_ANSWER_BYTES:
+        too_large = f"the answer is over {MAX_ANSWER_BYTES // (1024 * 1024)} MB: refused, not read"
+        raise httpx.RemoteProtocolError(too_large, request=request)
 
 
 async def _read(connection: _Connection, request: httpx.Request) -> bytes:

@@ -25,6 +25,7 @@ render functions); this module is the public surface.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,9 @@ class Template:
 
     source: str
     _run: _Fn = field(repr=False, compare=False)
+    # Whether rendering may read the "properties" string: building it walks every property, which
+    # for a wide event cost more than the rest of the call (issue 22), so it is built only then.
+    uses_properties: bool = field(default=True, compare=False)
 
     def render(self, context: Mapping[str, Any]) -> str:
         return self._run(context, (context,), {"root": context})
@@ -68,10 +72,16 @@ def compile_template(source: str) -> Template:
     if (tok := parser.toks[parser.i]).kind != "EOF":
         parser.fail(tok, f"{tok.text!r} without a matching open block")
     _ws_program(program, root=True)
-    return Template(source, _compile(program))
+    return Template(source, _compile(program), bool(_READS_PROPERTIES.search(source)))
+
+
+# What may read the root's "properties": its name (also as [properties] or "properties"), or the
+# whole root (this, ., @root, ../, an #each over it). Any doubt counts as a use: the string is built.
+_READS_PROPERTIES = re.compile(r"properties|\bthis\b|@root|\.\.|(?<![\w\]])\.(?![\w\[])")
 
 
 def render_subject(template: Template, event: str, properties: Mapping[str, Any]) -> str:
     """RudderStack's Trengo subject: render over {event, properties: "k: v ...", ...properties}, trimmed."""
-    context = {"event": event, "properties": properties_string(properties), **properties}
+    text = properties_string(properties) if template.uses_properties else ""
+    context = {"event": event, "properties": text, **properties}
     return template.render(context).strip(_WS)

@@ -1,0 +1,1 @@
+"""The running sidecar end to end: real gRPC calls, processes, clients, the simulator as Trengo."""

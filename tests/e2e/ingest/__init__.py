@@ -1,0 +1,1 @@
+"""The HTTP ingest (RudderStack/Segment-compatible /v1 routes) end to end, real SDKs included."""
