@@ -28,8 +28,8 @@ from sidecar.api.app import SERVICE
 from sidecar.api.readiness import LIVENESS, PROBES, READINESS, Conditions, decide
 from sidecar.observe.metrics import install_metrics
 from tests.e2e.test_readiness import WRONG, identify
-from tests.support.grpc_helpers import failure
-from tests.support.harness import TOKEN, struct
+from tests.support.grpc_helpers import failure, health_status
+from tests.support.harness import TOKEN, free_port, struct
 from tests.support.processes import NOT_SERVING, SERVING, wait_for
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
@@ -116,10 +116,12 @@ def test_a_revoked_token_keeps_the_probes_serving_and_the_service_says_why(make_
 
 def test_a_sidecar_started_with_a_refused_token_passes_its_probes(spawn):
     """A rollout with a bad Secret goes on (the app starts) and the alert, not a crash loop, says why."""
-    process = spawn(env={"TRENGO_API_TOKEN": WRONG}, serving=False)
-    wait_for(lambda: process.health(READINESS) == SERVING, "readiness once the first check has answered")
-    assert process.health(LIVENESS) == SERVING
+    kubelet = f"127.0.0.1:{free_port()}"  # healthListen: where deploy/kubernetes' probes dial
+    process = spawn(env={"TRENGO_API_TOKEN": WRONG}, serving=False, healthListen=kubelet)
+    wait_for(lambda: health_status(kubelet, READINESS) == SERVING, "readiness once the first check answered")
+    assert health_status(kubelet, LIVENESS) == SERVING
     wait_for(lambda: process.health(SERVICE) == NOT_SERVING, "the service to report the refused token")
+    assert [health_status(kubelet, name) for name in (READINESS, LIVENESS)] == [SERVING, SERVING]
     assert "check apiToken" in process.output() and WRONG not in process.output()
 
 
