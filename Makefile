@@ -52,11 +52,13 @@ client-proto:
 	sed -i 's/^from trengo\.sidecar\.v1 import /from . import /' $(CLIENT_GEN)/sidecar_pb2_grpc.py*
 	touch $(CLIENT_GEN)/__init__.py
 
+# make run: the sidecar with demo defaults against the simulator (SIDECAR_*/TRENGO_* env and ARGS="--flags"
+# on top; KEEP_STATE=1 keeps its temporary SQLite); with a token or CONFIG=file, the sidecar alone.
 run: install
 	@if [ -z "$$TRENGO_API_TOKEN$$TRENGO_API_TOKEN_FILE$(CONFIG)" ]; then \
-	  exec $(BIN)/python -m sidecar.simulator.demo; \
+	  exec $(BIN)/python -m sidecar.simulator.demo $(if $(KEEP_STATE),--keep-state) $(ARGS); \
 	else \
-	  exec $(BIN)/trengo-sidecar $(if $(CONFIG),--config $(CONFIG)); \
+	  exec $(BIN)/trengo-sidecar $(if $(CONFIG),--config $(CONFIG)) $(ARGS); \
 	fi
 
 # npm packages from the lock file: grpc-js for the Node client, and the buf CLI.

@@ -1,14 +1,14 @@
-"""The CLI: ``trengo-sidecar`` (or ``python -m sidecar``)."""
+"""The CLI: ``trengo-sidecar`` (or ``python -m sidecar``). Its flags and serving: sidecar/api/serving.py."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
-from .config.load import LOG_FORMATS, LOG_LEVELS, Config, load
-from .config.report import check_config, env_help, version
+from .api.serving import build_parser, config_problems, flag_overrides, run_serving
+from .config.load import load
+from .config.report import check_config
 from .errors import ConfigError
 from .observe import logs
 
@@ -16,45 +16,7 @@ log = logging.getLogger("sidecar")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="trengo-sidecar",
-        description="A gRPC sidecar that delivers Identify and Track events to Trengo.",
-        epilog="Config keys come from --config, then the environment variables below, then flags.\n\n"
-        + env_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"trengo-sidecar {version()}")
-    parser.add_argument(
-        "--config", metavar="FILE", help="JSON or YAML config (RudderStack keys: apiToken, ...)"
-    )
-    parser.add_argument(
-        "--listen", metavar="ADDR", help="host:port or unix:///path (default 127.0.0.1:50051)"
-    )
-    parser.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus /metrics there")
-    parser.add_argument(
-        "--health-listen", metavar="HOST:PORT", help="serve grpc.health.v1 alone there (kubelet's probes)"
-    )
-    parser.add_argument(
-        "--http-listen", metavar="HOST:PORT",
-        help="serve the HTTP ingest for RudderStack/Segment SDKs there (POST /v1/batch); needs writeKeys",
-    )  # fmt: skip
-    parser.add_argument(
-        "--store", metavar="URL", help="memory: (default), sqlite:///abs/path.db or postgresql://... (shared)"
-    )
-    # Values are checked by the config, as the same key's env and file values are: in any case.
-    parser.add_argument("--log-format", metavar="{" + ",".join(LOG_FORMATS) + "}")
-    parser.add_argument("--log-level", metavar="{" + ",".join(LOG_LEVELS) + "}")
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the config, print it as a config file with where each value came from, and exit",
-    )
-    parser.add_argument(
-        "--check-trengo",
-        action="store_true",
-        help="check the token and baseUrl against Trengo (one channel list) and exit: 0 if they work",
-    )
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,17 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return deliveries(argv[1:])
     args = parse_args(argv)
-    overrides = {
-        "listen": args.listen,
-        "metricsListen": args.metrics_listen,
-        "healthListen": args.health_listen,
-        "httpListen": args.http_listen,
-        "store": args.store,
-        "logFormat": args.log_format,
-        "logLevel": args.log_level,
-    }
     try:
-        loaded = load(args.config, overrides=overrides)
+        loaded = load(args.config, overrides=flag_overrides(args))
     except ConfigError as exc:
         print(config_problems(exc), file=sys.stderr)
         return 2
@@ -90,58 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from .api.readiness import check_command
 
         return check_command(config, Sidecar)
-    try:
-        asyncio.run(_serve(config))
-    except (OSError, ConfigError) as exc:  # ConfigError: the OTEL_* environment (sidecar/observe/tracing.py)
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0
-
-
-def config_problems(exc: ConfigError) -> str:
-    """Every problem found, one per line, each naming its key (and env variable or flag)."""
-    if len(exc.problems) == 1:
-        return f"trengo-sidecar: bad config: {exc.line()}"
-    lines = "".join(f"\n  {problem.line()}" for problem in exc.problems)
-    return f"trengo-sidecar: bad config ({len(exc.problems)} problems):{lines}"
-
-
-async def _serve(config: Config) -> None:
-    from .api.app import Sidecar  # grpc import deferred so --help and config errors are instant
-
-    sidecar = Sidecar(config)
-    try:
-        port = await sidecar.start()
-    except RuntimeError as exc:  # grpc's "Failed to bind"
-        raise OSError(f"listen {config.listen}: cannot listen there: {exc}") from None
-    if config.metrics_listen:
-        from .observe.metrics import start_metrics
-
-        try:
-            start_metrics(config.metrics_listen, sidecar)
-        except OSError as exc:
-            # Stop the server that did start, so the loop closes with nothing left running on it.
-            await sidecar.stop(grace=0)
-            problem = exc.strerror or str(exc)
-            raise OSError(f"metricsListen {config.metrics_listen}: cannot serve metrics: {problem}") from None
-    log.info(
-        "trengo-sidecar listening",
-        extra={
-            "fields": {
-                "listen": config.listen,
-                "port": port,
-                "health_listen": config.health_listen,
-                "trengo": config.base_url,
-                "channel_id": config.channel_id,
-                "channel_identifier": config.channel_identifier,
-                "dedup": config.enable_dedup,
-                "events": len(config.event_templates),
-                "store": config.store.masked(),
-                "http_listen": config.http_listen or "off",
-            }
-        },
-    )
-    await sidecar.serve_until_signal()
+    return run_serving(config)
 
 
 if __name__ == "__main__":

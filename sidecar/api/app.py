@@ -119,6 +119,7 @@ class Sidecar:
             "draining": conditions.draining,
             "trengo_misconfigured": conditions.trengo_misconfigured,
             "store_unavailable": conditions.store_unavailable,
+            "channel_kind_mismatch": conditions.channel_mismatch,
         }
         return [reason for reason, holds in named.items() if holds]
 

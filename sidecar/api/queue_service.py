@@ -37,6 +37,7 @@ from ..queue.store import (
     FAILED,
     QUEUED,
     RETRYING,
+    Change,
     Job,
     NewJob,
     QueueStore,
@@ -121,7 +122,8 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def to_status(job: Job) -> pb.DeliveryStatus:
+def to_status(job: Job | Change) -> pb.DeliveryStatus:
+    """An event's status: as it is now (a Job), or as of one change (a Change, for WatchDeliveries)."""
     status = pb.DeliveryStatus(
         message_id=job.message_id,
         state=STATES[job.state],

@@ -18,6 +18,10 @@ cache). It runs at start and every few minutes:
   ``trengo_sidecar_trengo_check{result="unauthorized"}`` for the alert; ``readiness`` and ``liveness``,
   the pod's probes, stay SERVING (a restart cannot fix a token; the app keeps its traffic).
 - 404, or a redirect: ``baseUrl`` is not Trengo's API (it ends in ``/api/v2``). Also NOT_SERVING.
+- the channel's kind contradicts ``channelIdentifier`` (an SMS channel with ``email``, or a channel
+  ``auto`` cannot read): every Identify would fail CHANNEL_KIND_MISMATCH. The service's health goes
+  NOT_SERVING with that reason in the log; the server's ("", the pod's probes) stays SERVING, as for a
+  store outage, since the synchronous calls that need no channel still work.
 - unreachable, timeouts, 5xx, 429: an outage, not a misconfiguration. Health stays SERVING: in a
   native sidecar the sidecar's readiness is the pod's, and a Trengo outage must not take the
   application out of service with it (its own calls answer TRENGO_UNAVAILABLE meanwhile).
@@ -39,6 +43,7 @@ from grpc_health.v1 import health, health_pb2
 
 from ..deadline import Deadline
 from ..errors import SidecarError
+from ..plan.transform import channel_kind, identifier_kind
 from ..trengo_api.answers import TrengoError
 
 if TYPE_CHECKING:
@@ -57,9 +62,10 @@ OK = "ok"
 UNAUTHORIZED = "unauthorized"
 WRONG_BASE_URL = "wrong_base_url"
 CHANNEL_NOT_FOUND = "channel_not_found"
+CHANNEL_KIND_MISMATCH = "channel_kind_mismatch"
 REJECTED = "rejected"
 UNREACHABLE = "unreachable"
-RESULTS = (OK, UNAUTHORIZED, WRONG_BASE_URL, CHANNEL_NOT_FOUND, REJECTED, UNREACHABLE)
+RESULTS = (OK, UNAUTHORIZED, WRONG_BASE_URL, CHANNEL_NOT_FOUND, CHANNEL_KIND_MISMATCH, REJECTED, UNREACHABLE)
 MISCONFIGURED = frozenset({UNAUTHORIZED, WRONG_BASE_URL})
 
 
@@ -74,6 +80,7 @@ class Conditions:
     draining: bool = False  # SIGTERM received: new calls are refused
     trengo_misconfigured: bool = False  # the last Trengo check found a wrong token or baseUrl
     store_unavailable: bool = False  # the state store (``store``) does not answer (sidecar/state/health.py)
+    channel_mismatch: bool = False  # the last Trengo check found a channel channelIdentifier cannot use
 
 
 LIVENESS = "liveness"
@@ -92,7 +99,7 @@ def decide(conditions: Conditions, service: str) -> health_pb2.HealthCheckRespon
         return health_pb2.HealthCheckResponse.SERVING
     if conditions.starting or conditions.draining or conditions.trengo_misconfigured:
         return health_pb2.HealthCheckResponse.NOT_SERVING
-    if service and conditions.store_unavailable:
+    if service and (conditions.store_unavailable or conditions.channel_mismatch):
         # Only the service says so: "" is what the pod's probes read, and a store outage must not take
         # the application out of service (its calls answer STORE_UNAVAILABLE meanwhile).
         return health_pb2.HealthCheckResponse.NOT_SERVING
@@ -176,8 +183,28 @@ async def check_trengo(delivery: Delivery, seconds: float = CHECK_DEADLINE_SECON
             f"its {len(types)} channels: events for it will fail CHANNEL_NOT_FOUND",
         )
     kind = types[config.channel_id] or "untyped"
+    try:
+        identifier_kind(config.channel_identifier, config.channel_id, types[config.channel_id])
+    except SidecarError as exc:
+        return TrengoCheck(CHANNEL_KIND_MISMATCH, f"{exc.message}: {_kind_fix(config, types)}")
     return TrengoCheck(
         OK, f"the token works; channel {config.channel_id} is a {kind} channel ({len(types)} channels)"
+    )
+
+
+def _kind_fix(config: Config, types: dict[int, str]) -> str:
+    """The fix, in one line: the channelIdentifier this channel needs, or a channel that fits the one set."""
+    learned = channel_kind(types[config.channel_id] or "")
+    wanted = config.channel_identifier if config.channel_identifier in ("email", "phone") else None
+    fitting = sorted(cid for cid, kind in types.items() if wanted and channel_kind(kind) == wanted)
+    other = f" (e.g. {fitting[0]})" if fitting else ""
+    if learned is None:
+        return "set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to what this channel identifies contacts by"
+    if wanted is None:
+        return f"set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to {learned}"
+    return (
+        f"set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to {learned}, "
+        f"or channelId (TRENGO_CHANNEL_ID) to one of its {wanted} channels{other}"
     )
 
 
@@ -223,7 +250,9 @@ class Readiness:
         found = await check_trengo(self.delivery)
         self._report(found)
         self.last = found
-        await self.health.update(trengo_misconfigured=found.misconfigured)
+        await self.health.update(
+            trengo_misconfigured=found.misconfigured, channel_mismatch=found.result == CHANNEL_KIND_MISMATCH
+        )
         return found
 
     async def _every(self, first: asyncio.Future[TrengoCheck], interval: float, recheck: float) -> None:
@@ -241,6 +270,13 @@ class Readiness:
         if found.misconfigured:
             log.error(
                 "Trengo check failed: %s; health is NOT_SERVING until a check passes",
+                found.message,
+                extra=fields,
+            )
+        elif found.result == CHANNEL_KIND_MISMATCH:
+            log.error(
+                "Trengo check failed: %s; the service's health is NOT_SERVING (reason CHANNEL_KIND_MISMATCH) "
+                "until a check passes",
                 found.message,
                 extra=fields,
             )

@@ -79,6 +79,7 @@ class Servicer(pb_grpc.TrengoSidecarServicer):
                 method, parse = _PARSERS[which]
                 part = getattr(item, which)
                 event = await in_pool(lambda: parse(part)) if large else parse(part)
+                event = self.delivery.normalise(event)  # one person per E.164 number, as delivery sees it
             except SidecarError as exc:  # an item refused before it was parsed still has its id read
                 self.refused("Deliver", exc, request_id)
                 answer = pb.DeliverResponse(id=echoed_id(getattr(item, "id", "")), error=deliver_error(exc))

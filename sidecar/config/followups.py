@@ -27,15 +27,24 @@ def ticket_extras(key: str, value: Any) -> Mapping[str, TicketExtras]:
     if isinstance(entries, dict):  # the {event: template} shorthand has no room for extras
         return MappingProxyType({})
     extras: dict[str, TicketExtras] = {}
+    problems: list[ConfigError] = []  # every bad note and label of every entry, reported at once
     for i, entry in enumerate(entries):
         where = f"{key}[{i}]"
         if not isinstance(entry, dict) or not {"note", "labels", "assignTo"} & set(entry):
             continue
-        note = _note(f"{where}.note", entry.get("note"))
-        labels = _labels(f"{where}.labels", entry.get("labels"))
-        assign = assign_to(f"{where}.assignTo", entry.get("assignTo"))
+        parsed: dict[str, Any] = {}
+        for name, parse in (("note", _note), ("labels", _labels), ("assignTo", assign_to)):
+            try:
+                parsed[name] = parse(f"{where}.{name}", entry.get(name))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if len(parsed) < 3:
+            continue
+        note, labels, assign = parsed["note"], parsed["labels"], parsed["assignTo"]
         if note is not None or labels or assign is not None:
             extras[entry["from"]] = TicketExtras(note, labels, assign)
+    if problems:
+        raise ConfigError.many(problems)
     return MappingProxyType(extras)
 
 
@@ -110,7 +119,15 @@ def _labels(where: str, value: Any) -> tuple[Target, ...]:
         return ()
     if not isinstance(value, list):
         raise ConfigError(where, "must be a list of Trengo label names or ids")
-    return tuple(_target(f"{where}[{i}]", item, "label") for i, item in enumerate(value))
+    targets, problems = [], []
+    for i, item in enumerate(value):
+        try:
+            targets.append(_target(f"{where}[{i}]", item, "label"))
+        except ConfigError as exc:
+            problems.append(exc)
+    if problems:
+        raise ConfigError.many(problems)
+    return tuple(targets)
 
 
 def _target(where: str, value: Any, what: str) -> Target:

@@ -234,8 +234,13 @@ def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    base_origin: str = "default",
 ) -> Loaded:
-    """load_config, plus where each value came from, the keys ignored and the warnings for start-up."""
+    """load_config, plus where each value came from, the keys ignored and the warnings for start-up.
+
+    ``base``: file keys beneath all the sources (make run's demo config), their origin ``base_origin``.
+    """
     raw: dict[str, Any] = {}
     origins: dict[str, str] = {}
     env = os.environ if env is None else env
@@ -243,6 +248,7 @@ def load(
     from_env, env_origins, problems = env_values(env, {**ENV_VARS, **ENV_ALIASES})
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     sources = (
+        (dict(base or {}), {key: base_origin for key in base or {}}),
         (file, {key: f"file {path}" for key in file}),
         (from_env, env_origins),
         (flags, {key: "flag --" + re.sub("([A-Z])", r"-\1", key).lower() for key in flags}),
@@ -294,12 +300,12 @@ def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[Confi
             else:
                 values[_KEYS[key][0]] = _parse(key, value)
         except ConfigError as exc:
-            problems.append(exc)
+            problems.extend(exc.problems)
     if "eventTemplateMap" in raw and not any(p.key.startswith("eventTemplateMap") for p in problems):
         try:  # its entries' note and labels (sidecar/config/followups.py)
             values["event_extras"] = ticket_extras("eventTemplateMap", raw["eventTemplateMap"])
         except ConfigError as exc:
-            problems.append(exc)
+            problems.extend(exc.problems)
     config = Config(**values)
     failed = {_attr(p.key) for p in problems}  # a bad value is reported once, not again as missing
     problems += [p for p in _problems(config) if _attr(p.key) not in failed]

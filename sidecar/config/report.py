@@ -37,6 +37,10 @@ def check_config(loaded: cfg.Loaded) -> str:
         "# Each line says where its value came from: file, env, flag or default.",
     ]
     for key, value, origin in _entries(loaded):
+        if value is _UNSET:
+            # Not a line a file could hold: a blank token is refused (it would turn caller auth off).
+            lines.append(f"# {key}: not set  # {origin}")
+            continue
         text = yaml.safe_dump({key: value}, sort_keys=False, allow_unicode=True, width=10_000)
         first, *rest = text.rstrip("\n").split("\n")
         lines.append(f"{first}  # {origin}")
@@ -59,6 +63,9 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
             if key not in loaded.given:
                 continue
             value: Any = file_value(loaded.given[key])
+        elif attr == "event_templates" and key in loaded.given:
+            # As given, entries whole (note, labels and any key added later), so the output round-trips.
+            value = file_value(_decoded(loaded.given[key]))
         elif attr == "event_templates":
             value = [_template_entry(loaded.config, name) for name in loaded.config.event_templates]
         elif attr not in attrs:
@@ -67,10 +74,15 @@ def _entries(loaded: cfg.Loaded) -> list[tuple[str, Any, str]]:
             value = file_value(loaded.config.write_keys)  # masked, one **** a key: never as given
         elif key in loaded.given and not isinstance(getattr(loaded.config, attr), _PLAIN):
             value = file_value(_decoded(loaded.given[key]))  # a structure: as given, not as parsed
+        elif isinstance(getattr(loaded.config, attr), cfg.Secret) and not getattr(loaded.config, attr):
+            value = _UNSET
         else:
             value = file_value(getattr(loaded.config, attr))
         entries.append((key, value, loaded.origins.get(key, "default")))
     return entries
+
+
+_UNSET = object()  # a secret nobody gave: printed as a comment, so the output loads again
 
 
 def _template_entry(config: cfg.Config, name: str) -> dict[str, Any]:

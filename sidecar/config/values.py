@@ -73,7 +73,8 @@ def _read_secret(key: str, path: Any) -> str:
     try:
         value = Path(str(path)).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(key, f"cannot read the secret file: {exc.strerror}") from None
+        # The path, never the file's content: an operator must see which file the pod could not read.
+        raise ConfigError(key, f"cannot read the secret file {path}: {exc.strerror}") from None
     if not value:
         raise ConfigError(key, "the secret file is empty")
     if "\n" in value:

@@ -221,7 +221,8 @@ class ReadCollector(Collector):
                                 "trengo.sidecar.v1.TrengoSidecar reports NOT_SERVING now.",
                                 labels=("reason",))
         failing = set(sidecar.not_serving_reasons())
-        for reason in sorted({"starting", "draining", "trengo_misconfigured", "store_unavailable", *failing}):
+        known = {"starting", "draining", "trengo_misconfigured", "store_unavailable", "channel_kind_mismatch"}
+        for reason in sorted(known | failing):
             why.add_metric((reason,), 1 if reason in failing else 0)
         yield why
 

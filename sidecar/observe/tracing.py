@@ -76,6 +76,23 @@ def from_env(environ: Mapping[str, str] = os.environ) -> Tracing | None:
     return Tracing(provider)
 
 
+def export_endpoint(environ: Mapping[str, str] = os.environ) -> str:
+    """Where spans go, as the start-up line says it: the OTLP endpoint, with no user or password in it
+    (credentials go in OTEL_EXPORTER_OTLP_HEADERS, but a URL may carry some too)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    url = (url or "").strip()
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an endpoint that is not a URL; not shown)"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"****@{host}", parts.path, "", ""))
+
+
 def _resource() -> Resource:
     resource = Resource.create({SERVICE_VERSION: _version()})
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):

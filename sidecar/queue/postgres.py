@@ -7,9 +7,14 @@ again on its newest version, so a head another sidecar just took is skipped.
 Times are the server's (``clock_timestamp()``), so leases mean the same on
 every pod; tests may pass a clock instead.
 
-Each change of outcome takes the next cursor from one counter row, whose
+Each change of state takes the next cursor from one counter row, whose
 lock is held to commit: cursors are therefore visible in the order they were
 given, so a watcher reading "after N" never skips one that commits late.
+The worker's and the operator's changes take that lock last, after their
+rows' locks, so two never wait on each other in a cycle. Acceptance takes
+no cursor (it is not a change a watcher follows), so enqueues never queue
+behind that lock; only an event refused at acceptance (the HTTP ingest's
+failed-at-once) is a change, and takes one.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..state.sql import load_queries
-from .store import STATES, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
+from .store import STATES, Change, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
 
 T = TypeVar("T")
 Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
@@ -57,16 +62,10 @@ class PostgresQueue:
             ) from None
 
     async def open(self) -> None:
-        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"]])
+        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"], Q["migrate_3"]])
 
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""
-
-    async def _next_seq(self, conn: psycopg.AsyncConnection[Any]) -> int:
-        cursor = await conn.execute(Q["next_seq"])
-        row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
 
     async def enqueue(self, job: NewJob) -> bool:
         return (await self.enqueue_many([job]))[0]
@@ -93,10 +92,8 @@ class PostgresQueue:
         }
         if job.error is None:
             cursor = await conn.execute(Q["enqueue"], params)
-        else:
-            # A cursor taken for a duplicate is skipped: watchers never wait for a number.
-            params |= {"error": Jsonb(job.error), "seq": await self._next_seq(conn)}
-            cursor = await conn.execute(Q["enqueue_failed"], params)
+        else:  # failed at acceptance: takes a cursor and is logged as a change (enqueue_failed)
+            cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
         return await cursor.fetchone() is not None
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
@@ -119,10 +116,9 @@ class PostgresQueue:
         for job_id, write_sent in await cursor.fetchall():
             if write_sent:
                 error = Jsonb(unknown_error(EXPIRED_MESSAGE))
-                seq = await self._next_seq(conn)
-                await conn.execute(Q["expired_sent"], {"id": job_id, "error": error, "seq": seq, "now": now})
+                await conn.execute(Q["expired_sent"], {"id": job_id, "error": error, "now": now})
             else:
-                await conn.execute(Q["give_back"], {"id": job_id, "owner": None})
+                await conn.execute(Q["give_back"], {"id": job_id, "owner": None, "now": now})
 
     async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
         async def beat(conn: psycopg.AsyncConnection[Any]) -> None:
@@ -152,7 +148,6 @@ class PostgresQueue:
                     "result": _jsonb(outcome.result),
                     "error": _jsonb(outcome.error),
                     "next": outcome.next_attempt_at or None,
-                    "seq": await self._next_seq(conn),
                     "now": self._now(),
                 },
             )
@@ -162,7 +157,9 @@ class PostgresQueue:
 
     async def release(self, owner: str, job_id: int) -> None:
         async def give_back(conn: psycopg.AsyncConnection[Any]) -> None:
-            await conn.execute(Q["give_back"], {"id": job_id, "owner": owner})
+            cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
+            if await cursor.fetchone() is not None:  # its lock first, then the counter's (no cycle)
+                await conn.execute(Q["give_back"], {"id": job_id, "owner": owner, "now": self._now()})
 
         await self._run(give_back)
 
@@ -178,8 +175,13 @@ class PostgresQueue:
     async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
         return await self._rows(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
 
-    async def changes(self, after_seq: int, limit: int) -> list[Job]:
-        return await self._rows(Q["changes"], {"after": after_seq, "limit": limit})
+    async def changes(self, after_seq: int, limit: int) -> list[Change]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Change]:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(Q["changes"], {"after": after_seq, "limit": limit})
+            return [_change(row) for row in await cursor.fetchall()]
+
+        return await self._run(read)
 
     async def _rows(self, query: str, params: dict[str, Any]) -> list[Job]:
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
@@ -203,8 +205,7 @@ class PostgresQueue:
                         raise RetryRefused(message_id, None if row is None else row[1])
                     ids.append(row[0])
             for job_id in ids:
-                seq = await self._next_seq(conn)
-                await conn.execute(Q["requeue"], {"id": job_id, "seq": seq, "now": self._now()})
+                await conn.execute(Q["requeue"], {"id": job_id, "now": self._now()})
             return len(ids)
 
         return await self._run(retry)
@@ -212,6 +213,7 @@ class PostgresQueue:
     async def prune(self, delivered_before: float) -> int:
         async def delete(conn: psycopg.AsyncConnection[Any]) -> int:
             cursor = await conn.execute(Q["prune"], {"before": delivered_before})
+            await conn.execute(Q["prune_changes"], {"before": delivered_before})
             return cursor.rowcount
 
         return await self._run(delete)
@@ -233,6 +235,19 @@ def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _change(row: dict[str, Any]) -> Change:
+    return Change(
+        seq=row["seq"],
+        message_id=row["message_id"],
+        state=row["state"],
+        attempts=row["attempts"],
+        accepted_at=row["accepted_at"],
+        next_attempt_at=row["next_attempt_at"],
+        result=_json(row["result"]),
+        error=_json(row["error"]),
+    )
 
 
 def _job(row: dict[str, Any]) -> Job:

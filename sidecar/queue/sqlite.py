@@ -23,6 +23,7 @@ from .store import (
     FAILED,
     RETRYING,
     STATES,
+    Change,
     Job,
     NewJob,
     Outcome,
@@ -67,6 +68,44 @@ INSERT OR IGNORE INTO queue_meta (key, value) VALUES ('seq', 0);
 """
 # Step 2: the Enqueue's trace context (W3C traceparent, as JSON), so the delivery's span links to it.
 TRACE_COLUMN = "ALTER TABLE queue_deliveries ADD COLUMN trace TEXT;"
+# Step 3: every change of state, appended with its own cursor, for WatchDeliveries (the row only holds
+# its last one, so a retry's "queued again" was overwritten before a watcher saw it). Seeded with each
+# row's last change, so a watcher resuming across the upgrade misses nothing it could have seen before.
+CHANGE_LOG = """
+CREATE TABLE IF NOT EXISTS queue_changes (
+  seq INTEGER PRIMARY KEY,
+  delivery_id INTEGER NOT NULL,
+  message_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  accepted_at REAL NOT NULL,
+  next_attempt_at REAL NOT NULL,
+  result TEXT,
+  error TEXT,
+  at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_changes_at ON queue_changes (at);
+INSERT OR IGNORE INTO queue_changes
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(finished_at, accepted_at)
+FROM queue_deliveries WHERE seq > 0;
+"""
+# The row as it is now, appended to the change log under the cursor just given to it.
+LOG_CHANGE = (
+    "INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, "
+    "next_attempt_at, result, error, at) SELECT seq, id, message_id, state, attempts, accepted_at, "
+    "next_attempt_at, result, error, ? FROM queue_deliveries WHERE id = ?"
+)
+# The watch's read: the change log only (never the event column, never the deliveries table).
+CHANGES = (
+    "SELECT seq, message_id, state, attempts, accepted_at, next_attempt_at, result, error "
+    "FROM queue_changes WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+# Retention: changes older than the cutoff go, except each remaining event's last one (its state now).
+PRUNE_CHANGES = (
+    "DELETE FROM queue_changes WHERE at < ? AND NOT EXISTS "
+    "(SELECT 1 FROM queue_deliveries d WHERE d.seq = queue_changes.seq)"
+)
 
 COLUMNS = (
     "id, message_id, person, event, state, attempts, accepted_at, next_attempt_at, write_sent, forced, "
@@ -85,7 +124,7 @@ INSERT_FAILED = (
 # A job whose lease ran out: its holder died (or stalled past the lease).
 EXPIRED_SENT = (
     "UPDATE queue_deliveries SET state = 'failed', active = 0, attempts = attempts + 1, error = ?, "
-    "lease_owner = NULL, lease_until = NULL, finished_at = ?, seq = ? "
+    "lease_owner = NULL, lease_until = NULL, finished_at = ? "
     "WHERE id = ?"
 )
 # The person's head (lowest active id), due, and nothing of that person in flight.
@@ -122,8 +161,13 @@ class SqliteQueue:
         ).fetchone()
         return int(row[0])
 
+    def _changed(self, db: sqlite3.Connection, job_id: int, now: float) -> None:
+        """Give the row (already updated) the next cursor and append it, as it is now, to the log."""
+        db.execute("UPDATE queue_deliveries SET seq = ? WHERE id = ?", (self._next_seq(db), job_id))
+        db.execute(LOG_CHANGE, (now, job_id))
+
     async def open(self) -> None:
-        await self.runner.migrate("queue", [SCHEMA, TRACE_COLUMN])
+        await self.runner.migrate("queue", [SCHEMA, TRACE_COLUMN, CHANGE_LOG])
 
     async def close(self) -> None:
         """The runner belongs to whoever opened it."""
@@ -185,9 +229,9 @@ class SqliteQueue:
             return cursor.rowcount == 1
         cursor = db.execute(INSERT_FAILED, (job.message_id, job.person, event, now, now, now, trace,
                                             _dumps(job.error), now))
-        if cursor.rowcount != 1:
+        if cursor.rowcount != 1 or cursor.lastrowid is None:
             return False
-        db.execute("UPDATE queue_deliveries SET seq = ? WHERE id = ?", (self._next_seq(db), cursor.lastrowid))
+        self._changed(db, cursor.lastrowid, now)  # failed at acceptance: a change a watcher sees
         return True
 
     # --- the worker's operations -----------------------------------------------------------
@@ -207,6 +251,8 @@ class SqliteQueue:
             f"write_sent = 0 WHERE id IN ({marks})",
             (owner, now + lease_seconds, *ids),
         )
+        for job_id in ids:
+            self._changed(db, job_id, now)
         rows = db.execute(f"SELECT {COLUMNS} FROM queue_deliveries WHERE id IN ({marks})", ids).fetchall()
         jobs = {job.id: job for job in map(_job, rows)}
         return [jobs[i] for i in ids]
@@ -223,7 +269,7 @@ class SqliteQueue:
                     "the sidecar delivering this event stopped after its write may have been sent; "
                     "whether Trengo did it is unknown, so it is not sent again (retry it to resend)"
                 )
-                db.execute(EXPIRED_SENT, (json.dumps(error), now, self._next_seq(db), job_id))
+                db.execute(EXPIRED_SENT, (json.dumps(error), now, job_id))
             else:
                 # Nothing was written: it goes back as it was (retrying if it had failed before).
                 db.execute(
@@ -231,6 +277,7 @@ class SqliteQueue:
                     "ELSE 'queued' END, lease_owner = NULL, lease_until = NULL WHERE id = ?",
                     (job_id,),
                 )
+            self._changed(db, job_id, now)
 
     async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:
         def beat(db: sqlite3.Connection) -> None:
@@ -264,7 +311,7 @@ class SqliteQueue:
             db.execute(
                 "UPDATE queue_deliveries SET state = ?, active = ?, attempts = attempts + 1, "
                 "result = ?, error = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, "
-                "write_sent = 0, forced = 0, finished_at = ?, seq = ? WHERE id = ?",
+                "write_sent = 0, forced = 0, finished_at = ? WHERE id = ?",
                 (
                     outcome.state,
                     active,
@@ -272,10 +319,10 @@ class SqliteQueue:
                     _dumps(outcome.error),
                     outcome.next_attempt_at or now,
                     None if active else now,
-                    self._next_seq(db),
                     job_id,
                 ),
             )
+            self._changed(db, job_id, now)
             return True
 
         return await self._run(end)
@@ -289,12 +336,14 @@ class SqliteQueue:
 
     async def release(self, owner: str, job_id: int) -> None:
         def give_back(db: sqlite3.Connection) -> None:
-            db.execute(
+            cursor = db.execute(
                 "UPDATE queue_deliveries SET state = CASE WHEN attempts > 0 THEN 'retrying' "
                 "ELSE 'queued' END, lease_owner = NULL, lease_until = NULL, write_sent = 0 "
                 "WHERE id = ? AND lease_owner = ? AND state = 'delivering'",
                 (job_id, owner),
             )
+            if cursor.rowcount == 1:
+                self._changed(db, job_id, self.clock())
 
         await self._run(give_back)
 
@@ -319,13 +368,9 @@ class SqliteQueue:
 
         return await self._run(read)
 
-    async def changes(self, after_seq: int, limit: int) -> list[Job]:
-        def read(db: sqlite3.Connection) -> list[Job]:
-            rows = db.execute(
-                f"SELECT {COLUMNS} FROM queue_deliveries WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
-            ).fetchall()
-            return [_job(row) for row in rows]
+    async def changes(self, after_seq: int, limit: int) -> list[Change]:
+        def read(db: sqlite3.Connection) -> list[Change]:
+            return [_change(row) for row in db.execute(CHANGES, (after_seq, limit))]
 
         return await self._run(read)
 
@@ -344,11 +389,13 @@ class SqliteQueue:
                         raise RetryRefused(message_id, None if row is None else row[1])
                     ids.append(row[0])
             for job_id in ids:
+                # Afresh: attempts from 0 and the give-up clock from now; accepted_at stays the acceptance.
                 db.execute(
-                    "UPDATE queue_deliveries SET state = 'queued', active = 1, forced = 1, "
-                    "next_attempt_at = ?, accepted_at = ?, finished_at = NULL, seq = ? WHERE id = ?",
-                    (now, now, self._next_seq(db), job_id),
+                    "UPDATE queue_deliveries SET state = 'queued', active = 1, forced = 1, attempts = 0, "
+                    "next_attempt_at = ?, retry_from = ?, finished_at = NULL WHERE id = ?",
+                    (now, now, job_id),
                 )
+                self._changed(db, job_id, now)
             return len(ids)
 
         return await self._run(retry)
@@ -359,6 +406,7 @@ class SqliteQueue:
                 "DELETE FROM queue_deliveries WHERE state = 'delivered' AND finished_at < ?",
                 (delivered_before,),
             )
+            db.execute(PRUNE_CHANGES, (delivered_before,))
             return cursor.rowcount
 
         return await self._run(delete)
@@ -374,6 +422,19 @@ class SqliteQueue:
 
 def _dumps(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _change(row: tuple[Any, ...]) -> Change:
+    return Change(
+        seq=row[0],
+        message_id=row[1],
+        state=row[2],
+        attempts=row[3],
+        accepted_at=row[4],
+        next_attempt_at=row[5],
+        result=json.loads(row[6]) if row[6] else None,
+        error=json.loads(row[7]) if row[7] else None,
+    )
 
 
 def _job(row: tuple[Any, ...]) -> Job:

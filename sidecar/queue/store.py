@@ -7,9 +7,12 @@ store's clock: SQLite's is this host's, PostgreSQL's is the server's, so
 leases mean the same on every sidecar of a fleet.
 
 States: queued -> delivering -> delivered | retrying | failed; retrying ->
-delivering again; failed -> queued by an operator's retry. ``active`` is
-true until delivered or failed: the person's active event with the lowest
-id is the only one that may be delivered (order per person).
+delivering again; failed -> queued by an operator's retry, which starts the
+event afresh (attempts 0, its give-up clock from now) and keeps accepted_at.
+Every change but acceptance gets its own cursor in an append-only change log
+(an event failed at acceptance is one). ``active`` is true until delivered or
+failed: the person's active event with the lowest id is the only one that may
+be delivered (order per person).
 """
 
 from __future__ import annotations
@@ -76,6 +79,25 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class Change:
+    """One change of an event's state, as WatchDeliveries sends it: the event's status as of that change.
+
+    Kept in an append-only log, one entry per change (claimed, retrying, delivered, failed, given back,
+    queued again by a retry), so a watcher resuming from any cursor sees every transition in order. It
+    carries no event body: the watch never reads one.
+    """
+
+    seq: int  # the change's cursor
+    message_id: str
+    state: str
+    attempts: int
+    accepted_at: float
+    next_attempt_at: float
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How an attempt ended, for ``finish``."""
 
@@ -128,8 +150,9 @@ class QueueStore(Protocol):
     async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
         """Jobs in ``state`` with id > after_id, oldest first."""
 
-    async def changes(self, after_seq: int, limit: int) -> list[Job]:
-        """Jobs whose last change has a cursor > after_seq, in cursor order."""
+    async def changes(self, after_seq: int, limit: int) -> list[Change]:
+        """The changes with a cursor > after_seq, in cursor order: every claim, outcome, give-back and
+        operator retry (acceptance is not one). Reads the change log only."""
 
     async def retry_failed(self, message_ids: list[str] | None) -> int:
         """Queue failed jobs again (all of them for None), their retry schedule started afresh (attempts
@@ -137,6 +160,7 @@ class QueueStore(Protocol):
         failed. Returns how many were queued."""
 
     async def prune(self, delivered_before: float) -> int:
-        """Delete delivered jobs finished before that time; returns how many."""
+        """Delete delivered jobs finished before that time, and the changes logged before it (but each
+        remaining job's last one); returns how many jobs."""
 
     async def stats(self) -> Stats: ...

@@ -1,20 +1,27 @@
-"""``make run`` without a Trengo token: the simulator and a sidecar against it, with a demo config.
+"""``make run`` without a Trengo token: the real sidecar with demo defaults, against the simulator.
 
-Both run in this one process on one event loop; Ctrl-C (or SIGTERM) stops both.
+The demo's config (below) is the base; a ``--config`` file, then ``SIDECAR_*``/``TRENGO_*`` environment
+variables, then the sidecar's own flags apply on top of it, as they do for ``trengo-sidecar``, which
+serves it the same way (logs, metrics, tracing, the start-up line). The simulator runs in this process
+on its own thread; Ctrl-C (or SIGTERM) stops both. The queue's SQLite lives in a temporary folder that
+is removed at stop, unless ``--keep-state`` (``make run KEEP_STATE=1``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import logging
 import os
-import signal
+import shutil
+import sys
 import tempfile
+from typing import Any
 
-from ..api.app import Sidecar
-from ..config.load import build_config
+from ..api.serving import build_parser, config_problems, flag_overrides, run_serving
+from ..config.load import Config, load
+from ..config.report import check_config
+from ..errors import ConfigError
 from ..observe import logs
-from . import Simulator
+from . import SimulatorThread
 
 DEMO_TOKEN = "demo-token"
 DEMO_WRITE_KEY = "demo-write-key"  # the HTTP ingest's key for this demo only: printed at start
@@ -39,7 +46,11 @@ DEMO_LABELS = ("VIP", "Orders")
 DEMO_FIELDS = ("Plan",)
 
 EXAMPLE = """
-trengo-sidecar (demo) listening on {listen}, against the Trengo simulator at {sim}
+trengo-sidecar (demo) serves gRPC on {listen}, against the Trengo simulator at {sim}
+  metrics: {metrics}
+  tracing: {tracing}
+  state:   {state}
+
 Try it (grpcurl, or `buf curl --protocol grpc --http2-prior-knowledge http://{listen}/...`):
 
   grpcurl -plaintext {listen} list
@@ -48,11 +59,11 @@ Try it (grpcurl, or `buf curl --protocol grpc --http2-prior-knowledge http://{li
   grpcurl -plaintext -d '{{"event": "Added to cart", "properties": {{"revenue": 2000}},
     "context": {{"traits": {{"email": "ann@example.com"}}}}}}' {listen} trengo.sidecar.v1.TrengoSidecar/Track
   grpcurl -plaintext -d '{{"event": "Order Placed", "properties": {{"order_id": "A-17", "total": 49.5,
-    "url": "https://shop.example/o/A-17"}}, "context": {{"traits": {{"email": "ann@example.com"}}}}}}' \
+    "url": "https://shop.example/o/A-17"}}, "context": {{"traits": {{"email": "ann@example.com"}}}}}}' \\
     {listen} trengo.sidecar.v1.TrengoSidecar/Track      # a ticket with an internal note and a label
   curl -s {sim_root}/_sim/tickets     # what the simulator stored
 
-Enqueue accepts for later delivery (the queue is SQLite in {state}); GetDelivery follows it:
+Enqueue accepts for later delivery (the queue is in the store above); GetDelivery follows it:
 
   grpcurl -plaintext -d '{{"track": {{"event": "Checked Out", "messageId": "order-1",
     "context": {{"traits": {{"email": "ann@example.com"}}}}}}}}' \\
@@ -71,42 +82,84 @@ Ctrl-C to stop.
 """
 
 
-async def run(listen: str, sim_port: int, http: str) -> None:
-    simulator = Simulator(tokens=[DEMO_TOKEN])
-    for label in DEMO_LABELS:  # what the demo config names, as a Trengo account would have them
-        simulator.state.extras.add_label(label)
-    for title in DEMO_FIELDS:
-        simulator.state.extras.add_field(title)
-    base_url = await simulator.start("127.0.0.1", sim_port)
-    # The queue's SQLite in a folder of this run's own: the simulator forgets everything when it stops,
-    # so events queued for it must not outlive it either.
+METRICS_OFF = "off (SIDECAR_METRICS_LISTEN=127.0.0.1:9464 make run serves them)"
+TRACING_OFF = "off (OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 make run exports spans)"
+
+
+def parse_args(argv: list[str] | None) -> Any:
+    parser = build_parser("make run", "The sidecar with demo defaults, against the Trengo simulator.")
+    parser.add_argument(
+        "--sim-port", type=int, default=int(os.environ.get("TRENGO_SIM_PORT", "8090")),
+        help="the simulator's port (TRENGO_SIM_PORT; default 8090)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-state", action="store_true",
+        help="keep the demo's temporary SQLite folder at stop (make run KEEP_STATE=1)",
+    )  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def demo_config(base_url: str, state: str) -> dict[str, Any]:
+    """The demo's defaults, as a config file would hold them."""
+    return {
+        **DEMO_CONFIG, "baseUrl": base_url, "store": f"sqlite:///{state}/state.db",
+        "httpListen": "127.0.0.1:8088", "writeKeys": [DEMO_WRITE_KEY],
+    }  # fmt: skip
+
+
+def banner(config: Config, base_url: str, state: str, keep: bool) -> str:
+    from ..observe.tracing import export_endpoint
+
+    if not str(config.store.masked()).startswith(f"sqlite:///{state}/"):
+        where = f"{config.store.masked()} (store, as configured)"
+    elif keep:
+        where = f"{state} (SQLite, kept at stop: --keep-state)"
+    else:
+        where = f"{state} (SQLite, removed at stop; make run KEEP_STATE=1 keeps it)"
+    return EXAMPLE.format(
+        listen=config.listen,
+        sim=base_url,
+        sim_root=base_url.removesuffix("/api/v2"),
+        metrics=f"http://{config.metrics_listen}/metrics" if config.metrics_listen else METRICS_OFF,
+        tracing=export_endpoint() or TRACING_OFF,
+        state=where,
+        http=config.http_listen,
+        write_key=DEMO_WRITE_KEY,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     state = tempfile.mkdtemp(prefix="trengo-sidecar-demo-")
-    raw = {**DEMO_CONFIG, "baseUrl": base_url, "listen": listen, "store": f"sqlite:///{state}/state.db",
-           "httpListen": http, "writeKeys": [DEMO_WRITE_KEY]}  # fmt: skip
-    sidecar = Sidecar(build_config(raw))
-    await sidecar.start()
-    sim_root = base_url.removesuffix("/api/v2")
-    text = EXAMPLE.format(listen=listen, sim=base_url, sim_root=sim_root, state=state, http=http,
-                          write_key=DEMO_WRITE_KEY)  # fmt: skip
-    print(text, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await sidecar.stop(grace=2)
-    await simulator.stop()
+    try:
+        with SimulatorThread(tokens=[DEMO_TOKEN], port=args.sim_port) as simulator:
+            for label in DEMO_LABELS:  # what the demo config names, as a Trengo account would have them
+                simulator.simulator.state.extras.add_label(label)
+            for title in DEMO_FIELDS:
+                simulator.simulator.state.extras.add_field(title)
+            return serve_demo(args, simulator.base_url, state)
+    finally:
+        # The simulator forgets everything when it stops, so events queued for it must not outlive it.
+        if not args.keep_state:
+            shutil.rmtree(state, ignore_errors=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--listen", default=os.environ.get("SIDECAR_LISTEN", "127.0.0.1:50051"))
-    parser.add_argument("--sim-port", type=int, default=int(os.environ.get("TRENGO_SIM_PORT", "8090")))
-    parser.add_argument("--http-listen", default=os.environ.get("SIDECAR_HTTP_LISTEN", "127.0.0.1:8088"))
-    args = parser.parse_args()
-    logs.setup("text", "INFO")
-    asyncio.run(run(args.listen, args.sim_port, args.http_listen))
+def serve_demo(args: Any, base_url: str, state: str) -> int:
+    try:
+        defaults = demo_config(base_url, state)
+        loaded = load(args.config, overrides=flag_overrides(args), base=defaults, base_origin="demo")
+    except ConfigError as exc:
+        print(config_problems(exc), file=sys.stderr)
+        return 2
+    config = loaded.config
+    logs.setup(config.log_format, config.log_level)
+    if args.check_config:
+        print(check_config(loaded))
+        return 0
+    for warning in loaded.warnings:
+        logging.getLogger("sidecar").warning(warning)
+    return run_serving(config, lambda: print(banner(config, base_url, state, args.keep_state), flush=True))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

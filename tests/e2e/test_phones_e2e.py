@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from sidecar.state import ContactRecord, open_state, scope_of
+from tests.support.fleet import Fleet, wait_for
 from tests.support.grpc_helpers import failure
 from tests.support.harness import SMS_CHANNEL, TOKEN, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -132,18 +133,23 @@ def test_on_an_auto_channel_the_number_is_checked_once_the_channel_is_phone(make
     assert [(r["method"], r["path"]) for r in control.requests()] == [("GET", f"{API}/channels")]
 
 
-def test_store_records_from_before_the_upgrade_are_misses_that_search_again(make_sidecar, control, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_store_records_from_before_the_upgrade_are_misses_that_search_again(
+    make_sidecar, control, tmp_path, request, backend
+):
     """An old sidecar keyed a phone by the digits as given: "06 12345678" was p:0612345678. That record
     is never read under a region (keys are p:+<E.164>), so it cannot mislead; the search finds the
-    contact and nothing is created. Proven with a record pointing at a wrong id, for both spellings."""
+    contact and nothing is created. Proven with records, under both old spellings, that point at another
+    person's contact under Piet's name: read, they would be trusted with no call at all."""
     piet = control.add_contact("Piet", "+31 6 12345678", SMS_CHANNEL)
-    url = f"sqlite:///{tmp_path / 'state.db'}"
+    jan = control.add_contact("Jan", "+31 6 99999999", SMS_CHANNEL)
+    url = f"sqlite:///{tmp_path / 'state.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     scope = scope_of(TOKEN)
 
     async def seed() -> None:
         state = open_state(url)
         for old_key in ("p:0612345678", "p:31612345678"):  # "06 12345678" and "+31 6 12345678" then
-            await state.put_contact(f"{scope}:contact:{old_key}", ContactRecord(1, "Stale"), ttl=3600)
+            await state.put_contact(f"{scope}:contact:{old_key}", ContactRecord(jan["id"], "Piet"), ttl=3600)
         await state.aclose()
 
     asyncio.run(seed())
@@ -156,7 +162,7 @@ def test_store_records_from_before_the_upgrade_are_misses_that_search_again(make
     assert len(control.requests(path_prefix=SEARCH, method="GET")) == 1  # once, then its own record
     assert not control.requests(path_prefix=CREATE, method="POST")
     assert [t["contact_id"] for t in control.tickets()] == [piet["id"]]
-    assert len(control.contacts()) == 1
+    assert len(control.contacts()) == 2 and not control.requests(method="PUT")
 
 
 def test_without_a_region_the_phone_is_sent_as_given(make_sidecar, control, caplog):
@@ -185,3 +191,37 @@ def test_the_queue_keys_every_spelling_as_one_person(make_sidecar, control, tmp_
     store = sidecar.sidecar.queue.store  # no worker (queueConcurrency 0): the jobs wait, readable
     people = {sidecar.call(store.get(f"m{n}")).person for n in range(5)}
     assert people == {"phone:+31612345678"}  # one person: its events keep one order
+
+
+def test_a_deliver_stream_orders_every_spelling_as_one_person(nl, control):
+    """The stream delivers one person's events in order; two spellings of a number are one person, so
+    the track waits for the identify before it and finds the contact it made."""
+    requests = [
+        pb.DeliverRequest(id="a", identify=identify("06 12345678", "Piet")),
+        pb.DeliverRequest(id="b", track=track("+31 6 1234 5678")),
+        pb.DeliverRequest(id="c", track=track("(06) 1234-5678")),
+    ]
+    answers = {a.id: a for a in nl.Deliver(iter(requests))}
+    assert all(not a.HasField("error") for a in answers.values()), answers
+    contact = answers["a"].result.contact_id
+    assert [answers[k].result.contact_id for k in "bc"] == [contact, contact]
+    assert [c["id"] for c in control.contacts()] == [contact]
+    assert len(control.tickets()) == 2
+
+
+def test_a_phone_channel_without_a_region_warns_once_at_start(sim, control, tmp_path):
+    """A real process: its start-up check lists the channels, sees the phone channel, and says once what
+    defaultPhoneRegion does; events after it add no second warning. With a region: no warning."""
+    fleet = Fleet(tmp_path, sim.base_url)
+    try:
+        plain, regional = fleet.spawn(1, channelId=SMS_CHANNEL) + fleet.spawn(1, channelId=SMS_CHANNEL,
+                                                                             defaultPhoneRegion="NL")
+        wait_for(lambda: "defaultPhoneRegion" in plain.output(), "the start-up warning")
+        for n in range(3):
+            plain.stub.Identify(identify(f"+31 6 1234 567{n}", "Piet"), timeout=10)
+        regional.stub.Identify(identify("06 12345678", "Piet"), timeout=10)
+        assert plain.output().count("defaultPhoneRegion") == 1
+        assert "TRENGO_DEFAULT_PHONE_REGION" in plain.output()
+        assert "defaultPhoneRegion" not in regional.output()
+    finally:
+        fleet.close()

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.api.app import SERVICE
 from tests.support.grpc_helpers import failure
-from tests.support.harness import EMAIL_CHANNEL, TOKEN, free_port, struct
+from tests.support.harness import EMAIL_CHANNEL, SMS_CHANNEL, TOKEN, free_port, struct
 from tests.support.metrics import scrape, value
 from tests.support.processes import NOT_SERVING, SERVING, check_trengo, wait_for
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -100,6 +100,27 @@ def test_health_is_not_serving_until_the_first_check_has_answered(spawn, control
     wait_for(lambda: both(process) == (SERVING, SERVING), "the first check to pass")
 
 
+def test_a_channel_of_the_wrong_kind_takes_the_service_out_with_the_reason(spawn, control):
+    """channelIdentifier email on an SMS channel: every Identify would fail CHANNEL_KIND_MISMATCH."""
+    metrics = free_port()
+    process = spawn(serving=False, channelId=SMS_CHANNEL, channelIdentifier="email",
+                    metricsListen=f"127.0.0.1:{metrics}")  # fmt: skip
+    wait_for(lambda: process.health(SERVICE) == NOT_SERVING and "Trengo check failed" in process.output(),
+             "the check to judge the channel")  # fmt: skip
+    assert process.health("") == SERVING  # the pod's probe: calls that need no channel still work
+    _, samples = scrape(f"http://127.0.0.1:{metrics}/metrics")
+    assert value(samples, "trengo_sidecar_not_serving", reason="channel_kind_mismatch") == 1
+    assert value(samples, "trengo_sidecar_not_serving", reason="trengo_misconfigured") == 0
+    assert value(samples, "trengo_sidecar_trengo_check", result="channel_kind_mismatch") == 1
+    output = process.output()
+    assert "CHANNEL_KIND_MISMATCH" in output and f"channel {SMS_CHANNEL} is a SMS channel" in output, output
+    assert "set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to phone" in output, output
+    with grpc.insecure_channel(process.address) as channel, pytest.raises(grpc.RpcError) as caught:
+        pb_grpc.TrengoSidecarStub(channel).Identify(identify(), timeout=5)
+    assert failure(caught.value).reason == "CHANNEL_KIND_MISMATCH"
+    assert [r for r in control.requests() if r["method"] != "GET"] == []  # nothing written
+
+
 # --- every few minutes (in-process, with a short interval) ----------------------------------------------
 
 
@@ -140,13 +161,25 @@ def test_check_trengo_exits_0_when_the_token_works(tmp_path, sim, control):
         ({"baseUrl": "ROOT"}, 1, "ends in /api/v2"),
         ({"channelId": 999}, 1, "channelId 999 is not among"),
         ({"baseUrl": "CLOSED"}, 3, "outage"),
+        ({"channelId": SMS_CHANNEL, "channelIdentifier": "email"}, 1,
+         f"channel {SMS_CHANNEL} is a SMS channel, which identifies contacts by phone, but channelIdentifier "
+         f"is email: set channelIdentifier (TRENGO_CHANNEL_IDENTIFIER) to phone, or channelId "
+         f"(TRENGO_CHANNEL_ID) to one of its email channels (e.g. {EMAIL_CHANNEL})\n"),
+        ({"channelId": SMS_CHANNEL, "channelIdentifier": "phone"}, 0, ""),
+        ({"channelId": SMS_CHANNEL, "channelIdentifier": "auto"}, 0, ""),
     ],
 )
-def test_check_trengo_exits_non_zero_with_the_reason(tmp_path, sim, control, overrides, code, says):
+def test_check_trengo_exits_non_zero_with_the_reason_or_0_for_a_fitting_channel(
+    tmp_path, sim, control, overrides, code, says
+):
     closed = f"http://127.0.0.1:{free_port()}/api/v2"
     urls = {"ROOT": sim.base_url.removesuffix("/api/v2"), "CLOSED": closed}
     base = urls.get(overrides.pop("baseUrl", ""), sim.base_url)
     done = check_trengo(tmp_path, base, **overrides)
     assert done.returncode == code, done
     assert says in done.stderr and "Traceback" not in done.stderr, done
+    if code:  # the reason and its fix in one line (other lines are start-up warnings)
+        lines = done.stderr.splitlines()
+        verdicts = [line for line in lines if line.startswith("trengo-sidecar: --check-trengo:")]
+        assert len(verdicts) == 1 and says.strip() in verdicts[0], done
     assert WRONG not in done.stderr + done.stdout and TOKEN not in done.stderr + done.stdout

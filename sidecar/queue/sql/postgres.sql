@@ -36,8 +36,28 @@ CREATE INDEX IF NOT EXISTS queue_state ON queue_deliveries (state, id);
 -- The Enqueue's trace context (W3C traceparent), so the delivery's span links to it (issue 14).
 ALTER TABLE queue_deliveries ADD COLUMN IF NOT EXISTS trace JSONB;
 
--- name: next_seq
-UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value;
+-- name: migrate_3
+-- Every change of state, appended with its own cursor, for WatchDeliveries (a row holds only its last
+-- one, so a retry's "queued again" was overwritten before a watcher saw it). Seeded with each row's
+-- last change, so a watcher resuming across the upgrade misses nothing it could have seen before.
+CREATE TABLE IF NOT EXISTS queue_changes (
+  seq BIGINT PRIMARY KEY,
+  delivery_id BIGINT NOT NULL,
+  message_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  accepted_at DOUBLE PRECISION NOT NULL,
+  next_attempt_at DOUBLE PRECISION NOT NULL,
+  result JSONB,
+  error JSONB,
+  at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_changes_at ON queue_changes (at);
+INSERT INTO queue_changes
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(finished_at, accepted_at)
+FROM queue_deliveries WHERE seq > 0
+ON CONFLICT DO NOTHING;
 
 -- name: enqueue
 INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at,
@@ -48,14 +68,22 @@ ON CONFLICT (message_id) DO NOTHING
 RETURNING id;
 
 -- name: enqueue_failed
--- Refused when accepted (the HTTP ingest): failed at once, inactive, with its cursor.
+-- Refused when accepted (the HTTP ingest): failed at once, inactive, with its cursor, and logged as a
+-- change (a watcher sees it fail). A cursor taken for a duplicate is skipped: watchers never wait for one.
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from,
                               next_attempt_at, trace, error, finished_at, seq)
 SELECT %(message_id)s, %(person)s, %(event)s, 'failed', FALSE, now_.t, now_.t, now_.t, %(trace)s,
-       %(error)s, now_.t, %(seq)s
+       %(error)s, now_.t, (SELECT value FROM c)
 FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
 ON CONFLICT (message_id) DO NOTHING
-RETURNING id;
+RETURNING *),
+l AS (INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at,
+                                 result, error, at)
+      SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, accepted_at
+      FROM u)
+SELECT id FROM u;
 
 -- name: expired
 SELECT id, write_sent FROM queue_deliveries
@@ -64,16 +92,35 @@ WHERE active AND state = 'delivering'
 FOR UPDATE SKIP LOCKED;
 
 -- name: expired_sent
+-- Each change below is one statement: the row updated, given the next cursor from the counter row
+-- (its lock held to commit, so cursors become visible in order), and appended to the change log.
+-- The row's own lock is always taken first (FOR UPDATE before), the counter's last: no cycle.
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
 SET state = 'failed', active = FALSE, attempts = attempts + 1, error = %(error)s, lease_owner = NULL,
-    lease_until = NULL, finished_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8), seq = %(seq)s
-WHERE id = %(id)s;
+    lease_until = NULL, finished_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8), seq = (SELECT value FROM c)
+WHERE id = %(id)s
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: give_back
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
 SET state = CASE WHEN attempts > 0 THEN 'retrying' ELSE 'queued' END, lease_owner = NULL,
-    lease_until = NULL, write_sent = FALSE
-WHERE id = %(id)s AND state = 'delivering' AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s);
+    lease_until = NULL, write_sent = FALSE, seq = (SELECT value FROM c)
+WHERE id = %(id)s AND state = 'delivering' AND (%(owner)s::text IS NULL OR lease_owner = %(owner)s)
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: due_heads
 -- A person's head (lowest active id), due, with nothing of that person in flight.
@@ -87,11 +134,22 @@ LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
 
 -- name: take
-UPDATE queue_deliveries
-SET state = 'delivering', lease_owner = %(owner)s, write_sent = FALSE,
+-- The heads due_heads locked, leased, each given its cursor in the order of ids and logged.
+WITH c AS (UPDATE queue_meta SET value = value + cardinality(%(ids)s::bigint[]) WHERE key = 'seq'
+           RETURNING value),
+s AS (SELECT i.id, (SELECT value FROM c) - cardinality(%(ids)s::bigint[]) + i.n AS seq
+      FROM unnest(%(ids)s::bigint[]) WITH ORDINALITY AS i(id, n)),
+t AS (
+UPDATE queue_deliveries d
+SET state = 'delivering', lease_owner = %(owner)s, write_sent = FALSE, seq = s.seq,
     lease_until = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) + %(lease)s::float8
-WHERE id = ANY(%(ids)s)
-RETURNING *;
+FROM s
+WHERE d.id = s.id
+RETURNING d.*),
+l AS (INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+      SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+      FROM t)
+SELECT * FROM t;
 
 -- name: heartbeat
 UPDATE queue_deliveries
@@ -110,14 +168,22 @@ WHERE id = %(id)s AND lease_owner = %(owner)s AND state = 'delivering'
 FOR UPDATE;
 
 -- name: finish
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
 SET state = %(state)s, active = (%(state)s = 'retrying'), attempts = attempts + 1, result = %(result)s,
     error = %(error)s,
     next_attempt_at = COALESCE(%(next)s::float8, %(now)s::float8, extract(epoch FROM clock_timestamp())::float8),
-    lease_owner = NULL, lease_until = NULL, write_sent = FALSE, forced = FALSE, seq = %(seq)s,
+    lease_owner = NULL, lease_until = NULL, write_sent = FALSE, forced = FALSE, seq = (SELECT value FROM c),
     finished_at = CASE WHEN %(state)s = 'retrying' THEN NULL
                        ELSE COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) END
-WHERE id = %(id)s;
+WHERE id = %(id)s
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: get
 SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;
@@ -126,7 +192,9 @@ SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;
 SELECT * FROM queue_deliveries WHERE state = %(state)s AND id > %(after)s ORDER BY id LIMIT %(limit)s;
 
 -- name: changes
-SELECT * FROM queue_deliveries WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s;
+-- The watch's read: the change log only (never the event column, never the deliveries table).
+SELECT seq, message_id, state, attempts, accepted_at, next_attempt_at, result, error
+FROM queue_changes WHERE seq > %(after)s ORDER BY seq LIMIT %(limit)s;
 
 -- name: all_failed
 SELECT id FROM queue_deliveries WHERE state = 'failed' ORDER BY id FOR UPDATE;
@@ -135,14 +203,28 @@ SELECT id FROM queue_deliveries WHERE state = 'failed' ORDER BY id FOR UPDATE;
 SELECT id, state FROM queue_deliveries WHERE message_id = %(message_id)s FOR UPDATE;
 
 -- name: requeue
+-- Afresh: attempts from 0 and the give-up clock from now; accepted_at stays the acceptance.
+WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
+u AS (
 UPDATE queue_deliveries
-SET state = 'queued', active = TRUE, forced = TRUE, finished_at = NULL, seq = %(seq)s, attempts = 0,
+SET state = 'queued', active = TRUE, forced = TRUE, finished_at = NULL, seq = (SELECT value FROM c), attempts = 0,
     retry_from = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8),
     next_attempt_at = COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
-WHERE id = %(id)s;
+WHERE id = %(id)s
+RETURNING *)
+INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, next_attempt_at, result, error, at)
+SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, result, error,
+       COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
+FROM u
+RETURNING seq;
 
 -- name: prune
 DELETE FROM queue_deliveries WHERE state = 'delivered' AND finished_at < %(before)s;
+
+-- name: prune_changes
+-- Changes older than retention go, except each remaining event's last one (its state now).
+DELETE FROM queue_changes c WHERE c.at < %(before)s
+  AND NOT EXISTS (SELECT 1 FROM queue_deliveries d WHERE d.seq = c.seq);
 
 -- name: depth
 SELECT state, count(*) FROM queue_deliveries GROUP BY state;

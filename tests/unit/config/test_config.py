@@ -222,6 +222,9 @@ def test_a_bad_value_is_reported_once_not_again_as_missing(tmp_path: Path):
     with pytest.raises(ConfigError) as caught:
         build_config({"apiTokenFile": str(tmp_path / "missing"), "channelId": "abc"})
     assert [p.key for p in caught.value.problems] == ["apiTokenFile", "channelId"]
+    # the file the pod could not read, by its path
+    named = f"cannot read the secret file {tmp_path / 'missing'}: No such file"
+    assert named in caught.value.problems[0].line()
 
 
 def test_a_negative_channel_id_from_env_must_be_a_positive_integer():
@@ -351,7 +354,8 @@ def test_check_config_prints_a_config_file_with_origins(tmp_path: Path):
     text = check_config(load(path, env=env, overrides={"logLevel": "debug", "listen": None}))
     assert "t0k3n" not in text
     printed = yaml.safe_load(text)
-    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile", "writeKeysFile"}
+    assert set(printed) == set(_KEYS) - {"apiTokenFile", "authTokenFile", "writeKeysFile", "authToken"}
+    assert "# authToken: not set  # default" in text.splitlines()  # a blank one would not load again
     assert printed["apiToken"] == "****" and printed["channelId"] == 405980
     [entry] = printed["eventTemplateMap"]
     assert entry == {"from": "Added to cart", "to": "Product was of value:{{ revenue }}"}

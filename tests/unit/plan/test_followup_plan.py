@@ -252,3 +252,14 @@ def test_bad_follow_up_config_names_the_key(raw, key):
     with pytest.raises(ConfigError) as caught:
         _config(**raw)
     assert caught.value.key == key
+
+
+def test_every_bad_label_and_note_is_reported_at_once():
+    entries = [{"from": "A", "labels": [0, "VIP", True]},
+               {"from": "B", "note": 5, "labels": [""], "assignTo": {"user": "ann"}}]  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        _config(eventTemplateMap=entries)
+    assert [p.key for p in caught.value.problems] == [
+        "eventTemplateMap[0].labels[0]", "eventTemplateMap[0].labels[2]",
+        "eventTemplateMap[1].note", "eventTemplateMap[1].labels[0]", "eventTemplateMap[1].assignTo.user",
+    ]  # fmt: skip

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from sidecar.queue.policy import TRANSIENT, QueuePolicy
 from sidecar.queue.postgres import PostgresQueue
 from sidecar.queue.sqlite import SqliteQueue
 from sidecar.queue.store import (
@@ -178,18 +179,111 @@ def test_operator_retry_of_failed_events(store: tuple[Run, Clock]) -> None:
     assert sorted(claim(run)) == ["f1", "f2"]
 
 
+def transitions(run: Run, after: int = 0) -> list[tuple[str, str, int]]:
+    return [(c.message_id, c.state, c.attempts) for c in run(lambda q: q.changes(after, 100))]
+
+
 def test_changes_follow_a_cursor(store: tuple[Run, Clock]) -> None:
     run, _ = store
     enqueue_all(run, job("a", "p"), job("b", "q"))
-    assert run(lambda q: q.changes(0, 10)) == []  # acceptance is not a change of outcome
+    assert run(lambda q: q.changes(0, 10)) == []  # acceptance is not a change a watcher follows
     claim(run)
     settle(run, "b", Outcome(DELIVERED))
     settle(run, "a", Outcome(FAILED, error={"reason": "X"}))
     changes = run(lambda q: q.changes(0, 10))
-    assert [(c.message_id, c.state) for c in changes] == [("b", DELIVERED), ("a", FAILED)]
-    assert [c.message_id for c in run(lambda q: q.changes(changes[0].seq, 10))] == ["a"]
+    assert [(c.message_id, c.state) for c in changes] == [
+        ("a", DELIVERING), ("b", DELIVERING), ("b", DELIVERED), ("a", FAILED)
+    ]
+    assert [c.seq for c in changes] == sorted({c.seq for c in changes})  # one cursor each, in order
+    assert [c.message_id for c in run(lambda q: q.changes(changes[2].seq, 10))] == ["a"]
+    assert len(run(lambda q: q.changes(0, 2))) == 2  # the limit pages them
     run(lambda q: q.retry_failed(["a"]))
-    assert [(c.message_id, c.state) for c in run(lambda q: q.changes(changes[1].seq, 10))] == [("a", QUEUED)]
+    assert transitions(run, changes[3].seq) == [("a", QUEUED, 0)]
+
+
+def test_every_transition_of_a_retried_event_has_its_own_cursor(store: tuple[Run, Clock]) -> None:
+    """queued -> delivering -> retrying -> delivering -> failed -> queued again -> delivering ->
+    delivered: each one, in order, from 0 and from every cursor in between (a reconnect anywhere)."""
+    run, clock = store
+    enqueue_all(run, job("m", "p"))
+    claim(run)
+    settle(run, "m", Outcome(RETRYING, error={"reason": "TRENGO_UNAVAILABLE"}, next_attempt_at=clock.now + 5))
+    clock.now += 5
+    claim(run)
+    settle(run, "m", Outcome(FAILED, error={"reason": "TRENGO_UNAVAILABLE"}))
+    run(lambda q: q.retry_failed(["m"]))
+    claim(run)
+    settle(run, "m", Outcome(DELIVERED, result={"ticket_id": "7"}))
+    expected = [
+        ("m", DELIVERING, 0), ("m", RETRYING, 1), ("m", DELIVERING, 1), ("m", FAILED, 2),
+        ("m", QUEUED, 0), ("m", DELIVERING, 0), ("m", DELIVERED, 1),
+    ]
+    changes = run(lambda q: q.changes(0, 100))
+    assert transitions(run) == expected
+    for i, change in enumerate(changes):
+        assert transitions(run, change.seq) == expected[i + 1:]
+    assert changes[1].error == {"reason": "TRENGO_UNAVAILABLE"} and changes[-1].result == {"ticket_id": "7"}
+    assert run(lambda q: q.get("m")).seq == changes[-1].seq  # the row keeps its last cursor
+
+
+def test_a_given_back_event_is_a_change_too(store: tuple[Run, Clock]) -> None:
+    """A watcher that saw "delivering" learns the event went back (released, or its lease expired)."""
+    run, clock = store
+    enqueue_all(run, job("released", "p"), job("expired", "q"))
+    claimed = {j.message_id: j for j in run(lambda q: q.claim("a", LEASE, 10))}
+    run(lambda q: q.release("a", claimed["released"].id))
+    run(lambda q: q.release("a", claimed["released"].id))  # not held any more: no change
+    clock.now += LEASE + 1
+    assert claim(run, "b") == ["released", "expired"]  # both due since acceptance: in acceptance order
+    assert [(m, s) for m, s, _ in transitions(run)] == [
+        ("released", DELIVERING), ("expired", DELIVERING), ("released", QUEUED),
+        ("expired", QUEUED), ("released", DELIVERING), ("expired", DELIVERING),
+    ]
+
+
+def test_a_retry_after_give_up_gets_the_full_schedule_again_and_keeps_accepted_at(
+    store: tuple[Run, Clock],
+) -> None:
+    run, clock = store
+    accepted = clock.now
+    enqueue_all(run, job("m", "p"))
+    claim(run)
+    settle(run, "m", Outcome(RETRYING, error={"reason": "X"}, next_attempt_at=clock.now + 10))
+    clock.now += 10
+    claim(run)
+    settle(run, "m", Outcome(FAILED, error={"reason": "X"}))
+    given_up = run(lambda q: q.get("m"))
+    assert (given_up.state, given_up.attempts, given_up.accepted_at) == (FAILED, 2, accepted)
+    clock.now += 3600
+    assert run(lambda q: q.retry_failed(["m"])) == 1
+    retried = run(lambda q: q.get("m"))
+    assert (retried.state, retried.attempts, retried.forced) == (QUEUED, 0, True)
+    assert retried.accepted_at == accepted  # when it was accepted, not when it was retried
+    assert retried.retry_from == clock.now and retried.next_attempt_at == clock.now
+    # The worker's policy reads attempts and retry_from: the schedule starts over, as on the first day.
+    policy = QueuePolicy(min_attempts=2, give_up_seconds=60)
+    (claimed,) = run(lambda q: q.claim("a", LEASE, 10))
+    assert policy.decide(TRANSIENT, claimed.attempts + 1, clock.now - claimed.retry_from) == "retry"
+    assert policy.delay(claimed.attempts + 1) == policy.base_seconds
+    settle(run, "m", Outcome(DELIVERED))
+    assert run(lambda q: q.get("m")).attempts == 1
+
+
+def test_a_lease_taken_over_keeps_order_and_attempts(store: tuple[Run, Clock]) -> None:
+    """A sidecar dies holding a person's head: after its lease, another takes it (unsent), then the
+    rest of that person's events follow in acceptance order."""
+    run, clock = store
+    enqueue_all(run, job("p1", "p"), job("p2", "p"), job("p3", "p"))
+    assert claim(run, "dead") == ["p1"]
+    assert claim(run, "alive") == []
+    clock.now += LEASE + 1
+    assert claim(run, "alive") == ["p1"]
+    assert settle(run, "p1", Outcome(DELIVERED), owner="dead") is False
+    assert settle(run, "p1", Outcome(DELIVERED), owner="alive") is True
+    assert run(lambda q: q.get("p1")).attempts == 1  # the dead owner's claim was no attempt
+    assert claim(run, "alive") == ["p2"]
+    settle(run, "p2", Outcome(DELIVERED), owner="alive")
+    assert claim(run, "alive") == ["p3"]
 
 
 def test_delivered_events_are_pruned_after_retention(store: tuple[Run, Clock]) -> None:
@@ -205,6 +299,8 @@ def test_delivered_events_are_pruned_after_retention(store: tuple[Run, Clock]) -
     assert state(run, "failed") == FAILED  # failed events stay for an operator
     stats = run(lambda q: q.stats())
     assert stats.depth[DELIVERED] == 1 and stats.depth[FAILED] == 1
+    # The change log keeps what is recent, and each remaining event's last change however old.
+    assert [(m, s) for m, s, _ in transitions(run)] == [("failed", FAILED), ("new", DELIVERED)]
 
 
 def test_by_state_pages_oldest_first(store: tuple[Run, Clock]) -> None:
@@ -249,3 +345,53 @@ def test_nested_flight_locks_that_share_a_lock_file_do_not_wait_on_themselves(tm
             await other.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_an_upgraded_store_seeds_the_change_log_with_each_events_last_change(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A store from before the change log (queue schema step 2): a watcher resuming after the upgrade
+    still gets each event's last change under the cursor it had, and new changes follow it."""
+    from sidecar.queue import sqlite as queue_sqlite
+    from sidecar.queue.postgres import Q
+
+    clock = Clock()
+    url = f"sqlite:///{tmp_path}/state.db" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    old_steps = [queue_sqlite.SCHEMA, queue_sqlite.TRACE_COLUMN] if backend == "sqlite" else [
+        Q["migrate_1"], Q["migrate_2"]]  # fmt: skip
+    # What the old code left: a failed event whose last change had cursor 7, one never changed.
+    rows = [("old-failed", "failed", 1, 7), ("old-queued", "queued", 0, 0)]
+
+    async def main() -> list[tuple[str, str, int]]:
+        state = open_state(url, clock=clock) if backend == "sqlite" else open_state(url)
+        await state.start()
+        try:
+            await state.migrate("queue", old_steps)
+            for message_id, status, attempts, seq in rows:
+                sql = (
+                    "INSERT INTO queue_deliveries (message_id, person, event, state, active, attempts, "
+                    "accepted_at, retry_from, next_attempt_at, seq) VALUES "
+                    f"('{message_id}', 'p-{message_id}', '{{}}', '{status}', {status != 'failed'}, "
+                    f"{attempts}, 1, 1, 1, {seq})"
+                )
+                await _raw(state, backend, sql)
+            await _raw(state, backend, "UPDATE queue_meta SET value = 7 WHERE key = 'seq'")
+            queue: QueueStore = SqliteQueue(state, clock)
+            if backend == "postgresql":
+                queue = PostgresQueue(state, clock)
+            await queue.open()  # step 3: the change log
+            await queue.retry_failed(["old-failed"])
+            return [(c.message_id, c.state, c.seq) for c in await queue.changes(0, 10)]
+        finally:
+            await state.aclose()
+
+    assert asyncio.run(main()) == [("old-failed", FAILED, 7), ("old-failed", QUEUED, 8)]
+
+
+async def _raw(state: Any, backend: str, sql: str) -> None:
+    if backend == "sqlite":
+        await state.run(lambda db: db.execute(sql.replace("True", "1").replace("False", "0")))
+    else:
+        async with state.pool.connection() as conn:
+            await conn.execute(sql)
