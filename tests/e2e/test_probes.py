@@ -35,6 +35,7 @@ from tests.support.processes import NOT_SERVING, SERVING, wait_for
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
+PROCESS_LEVEL = ("starting", "draining")  # the only conditions readiness reads
 RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"
 COMPARE = {"==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
 Sample = tuple[str, dict[str, str], float]
@@ -67,13 +68,13 @@ def samples(registry: Any) -> list[Sample]:
 
 
 @pytest.mark.parametrize("flags", list(itertools.product((False, True), repeat=len(fields(Conditions)))))
-def test_liveness_is_always_serving_and_readiness_only_follows_start_and_drain(flags: tuple[bool, ...]) -> None:
+def test_liveness_always_serves_and_readiness_follows_only_start_and_drain(flags: tuple[bool, ...]) -> None:
     conditions = Conditions(*flags)
     assert decide(conditions, LIVENESS) == SERVING  # the loop answered: that is all liveness means
     accepting = not (conditions.starting or conditions.draining)
     assert decide(conditions, READINESS) == (SERVING if accepting else NOT_SERVING)
     # The service keeps its meaning: any other condition (a bad token, the store down) says NOT_SERVING.
-    others = [getattr(conditions, f.name) for f in fields(Conditions) if f.name not in ("starting", "draining")]
+    others = [getattr(conditions, f.name) for f in fields(Conditions) if f.name not in PROCESS_LEVEL]
     assert decide(conditions, SERVICE) == (SERVING if accepting and not any(others) else NOT_SERVING)
 
 
