@@ -28,11 +28,21 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
+WORKDIR /src
+# Everything installed below is pinned, with hashes, by uv.lock: uv itself (pinned with hashes in
+# tools/uv-requirements.txt) exports the lock's pins as requirements files for pip.
+COPY tools/uv-requirements.txt tools/
+COPY uv.lock pyproject.toml ./
+COPY clients/python/pyproject.toml clients/python/
+RUN python -m venv /opt/uv \
+ && /opt/uv/bin/pip install --no-deps --require-hashes -r tools/uv-requirements.txt \
+ && /opt/uv/bin/uv export --frozen --only-group generate --no-emit-project -o /tmp/generate.txt \
+ && /opt/uv/bin/uv export --frozen --no-dev --no-emit-workspace -o /tmp/runtime.txt
+
 # Code generators, in their own venv: they never reach the runtime image.
 RUN python -m venv /opt/tools \
- && /opt/tools/bin/pip install "grpcio-tools>=1.66" "mypy-protobuf>=3.6"
+ && /opt/tools/bin/pip install --require-hashes -r /tmp/generate.txt
 
-WORKDIR /src
 COPY protos/ protos/
 # Same command as `make proto`, with $(BIN) = /opt/tools/bin.
 RUN /opt/tools/bin/python -m grpc_tools.protoc -I protos --python_out=. --grpc_python_out=. \
@@ -42,14 +52,13 @@ RUN /opt/tools/bin/python -m grpc_tools.protoc -I protos --python_out=. --grpc_p
  && touch trengo/__init__.py trengo/sidecar/__init__.py trengo/sidecar/v1/__init__.py
 
 # No README.md: it is only the package's long description, and setuptools builds without it.
-COPY pyproject.toml ./
 COPY sidecar/ sidecar/
-# The stubs import grpcio and protobuf at the versions that generated them (a
-# newer protoc's code refuses an older runtime), so pin the app's to the tools'.
+# The runtime's packages from the lock (so grpcio and protobuf are the versions the
+# generators were locked with), then the package itself without its dependencies.
 # Smoke check at the end: -I, so the installed package is imported, not ./sidecar.
-RUN /opt/tools/bin/pip freeze | grep -iE '^(grpcio|protobuf)==' > /tmp/constraints.txt \
- && python -m venv /opt/venv \
- && /opt/venv/bin/pip install --constraint /tmp/constraints.txt . \
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --require-hashes -r /tmp/runtime.txt \
+ && /opt/venv/bin/pip install --no-deps . \
  && /opt/venv/bin/trengo-sidecar --help > /dev/null \
  && /opt/venv/bin/python -I -c "import trengo.sidecar.v1.sidecar_pb2_grpc, sidecar.api.app"
 

@@ -37,6 +37,13 @@ LOCK_POLL_SECONDS = 0.02  # how often a waiter tries an advisory lock held elsew
 # How long an operation waits for a pooled connection. Operations are short, so a longer wait means
 # the server is unreachable: a StoreError, which the caller retries within its deadline.
 CONNECTION_WAIT_SECONDS = 1.0
+# After an outage. psycopg_pool retries a lost connection with a doubling backoff (1, 2, 4... s), so
+# once the server was back the pools reopened connections only at their next try, seconds later, and
+# the first callers spent their deadline waiting for a connection (the fleet test's calls right after
+# PostgreSQL returned answered TRENGO_UNAVAILABLE). So the pools give up retrying after this long (the
+# reconnect_failed hook), and the state watches the server itself, in the background.
+RECONNECT_GIVE_UP_SECONDS = 0.5
+RECOVER_POLL_SECONDS = 0.2  # how often the background watch tries the server while it is down
 
 
 def lock_id(key: str) -> int:
@@ -57,16 +64,36 @@ class PostgresState:
         self._clock = clock  # None: the server's clock
         self._migrated = False
         self._migrating = asyncio.Lock()
-        self.pool = _pool(url, "sidecar-state", 1, pool_size, connect_timeout)
+        self._connect_timeout = connect_timeout
+        self._conninfo = url  # for the watch after an outage (_recover); never logged
+        self._recovering: asyncio.Task[None] | None = None
+        self.pool = self._pool(url, "sidecar-state", 1, pool_size)
         # A held flight lock keeps its connection for as long as the block runs (Trengo calls included);
         # on the pool the block's own operations use, a full set of holders would wait on itself.
         # Outer (message_id) and inner (person) locks each have a pool, idle-free when unused.
         self._lock_pools = {
-            outer: _pool(url, f"sidecar-locks-{'outer' if outer else 'inner'}", 0, pool_size, connect_timeout)
+            outer: self._pool(url, f"sidecar-locks-{'outer' if outer else 'inner'}", 0, pool_size)
             for outer in (True, False)
         }
         self._opened = False
         self.reachable = True  # as far as the latest operation knows
+
+    def _pool(self, url: str, name: str, min_size: int, max_size: int) -> AsyncConnectionPool:
+        # open=False: opened in start(). A sidecar started while the store is down recovers by itself
+        # when it comes back (the pools' own retries, then _recover). libpq takes postgres:// and
+        # postgresql:// alike: the URL goes to it unchanged.
+        return AsyncConnectionPool(
+            url, min_size=min_size, max_size=max(max_size, 1), open=False, timeout=self._connect_timeout,
+            reconnect_timeout=RECONNECT_GIVE_UP_SECONDS, reconnect_failed=self._reconnect_failed, name=name,
+            # autocommit: a one-statement operation is one round trip; the others open a transaction.
+            # psycopg prepares a statement run five times: without that, a Track with a message_id took
+            # 3.4 ms more on the store instead of 1.0 ms. Through PgBouncer in transaction mode this needs
+            # PgBouncer 1.21 or later with max_prepared_statements set (docs/replicas.md).
+            kwargs={"connect_timeout": self._libpq_timeout(), "autocommit": True},
+        )
+
+    def _libpq_timeout(self) -> int:
+        return max(1, int(self._connect_timeout))
 
     def _now(self) -> float | None:
         return self._clock() if self._clock is not None else None
@@ -103,17 +130,15 @@ class PostgresState:
                 await conn.execute(Q["set_schema_version"], {"component": component, "version": len(steps)})
 
     async def ping(self) -> None:
-        if not self.reachable:
-            # Back from an outage: drop the pools' dead connections at once, rather than have the
-            # next calls meet them one by one.
-            async with _wrapped(self.url):
-                for pool in (self.pool, *self._lock_pools.values()):
-                    await pool.check()
         await self._ready()
         async with self._connection(transaction=False) as conn:
             await conn.execute(Q["ping"])
 
     async def aclose(self) -> None:
+        if self._recovering is not None:
+            self._recovering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovering
         if self._opened:
             for pool in (self.pool, *self._lock_pools.values()):
                 await pool.close(timeout=1.0)
@@ -125,6 +150,7 @@ class PostgresState:
         """A pooled connection; with ``transaction`` the block runs in one (committed at its end),
         else each statement commits by itself (one round trip, not three); every driver error leaves
         as StoreError."""
+        self._fail_while_down()
         # PoolTimeout is a psycopg.OperationalError too.
         pooled = (pool or self.pool).connection(CONNECTION_WAIT_SECONDS)
         try:
@@ -135,9 +161,49 @@ class PostgresState:
                     async with conn.transaction():
                         yield conn
         except StoreError:
-            self.reachable = False
+            self._lost()
             raise
         self.reachable = True
+
+    # --- after an outage ---------------------------------------------------------------------------
+
+    def _reconnect_failed(self, pool: AsyncConnectionPool) -> None:
+        """psycopg_pool's hook: a pool stopped retrying a connection (RECONNECT_GIVE_UP_SECONDS)."""
+        self._lost()
+
+    def _fail_while_down(self) -> None:
+        """While the background watch waits for the server, fail at once rather than wait out a pool
+        timeout: under a short deadline that wait used to eat the time left to say why (a call gave
+        up as "busy" instead of STORE_UNAVAILABLE). Callers retry within their deadline
+        (state/waiting.py), and the watch marks the store reachable once its pools are ready."""
+        if not self.reachable and self._recovering is not None and not self._recovering.done():
+            raise StoreError(f"the store ({self.url}) is unavailable: waiting for it to answer again")
+
+    def _lost(self) -> None:
+        """The server did not answer: watch for its return in the background (once at a time)."""
+        self.reachable = False
+        if self._recovering is None or self._recovering.done():
+            self._recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Try the server every RECOVER_POLL_SECONDS; once it answers, have each pool check its
+        connections (the dead ones are dropped and replaced at once) and open one ready connection, so
+        the first callers after the outage find the pools ready instead of paying for the reconnect."""
+        while True:
+            try:
+                timeout = self._libpq_timeout()
+                probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=timeout)
+                await probe.close()
+                break
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(RECOVER_POLL_SECONDS)
+        for pool in (self.pool, *self._lock_pools.values()):
+            with contextlib.suppress(psycopg.Error, OSError):
+                await pool.check()
+                async with pool.connection(CONNECTION_WAIT_SECONDS):
+                    pass
+        self.reachable = True
+        log.info("store connections reopened after an outage", extra={"fields": {"store": self.url}})
 
     async def _fetch(self, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
         """One statement, which commits by itself."""
@@ -210,6 +276,7 @@ class PostgresState:
         """A connection for a lock: other holders may keep every one for a while (a slow Trengo), so
         this waits as long as the caller's deadline allows, unless the server turns out unreachable."""
         while True:
+            self._fail_while_down()
             try:
                 return await pool.getconn(CONNECTION_WAIT_SECONDS)
             except PoolTimeout:
@@ -232,21 +299,6 @@ async def _wrapped(url: str) -> AsyncIterator[None]:
         raise StoreError(f"the store ({url}) is unavailable: {_why(exc, url)}") from None
     except OSError as exc:
         raise StoreError(f"the store ({url}) is unavailable: {type(exc).__name__}") from None
-
-
-def _pool(url: str, name: str, min_size: int, max_size: int, connect_timeout: float) -> AsyncConnectionPool:
-    # open=False: opened in start(); the pool keeps (re)connecting in the background, so a sidecar
-    # started while the store is down recovers by itself when it comes back. libpq takes postgres://
-    # and postgresql:// alike: the URL goes to it unchanged.
-    return AsyncConnectionPool(
-        url, min_size=min_size, max_size=max(max_size, 1), open=False, timeout=connect_timeout,
-        reconnect_timeout=float("inf"), name=name,
-        # autocommit: a one-statement operation is one round trip; the others open a transaction.
-        # psycopg prepares a statement run five times: without that, a Track with a message_id took
-        # 3.4 ms more on the store instead of 1.0 ms. Through PgBouncer in transaction mode this needs
-        # PgBouncer 1.21 or later with max_prepared_statements set (docs/replicas.md).
-        kwargs={"connect_timeout": max(1, int(connect_timeout)), "autocommit": True},
-    )
 
 
 def _why(exc: BaseException, masked_url: str) -> str:

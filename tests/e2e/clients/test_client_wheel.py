@@ -3,7 +3,8 @@ installed in a clean virtualenv (no sidecar package, no trengo/ stubs, not this 
 it calls a running sidecar.
 
 pip fetches the client's dependencies (grpcio, grpcio-status, protobuf) for the clean venv as a user's
-pip would.
+pip would, held to the versions uv.lock pins (this venv's), so the test does not change with the day.
+The wheel is built without isolation, on the locked setuptools and wheel.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import venv
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -56,7 +58,7 @@ def run(*args: str | Path, cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    run(sys.executable, "-m", "build", "--wheel", "--outdir", out, CLIENT, cwd=out)
+    run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", out, CLIENT, cwd=out)
     [built] = out.glob("trengo_sidecar_client-*.whl")
     return built
 
@@ -90,7 +92,11 @@ def test_installed_alone_in_a_clean_venv_it_calls_a_running_sidecar(wheel, sidec
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
-    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel, cwd=tmp_path)
+    locked = tmp_path / "locked.txt"
+    locked.write_text("".join(f"{name}=={metadata.version(name)}\n"
+                              for name in ("grpcio", "grpcio-status", "protobuf")))
+    run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--constraint", locked,
+        wheel, cwd=tmp_path)
     answer = json.loads(run(python, "-I", "-c", SCRIPT, sidecar.address, cwd=tmp_path))
     assert answer["from"].startswith(str(env))  # the installed wheel, not this checkout
     assert answer["action"] == "create_contact" and answer["refused"] == "EVENT_NOT_MAPPED"
