@@ -58,11 +58,11 @@ class ContactFinder:
 
     # --- identify ------------------------------------------------------------------
 
-    async def identify(self, run: Run) -> Outcome:
+    async def identify(self, run: Run, ident: str) -> Outcome:
+        """An identify, with the identifier its plan holds ("" only beside a trengoContactId)."""
         event = run.event
         if event.contact_id is not None:
-            return await self._update_known(run, event.contact_id, tf.identifier_or_none(event, run.kind))
-        ident = tf.identifier(event, run.kind)
+            return await self._update_known(run, event.contact_id, ident or None)
         if not self.config.enable_dedup:
             created = await self._create(run, ident)
             return run.outcome("create_contact", created.contact_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from typing import Any
 
 from ..config.load import Config
 from ..deadline import Deadline
@@ -22,6 +21,7 @@ from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..plan import phones
 from ..plan import transform as tf
 from ..plan.events import Event
+from ..plan.plan import Plan, channel_of, plan_event
 from ..state import ContactRecord, State, open_state
 from ..trengo_api.answers import TrengoError, contact_list, has_next_page, record_id
 from ..trengo_api.client import TrengoClient
@@ -117,20 +117,23 @@ class Delivery:
         return await self._deliver(event, deadline)
 
     async def _deliver(self, event: Event, deadline: Deadline) -> Outcome:
-        template = tf.template_for(event, self.config.event_templates) if event.kind == "track" else None
+        if event.kind == "track":  # refused before any Trengo call, as check() does
+            tf.template_for(event, self.config.event_templates)
         self._precheck_identifier(event)
-        run = Run(event, deadline, event.channel_id or self.config.channel_id)
+        run = Run(event, deadline, channel_of(event, self.config))
         run.kind = await self._channel_kind(run)
         if run.kind == "phone":  # now the phone is needed: an impossible one is refused before any write
             run.event = event = self.normalise(event, strict=True)
-        # Follow-ups (sidecar/delivery/followups.py): planned before the primary write, so that a name Trengo
-        # lacks refuses the event before anything is written; sent after it.
-        if template is not None:
-            ticket_plan = await self.followups.plan_ticket(event, deadline, run.calls)
-            ticket = await self._track(run, template)
+        # Plan once (sidecar/plan/plan.py, pure), then only execute it.
+        plan = run.plan = plan_event(event, self.config, run.kind)
+        # Follow-ups (sidecar/delivery/followups.py): their names resolved before the primary write, so
+        # that a name Trengo lacks refuses the event before anything is written; sent after it.
+        if event.kind == "track":
+            ticket_plan = await self.followups.plan_ticket(plan, deadline, run.calls)
+            ticket = await self._track(run, plan)
             return await self.followups.finish_ticket(ticket_plan, ticket, deadline)
-        contact_plan = await self.followups.plan_contact(event, deadline, run.calls)
-        contact = await self.finder.identify(run)
+        contact_plan = await self.followups.plan_contact(plan, deadline, run.calls)
+        contact = await self.finder.identify(run, plan.identifier)
         return await self.followups.finish_contact(contact_plan, contact, deadline)
 
     def _precheck_identifier(self, event: Event) -> None:
@@ -202,13 +205,11 @@ class Delivery:
 
     # --- track ---------------------------------------------------------------------
 
-    async def _track(self, run: Run, template: Any) -> Outcome:
-        event = run.event
-        subject = tf.subject(event, template, run.kind)
-        contact_id = event.contact_id
+    async def _track(self, run: Run, plan: Plan) -> Outcome:
+        subject, ident = plan.subject, plan.identifier
+        contact_id = run.event.contact_id
         key = ""
         if contact_id is None:
-            ident = tf.identifier(event, run.kind)
             key = self.finder.key(ident, run.kind)
             contact_id = await self._find_for_track(run, ident, key)
         try:
@@ -219,7 +220,7 @@ class Delivery:
             # Trengo no longer knows the cached contact: drop it (for every sidecar), search once more, retry.
             await self.finder.forget(key)
             run.cache_hit = False
-            contact_id = await self._find_for_track(run, tf.identifier(event, run.kind), key)
+            contact_id = await self._find_for_track(run, ident, key)
             ticket_id = await self._ticket(run, contact_id, subject)
         return run.outcome("create_ticket", contact_id, ticket_id)
 

@@ -1,7 +1,9 @@
 """The follow-up writes after an event's primary write: a ticket's note and labels, a contact's fields.
 
-``Delivery`` calls ``plan_*`` before the primary write, so that a label or custom field name
-Trengo does not have fails the event before anything is written, and ``finish_*`` after it. The
+What to write is in the event's plan (sidecar/plan/plan.py: the note rendered, the labels and custom
+field values); this module finds the ids Trengo gives the names and sends the writes. ``Delivery``
+calls ``plan_*`` before the primary write, so that a label or custom field name Trengo does not
+have fails the event before anything is written, and ``finish_*`` after it. The
 primary write decides the call's status; a follow-up runs within the same deadline and rate limit,
 is retried like any call (``TrengoClient.send``), and one that still fails is reported in the
 outcome's ``failed_followups`` rather than failing the call: the ticket or contact exists.
@@ -22,7 +24,7 @@ from ..config.load import Config
 from ..deadline import Deadline
 from ..errors import SidecarError, Unavailable
 from ..plan import followup_plan as fp
-from ..plan.events import Event
+from ..plan.plan import Plan
 from ..plan.transform import Call
 from ..trengo_api.answers import contact_list, has_next_page
 from ..trengo_api.client import TrengoClient
@@ -70,18 +72,15 @@ class FollowUps:
 
     # --- a track's ticket -------------------------------------------------------------
 
-    async def plan_ticket(
-        self, event: Event, deadline: Deadline, calls: list[CallRecord]
-    ) -> TicketPlan | None:
-        extras = self.config.event_extras.get(event.event_name)
-        assign_to = extras.assign_to if extras and extras.assign_to else self.config.default_assign_to
-        note = fp.note_text(event, extras) if extras else None
-        labels = await self._resolve("label", extras.labels, deadline, calls) if extras else []
+    async def plan_ticket(self, plan: Plan, deadline: Deadline, calls: list[CallRecord]) -> TicketPlan | None:
+        """The plan's note, and the ids of its labels and assignee (Trengo's lists, cached)."""
+        labels = await self._resolve("label", plan.labels, deadline, calls) if plan.labels else []
         assign = None
-        if assign_to is not None:  # resolved before the ticket exists: an unknown name writes nothing
-            [(target, target_id)] = await self._resolve(assign_to.kind, [assign_to.target], deadline, calls)
-            assign = (assign_to.kind, target, target_id)
-        return TicketPlan(note, labels, assign) if note or labels or assign else None
+        if plan.assign_to is not None:  # resolved before the ticket exists: an unknown name writes nothing
+            kind = plan.assign_to.kind
+            [(target, target_id)] = await self._resolve(kind, [plan.assign_to.target], deadline, calls)
+            assign = (kind, target, target_id)
+        return TicketPlan(plan.note, labels, assign) if plan.note or labels or assign else None
 
     async def finish_ticket(self, plan: TicketPlan | None, outcome: Outcome, deadline: Deadline) -> Outcome:
         if plan is not None and outcome.action == "create_ticket":
@@ -97,9 +96,10 @@ class FollowUps:
     # --- an identify's contact ----------------------------------------------------------
 
     async def plan_contact(
-        self, event: Event, deadline: Deadline, calls: list[CallRecord]
+        self, plan: Plan, deadline: Deadline, calls: list[CallRecord]
     ) -> list[tuple[fp.FieldValue, int]]:
-        values = fp.field_values(event, self.config.custom_field_map)
+        """The plan's custom field values, with their fields' ids (Trengo's list, cached)."""
+        values = plan.custom_fields
         if not values:
             return []
         ids = await self._resolve("custom_field", [v.mapping.field for v in values], deadline, calls)

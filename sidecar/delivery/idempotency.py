@@ -34,6 +34,7 @@ from .outcome import Outcome
 
 log = logging.getLogger("sidecar")
 # The errors a result may hold, by name, so a stored one comes back as the same class.
+_NOT_STORED = ("calls", "plan")  # a replay answers with no calls; the plan holds compiled templates
 _ERRORS: dict[str, type[SidecarError]] = {"OutcomeUnknown": OutcomeUnknown, "CutOff": CutOff}
 
 
@@ -177,7 +178,8 @@ class _Sending:
 
 
 def encode_outcome(outcome: Outcome) -> StoredResult:
-    fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(outcome) if f.name != "calls"}
+    stored = [f.name for f in dataclasses.fields(outcome) if f.name not in _NOT_STORED]
+    fields = {name: getattr(outcome, name) for name in stored}
     fields["failed_followups"] = [dataclasses.asdict(f) for f in outcome.failed_followups]  # as data
     fields["assignment"] = dataclasses.asdict(outcome.assignment) if outcome.assignment else None
     return StoredResult(outcome=fields)

@@ -17,6 +17,7 @@ from ..errors import SidecarError
 from ..plan import transform as tf
 from ..plan.events import Event
 from ..plan.followup_plan import Assignment, FollowUpFailure
+from ..plan.plan import Plan
 from ..trengo_api.records import CallRecord
 
 ACTIONS = {
@@ -45,6 +46,8 @@ class Outcome:
     # follow-ups (note, labels, custom fields) that did not land; the primary write stands
     failed_followups: list[FollowUpFailure] = field(default_factory=list)
     assignment: Assignment | None = None  # a track's ticket, when assignTo/defaultAssignTo applies
+    # what was planned (sidecar/plan/plan.py): a dry run's answer in process; never stored nor sent
+    plan: Plan | None = None
 
 
 @dataclass(slots=True)
@@ -57,6 +60,7 @@ class Run:
     calls: list[CallRecord] = field(default_factory=list)
     kind: tf.Kind = "email"
     cache_hit: bool = False
+    plan: Plan | None = None  # made once the channel's kind is known
 
     def outcome(self, action: str, contact_id: int = 0, ticket_id: int = 0) -> Outcome:
         return Outcome(
@@ -68,6 +72,7 @@ class Run:
             self.event.dry_run,
             self.cache_hit,
             message_id=self.event.message_id,
+            plan=self.plan,
         )
 
 

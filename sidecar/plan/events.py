@@ -2,25 +2,24 @@
 
 All validation of caller input lives here: a request that gets past
 ``from_*`` is well-formed, so nothing downstream has to second-guess it.
-Struct values are converted once, with limits on depth and size and with
-NaN/Infinity refused, so hostile input fails here as INVALID_ARGUMENT naming
+Struct values are converted once (structs.py), with limits on depth and size and
+with NaN/Infinity refused, so hostile input fails here as INVALID_ARGUMENT naming
 the field instead of deep inside the delivery.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from google.protobuf import struct_pb2
-
 from ..errors import InvalidArgument
+from .structs import MAX_DEPTH as MAX_DEPTH  # re-exported, with the converters (the ingest, the tests)
+from .structs import plain_json as plain_json
+from .structs import struct_to_dict
+from .structs import too_many_fields as too_many_fields
 
-# Struct levels. Each is three protobuf message levels, and protobuf stops decoding at 100.
-MAX_DEPTH = 24
 MAX_IDENTIFIER = 254  # the longest valid e-mail address
 MAX_NAME = 255
 MAX_EVENT_NAME = 255
@@ -63,89 +62,6 @@ class Event:
     # (values, where) for traits then context.traits, "where" as the request named them: customFieldMap
     # reads these
     trait_sources: tuple[tuple[dict[str, Any], str], ...] = ()
-
-
-# --- Struct conversion ------------------------------------------------------
-
-
-def struct_to_dict(struct: struct_pb2.Struct, where: str) -> dict[str, Any]:
-    """Convert a Struct to plain Python, refusing what JSON cannot carry."""
-    return _struct(struct, where, 0)
-
-
-def _struct(struct: struct_pb2.Struct, where: str, depth: int) -> dict[str, Any]:
-    if depth > MAX_DEPTH:
-        raise InvalidArgument(f"{where} is nested deeper than {MAX_DEPTH} levels", field=where)
-    return {key: _value(value, f"{where}.{key}", depth + 1) for key, value in struct.fields.items()}
-
-
-def _value(value: struct_pb2.Value, where: str, depth: int) -> Any:
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        number = value.number_value
-        if not math.isfinite(number):
-            raise InvalidArgument(f"{where} is {number}; JSON numbers must be finite", field=where)
-        # Struct carries every number as a double; whole ones become ints so
-        # they render and serialise as JavaScript would (5000, not 5000.0).
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return _struct(value.struct_value, where, depth)
-    if kind == "list_value":
-        if depth > MAX_DEPTH:
-            raise InvalidArgument(f"{where} is nested deeper than {MAX_DEPTH} levels", field=where)
-        return [_value(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value.list_value.values)]
-    return None  # null_value, or a Value with no kind set
-
-
-def plain_json(value: Any, where: str) -> Any:
-    """A parsed JSON value (json.loads, NaN refused there) under the same rules as a Struct's: depth
-    limited, whole numbers below 2^53 as ints, other numbers as floats (a Struct carries doubles).
-
-    The HTTP ingest's events take this path instead of a round trip through a Struct, which costs
-    twice as much for the same result. The path to a bad value is built only when there is one.
-    """
-    try:
-        return _plain(value, 0)
-    except _BadValue as bad:
-        at = where + "".join(reversed(bad.path))
-        raise InvalidArgument(bad.problem.format(at=at), field=at) from None
-
-
-class _BadValue(Exception):
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-        self.path: list[str] = []
-
-
-def _plain(value: Any, depth: int) -> Any:
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return value
-    if kind is dict or kind is list:
-        if depth > MAX_DEPTH:
-            raise _BadValue(f"{{at}} is nested deeper than {MAX_DEPTH} levels")
-        items = value.items() if kind is dict else enumerate(value)
-        out: Any = {} if kind is dict else [None] * len(value)
-        for key, item in items:
-            try:
-                out[key] = _plain(item, depth + 1)
-            except _BadValue as bad:
-                bad.path.append(f".{key}" if kind is dict else f"[{key}]")
-                raise
-        return out
-    if kind is int and abs(value) < 2**53:
-        return value
-    try:
-        number = float(value)
-    except OverflowError:  # an integer past a double's range: a Struct could not carry it either
-        raise _BadValue("{at} is too large a number for JSON's doubles") from None
-    if not math.isfinite(number):
-        raise _BadValue(f"{{at}} is {number}; JSON numbers must be finite")
-    return int(number) if number.is_integer() and abs(number) < 2**53 else number
 
 
 # --- typed requests ---------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
+from sidecar.deadline import Deadline
+from sidecar.plan import events
+from sidecar.plan.plan import plan_event
 from tests.support.grpc_helpers import failure
 from tests.support.harness import EMAIL_CHANNEL, struct
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -72,3 +76,19 @@ def test_a_ticket_422_about_another_field_is_not_taken_for_a_stale_contact(stub,
     assert not control.requests(path_prefix=SEARCH, method="GET")
     assert len(control.requests(path_prefix="/api/v2/tickets", method="POST")) == 1
     assert stub.Track(track).contact_id == contact.contact_id  # still cached, still right
+
+
+def test_a_dry_run_hands_back_the_plan_it_executed(sidecar, control):
+    control.add_contact(name="D", identifier="d@example.com", channel_id=EMAIL_CHANNEL)
+    traits = struct({"traits": {"email": "d@example.com"}})
+    request = pb.TrackRequest(event="Product Purchased", context=traits, properties=struct({}), dry_run=True)
+    event = events.from_track(request)
+    delivery = sidecar.sidecar.delivery
+    outcome = sidecar.call(delivery.deliver(event, Deadline.after(5)))
+    assert outcome.dry_run and outcome.plan == plan_event(event, delivery.config, "email")
+    assert outcome.plan.subject == "Product Purchased from our store"
+    # what it would write is what the plan holds: the ticket's subject, on the planned channel
+    [ticket] = [c for c in outcome.calls if c.url.endswith("/tickets")]
+    body = json.loads(ticket.body_json)
+    assert (body["subject"], body["channel_id"]) == (outcome.plan.subject, outcome.plan.channel_id)
+    assert control.tickets() == []  # and nothing was written

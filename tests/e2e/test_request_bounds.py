@@ -26,7 +26,7 @@ from sidecar.trengo_api.transport import MAX_ANSWER_BYTES
 from tests.support.fleet import ROOT, SERVICE, SERVING, wait_for
 from tests.support.grpc_helpers import failure, health_status
 from tests.support.harness import EMAIL_CHANNEL, TEMPLATES, TOKEN, cli_env, free_port, struct
-from tests.unit.trengo_api.test_transport import Server, client, ok
+from tests.support.scripted_server import Server, client, ok
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 

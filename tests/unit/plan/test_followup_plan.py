@@ -15,6 +15,7 @@ from sidecar.delivery.followups import FollowUps
 from sidecar.errors import ConfigError, FailedPrecondition, InvalidArgument
 from sidecar.plan import followup_plan as fp
 from sidecar.plan.events import Event
+from sidecar.plan.plan import Plan, plan_event
 from sidecar.plan.templates import compile_template
 from sidecar.trengo_api.client import CallRecord, TrengoClient
 from tests.support.harness import sidecar_config
@@ -133,6 +134,11 @@ def test_only_contact_custom_fields_are_found_by_name():
     assert fp.field_index(records) == {"Plan": 2, "City": 3}
 
 
+def plan_of(resolver: FollowUps, event: Event) -> Plan:
+    """The event's plan (sidecar/plan/plan.py) on an e-mail channel, as Delivery makes it."""
+    return plan_event(event, resolver.config, "email")
+
+
 def _resolver(sim: Any, **overrides: Any) -> tuple[FollowUps, TrengoClient]:
     config = build_config(sidecar_config(sim.base_url, **overrides))
     client = TrengoClient(config.base_url, config.api_token, timeout=2)
@@ -150,18 +156,18 @@ def test_label_names_are_listed_across_pages_once_and_then_cached(sim, control, 
     async def test() -> None:
         resolver, client = _resolver(sim, eventTemplateMap=entries)
         calls: list[CallRecord] = []
-        plan = await resolver.plan_ticket(track(), Deadline.after(5), calls)
+        plan = await resolver.plan_ticket(plan_of(resolver, track()), Deadline.after(5), calls)
         assert plan is not None and [label_id for _, label_id in plan.labels] == [vip, ids[3]]
         assert [c.url.rsplit("/", 1)[1] for c in calls] == ["labels?page=1", "labels?page=2"]
         again: list[CallRecord] = []
-        await resolver.plan_ticket(track(), Deadline.after(5), again)
+        await resolver.plan_ticket(plan_of(resolver, track()), Deadline.after(5), again)
         assert again == []  # from the cache
         new = control.add_label("New")["id"]
         refund = Event("track", email="ann@x.io", event_name="Refund")
         with pytest.raises(FailedPrecondition):  # listed too recently to list again
-            await resolver.plan_ticket(refund, Deadline.after(5), again)
+            await resolver.plan_ticket(plan_of(resolver, refund), Deadline.after(5), again)
         monkeypatch.setattr(followups, "RELIST_SECONDS", 0.0)
-        plan = await resolver.plan_ticket(refund, Deadline.after(5), again)
+        plan = await resolver.plan_ticket(plan_of(resolver, refund), Deadline.after(5), again)
         assert plan is not None and plan.labels == [("New", new)]
         assert len(again) == 2  # listed again, for the name it lacked
         await client.aclose()
@@ -178,9 +184,11 @@ def test_custom_field_names_are_looked_up_only_for_traits_the_event_carries(sim,
             sim, customFieldMap=[{"from": "plan", "to": "Plan"}, {"from": "x", "to": 77}]
         )
         calls: list[CallRecord] = []
-        assert await resolver.plan_contact(identify({"other": 1}), Deadline.after(5), calls) == []
+        nothing = plan_of(resolver, identify({"other": 1}))
+        assert await resolver.plan_contact(nothing, Deadline.after(5), calls) == []
         assert calls == []
-        planned = await resolver.plan_contact(identify({"plan": "pro", "x": "y"}), Deadline.after(5), calls)
+        pro = plan_of(resolver, identify({"plan": "pro", "x": "y"}))
+        planned = await resolver.plan_contact(pro, Deadline.after(5), calls)
         assert [(v.value, field_id) for v, field_id in planned] == [("pro", plan_field), ("y", 77)]
         assert len(calls) == 1
         await client.aclose()
