@@ -29,7 +29,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..state.sql import load_queries
-from .store import STATES, Change, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
+from .store import (
+    DELIVERED,
+    STATES,
+    Change,
+    Job,
+    NewJob,
+    Outcome,
+    QueueError,
+    RetryRefused,
+    Stats,
+    unknown_error,
+)
 
 T = TypeVar("T")
 Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
@@ -140,6 +151,8 @@ class PostgresQueue:
             cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
             if await cursor.fetchone() is None:
                 return False
+            if outcome.state == DELIVERED:  # an identify's waiting tracks: their rows before the counter
+                await conn.execute(Q["wake_waiting"], {"id": job_id, "now": self._now()})
             await conn.execute(
                 Q["finish"],
                 {
