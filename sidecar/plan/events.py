@@ -18,6 +18,7 @@ from ..errors import InvalidArgument
 from .structs import MAX_DEPTH as MAX_DEPTH  # re-exported, with the converters (the ingest, the tests)
 from .structs import plain_json as plain_json
 from .structs import struct_to_dict
+from .structs import too_many_fields as too_many_fields
 
 MAX_IDENTIFIER = 254  # the longest valid e-mail address
 MAX_NAME = 255

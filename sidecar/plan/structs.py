@@ -50,6 +50,24 @@ def _value(value: struct_pb2.Value, where: str, depth: int) -> Any:
     return None  # null_value, or a Value with no kind set
 
 
+def too_many_fields(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON event holds more than ``limit`` values below its root, counted as a
+    Struct's values are (maxEventFields). Containers are counted by their length, so the walk stops
+    within ``limit`` values, however wide the event."""
+    seen = 0
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is not dict and kind is not list:
+            continue
+        seen += len(node)
+        if seen > limit:
+            return True
+        stack.extend(node.values() if kind is dict else node)
+    return False
+
+
 def plain_json(value: Any, where: str) -> Any:
     """A parsed JSON value (json.loads, NaN refused there) under the same rules as a Struct's: depth
     limited, whole numbers below 2^53 as ints, other numbers as floats (a Struct carries doubles).

@@ -65,7 +65,7 @@ def decide(
         if kind in FILTERED_TYPES:
             reason = f"type {kind} is not sent to Trengo"
             return Decision(index, message_id, outcome=FILTERED, reason=reason, message=reason)
-        event = _parse(raw)
+        event = _parse(raw, config.max_event_fields)
         if event.message_id != message_id:  # none was given: the one generated
             event = replace(event, message_id=message_id)
         dropped = filters.check(event, config)
@@ -102,8 +102,14 @@ def _kind(raw: Any) -> str:
     return kind
 
 
-def _parse(raw: dict[str, Any]) -> events.Event:
-    """As SendEvent parses its event, numbers and depth under a Struct's rules (events.plain_json)."""
+def _parse(raw: dict[str, Any], max_fields: int) -> events.Event:
+    """As SendEvent parses its event, numbers and depth under a Struct's rules (events.plain_json),
+    and no more values than a SendEvent may carry (maxEventFields)."""
+    if events.too_many_fields(raw, max_fields):
+        raise InvalidArgument(
+            f"event makes the event more than {max_fields} fields (JSON values), over maxEventFields",
+            field="event",
+        )
     return events.from_rudder_json(events.plain_json(raw, "event"))
 
 

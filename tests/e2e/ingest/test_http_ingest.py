@@ -105,6 +105,19 @@ def test_a_batch_of_ten_with_two_invalid_and_a_page(start: Start, control: Simul
     assert 'trengo_sidecar_http_requests_total{route="/v1/batch",status="200"} 1.0' in scrape
 
 
+def test_an_event_past_max_event_fields_is_rejected_naming_the_count(start: Start, control: SimulatorControl):
+    thread = start(maxEventFields=50)
+    wide = {"type": "track", "userId": "wide", "messageId": "wide", "event": "Product Purchased",
+            "properties": {f"k{n}": n for n in range(60)}}  # fmt: skip
+    answer = post(url_of(thread), "batch", {"batch": [identify(0), wide]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["accepted"], body["rejected"]) == (1, 1)
+    [refused] = body["events"]
+    assert (refused["messageId"], refused["field"]) == ("wide", "event")
+    assert "more than 50 fields" in refused["message"]
+
+
 def test_a_batch_sent_again_is_acknowledged_and_not_queued_twice(start: Start, control: SimulatorControl):
     thread = start()
     batch = {"batch": [identify(1), track(1)]}

@@ -395,3 +395,21 @@ async def _raw(state: Any, backend: str, sql: str) -> None:
     else:
         async with state.pool.connection() as conn:
             await conn.execute(sql)
+
+
+def test_a_batch_is_stored_in_order_with_its_refused_events_failed(store: tuple[Run, Clock]) -> None:
+    """enqueue_many (the HTTP ingest's batch): one transaction; duplicates inside it or of earlier
+    events answered False; a job with an error stored failed and inactive, with a cursor for watchers."""
+    run, _ = store
+    enqueue_all(run, job("old", "p"))
+    error = {"code": 3, "message": "event.event is required", "reason": "INVALID_EVENT"}
+    refused = NewJob("bad", "message:bad", {"refused": {"type": "track"}}, error=error)
+    batch = [job("b1", "p"), job("old", "p"), refused, job("b2", "q"), job("b1", "p"), job("b3", "p")]
+    assert run(lambda q: q.enqueue_many(batch)) == [True, False, True, True, False, True]
+    assert run(lambda q: q.enqueue_many([refused, job("b2", "q")])) == [False, False]
+    failed = run(lambda q: q.get("bad"))
+    assert failed.state == FAILED and failed.error["reason"] == "INVALID_EVENT" and failed.seq > 0
+    assert [c.message_id for c in run(lambda q: q.changes(0, 10))] == ["bad"]  # acceptance is no change
+    # Order per person holds across the batch, and the refused event holds no one's turn.
+    assert claim(run, limit=10) == ["old", "b2"]
+    assert [j.message_id for j in run(lambda q: q.by_state(QUEUED, 0, 10))] == ["b1", "b3"]
