@@ -103,6 +103,8 @@ class Config:
     queue_poll_seconds: float = 1.0
     queue_attempt_timeout_seconds: float = 60.0
     queue_retention_seconds: float = 7 * 86400.0
+    # How long a queued Track whose contact is not found yet waits for it (an identify on its way).
+    queue_contact_wait_seconds: float = 600.0
     # server
     max_message_bytes: int = 4 * 1024 * 1024
     auth_token: Secret = field(default_factory=lambda: Secret(""))
@@ -164,6 +166,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "queuePollSeconds": ("queue_poll_seconds", "SIDECAR_QUEUE_POLL_SECONDS"),
     "queueAttemptTimeoutSeconds": ("queue_attempt_timeout_seconds", "SIDECAR_QUEUE_ATTEMPT_TIMEOUT_SECONDS"),
     "queueRetentionSeconds": ("queue_retention_seconds", "SIDECAR_QUEUE_RETENTION_SECONDS"),
+    "queueContactWaitSeconds": ("queue_contact_wait_seconds", "SIDECAR_QUEUE_CONTACT_WAIT_SECONDS"),
     "maxMessageBytes": ("max_message_bytes", "SIDECAR_MAX_MESSAGE_BYTES"),
     "authToken": ("auth_token", "SIDECAR_AUTH_TOKEN"),
     "authTokenFile": ("auth_token", "SIDECAR_AUTH_TOKEN_FILE"),
