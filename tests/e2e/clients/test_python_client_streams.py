@@ -95,7 +95,8 @@ def failed_order(client: TrengoSidecarClient, control) -> str:
     """Ann identified, then her order refused once by Trengo (422): failed for good."""
     client.enqueue_identify(email="ann@example.com", user_id="ann", message_id="ann-1")
     control.add_fault(method="POST", path=TICKETS, status=422, count=1)
-    client.enqueue_track("Order", email="ann@example.com", user_id="ann", properties={"n": 1}, message_id="o-1")
+    client.enqueue_track("Order", email="ann@example.com", user_id="ann", properties={"n": 1},
+                         message_id="o-1")
     wait_for(lambda: client.get_delivery("o-1").state is DeliveryState.FAILED, "o-1 to fail")
     return "o-1"
 
