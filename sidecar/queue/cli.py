@@ -202,6 +202,8 @@ def _line(status: pb.DeliveryStatus) -> str:
     state = pb.DeliveryState.Name(status.state).removeprefix("DELIVERY_STATE_").lower()
     accepted = status.accepted_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"{status.message_id}  {state}  attempts={status.attempts}  accepted={accepted}"
+    if status.HasField("next_attempt_at"):  # queued or retrying: when it goes next
+        line += "  next=" + status.next_attempt_at.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
     if status.HasField("result"):
         result = status.result
         line += f"  contact={result.contact_id}" + (

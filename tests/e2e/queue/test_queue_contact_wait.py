@@ -7,6 +7,8 @@ behind it. The Track RPC is unchanged: CONTACT_NOT_FOUND at once.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 from sidecar.simulator import SimulatorControl
 from tests.support.grpc_helpers import failure
-from tests.support.harness import SidecarThread
+from tests.support.harness import SidecarThread, cli_env
 from tests.support.ingest_helpers import ingest_config, post, url_of
 from tests.support.queue_helpers import FAST_QUEUE, identify, order, settled, subject_order, wait_for
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -56,7 +58,8 @@ def waiting(stub: pb_grpc.TrengoSidecarStub, message_id: str) -> pb.DeliveryStat
 def test_a_track_enqueued_before_its_identify_is_delivered_once_the_identify_lands(
     start: Start, control: SimulatorControl
 ) -> None:
-    stub = start().stub()[1]
+    thread = start()
+    stub = thread.stub()[1]
     first = stub.Enqueue(order("ann", 1, message_id="t1"), timeout=5).message_id
     shown = waiting(stub, first)
     # What an operator sees meanwhile: retrying, with the reason and the wait.
@@ -65,6 +68,11 @@ def test_a_track_enqueued_before_its_identify_is_delivered_once_the_identify_lan
     assert shown.next_attempt_at.ToNanoseconds() > 0
     listed = stub.ListDeliveries(pb.ListDeliveriesRequest(state=pb.DELIVERY_STATE_RETRYING), timeout=5)
     assert [(d.message_id, d.error.reason) for d in listed.deliveries] == [("t1", "CONTACT_NOT_FOUND")]
+    command = [sys.executable, "-m", "sidecar", "deliveries", "--address", thread.address, "list", "--state",
+               "retrying"]  # fmt: skip
+    line = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=30).stdout
+    assert line.startswith("t1  retrying  attempts=") and "  next=20" in line, line
+    assert "CONTACT_NOT_FOUND: waiting up to 600 s (queueContactWaitSeconds) for the contact" in line
     # The person's other events queue behind the waiting track; the identify may pass them.
     ids = [first, stub.Enqueue(order("ann", 2, message_id="t2"), timeout=5).message_id]
     ids.append(stub.Enqueue(identify("ann", message_id="i1", name="Ann Lee"), timeout=5).message_id)
