@@ -98,6 +98,10 @@ def _plain(value: Any, depth: int) -> Any:
         items = value.items() if kind is dict else enumerate(value)
         out: Any = {} if kind is dict else [None] * len(value)
         for key, item in items:
+            leaf = type(item)
+            if leaf is str or leaf is bool or item is None:  # most values: kept without a call
+                out[key] = item
+                continue
             try:
                 out[key] = _plain(item, depth + 1)
             except _BadValue as bad:
