@@ -29,7 +29,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..state.sql import load_queries
-from .store import STATES, Change, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
+from .store import (
+    DELIVERED,
+    STATES,
+    Change,
+    Job,
+    NewJob,
+    Outcome,
+    QueueError,
+    RetryRefused,
+    Stats,
+    unknown_error,
+)
 
 T = TypeVar("T")
 Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
@@ -72,28 +83,46 @@ class PostgresQueue:
 
     async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
         async def insert(conn: psycopg.AsyncConnection[Any]) -> list[bool]:
+            answers = [False] * len(jobs)
             seen: set[str] = set()  # twice in one batch: the second is the duplicate
-            inserted = []
-            for job in jobs:
-                fresh = job.message_id not in seen and await self._insert(conn, job)
+            queued: list[int] = []
+            for i, job in enumerate(jobs):
+                if job.message_id in seen:
+                    continue
                 seen.add(job.message_id)
-                inserted.append(fresh)
-            return inserted
+                if job.error is None:
+                    queued.append(i)
+                else:  # refused at acceptance (rare): one at a time, each logged as a change
+                    answers[i] = await self._insert(conn, job)
+            if len(queued) == 1:  # Enqueue's one event
+                cursor = await conn.execute(Q["enqueue"], self._params(jobs[queued[0]]))
+                answers[queued[0]] = await cursor.fetchone() is not None
+            elif queued:
+                # One executemany: psycopg pipelines it, so a batch of 100 is not 100 round trips.
+                cursor = conn.cursor()
+                params = [self._params(jobs[i]) for i in queued]
+                await cursor.executemany(Q["enqueue"], params, returning=True)
+                for n, i in enumerate(queued):
+                    if n:
+                        cursor.nextset()
+                    answers[i] = await cursor.fetchone() is not None
+            return answers
 
         return await self._run(insert)
 
-    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
-        params = {
+    def _params(self, job: NewJob) -> dict[str, Any]:
+        return {
             "message_id": job.message_id,
             "person": job.person,
             "event": Jsonb(job.event),
             "trace": Jsonb(job.trace) if job.trace else None,
             "now": self._now(),
         }
-        if job.error is None:
-            cursor = await conn.execute(Q["enqueue"], params)
-        else:  # failed at acceptance: takes a cursor and is logged as a change (enqueue_failed)
-            cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
+
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
+        """A job refused at acceptance: failed, with its cursor, logged as a change (enqueue_failed)."""
+        params = self._params(job) | {"error": Jsonb(job.error)}
+        cursor = await conn.execute(Q["enqueue_failed"], params)
         return await cursor.fetchone() is not None
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
@@ -140,6 +169,8 @@ class PostgresQueue:
             cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
             if await cursor.fetchone() is None:
                 return False
+            if outcome.state == DELIVERED:  # an identify's waiting tracks: their rows before the counter
+                await conn.execute(Q["wake_waiting"], {"id": job_id, "now": self._now()})
             await conn.execute(
                 Q["finish"],
                 {

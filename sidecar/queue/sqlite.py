@@ -127,13 +127,42 @@ EXPIRED_SENT = (
     "lease_owner = NULL, lease_until = NULL, finished_at = ? "
     "WHERE id = ?"
 )
-# The person's head (lowest active id), due, and nothing of that person in flight.
+# The person's head (lowest active id), due, with nothing of that person in flight. One exception: while
+# the head is a track waiting for its contact (retrying, CONTACT_NOT_FOUND), the person's first queued
+# identify goes instead (it creates what the track waits for); every other event stays behind the track.
+# Exactly one candidate per person, so one claim (or two sidecars' claims) never takes two of a person.
+# Same rule as postgres.sql's due_heads.
 DUE_HEADS = """
 SELECT id FROM queue_deliveries d
 WHERE d.active = 1 AND d.state IN ('queued', 'retrying') AND d.next_attempt_at <= ?
   AND NOT EXISTS (SELECT 1 FROM queue_deliveries e
-                  WHERE e.active = 1 AND e.person = d.person AND (e.id < d.id OR e.state = 'delivering'))
+                  WHERE e.active = 1 AND e.person = d.person AND e.state = 'delivering')
+  AND ((NOT EXISTS (SELECT 1 FROM queue_deliveries e
+                    WHERE e.active = 1 AND e.person = d.person AND e.id < d.id)
+        AND NOT (d.state = 'retrying'
+                 AND COALESCE(json_extract(d.error, '$.reason'), '') = 'CONTACT_NOT_FOUND'
+                 AND EXISTS (SELECT 1 FROM queue_deliveries i
+                             WHERE i.active = 1 AND i.person = d.person AND i.id > d.id
+                               AND json_extract(i.event, '$.kind') = 'identify')))
+    OR (json_extract(d.event, '$.kind') = 'identify'
+        AND NOT EXISTS (SELECT 1 FROM queue_deliveries i
+                        WHERE i.active = 1 AND i.person = d.person AND i.id < d.id
+                          AND json_extract(i.event, '$.kind') = 'identify')
+        AND EXISTS (SELECT 1 FROM queue_deliveries w
+                    WHERE w.active = 1 AND w.person = d.person AND w.state = 'retrying'
+                      AND json_extract(w.error, '$.reason') = 'CONTACT_NOT_FOUND'
+                      AND NOT EXISTS (SELECT 1 FROM queue_deliveries x
+                                      WHERE x.active = 1 AND x.person = d.person AND x.id < w.id))))
 ORDER BY d.next_attempt_at, d.id LIMIT ?
+"""
+# An identify delivered: the person's tracks waiting for their contact are due now, not at their
+# backoff's next step (up to queueRetryMaxSeconds later).
+WAKE_WAITING = """
+UPDATE queue_deliveries SET next_attempt_at = MIN(next_attempt_at, ?)
+WHERE active = 1 AND state = 'retrying'
+  AND COALESCE(json_extract(error, '$.reason'), '') = 'CONTACT_NOT_FOUND'
+  AND person = (SELECT i.person FROM queue_deliveries i
+                WHERE i.id = ? AND COALESCE(json_extract(i.event, '$.kind'), '') = 'identify')
 """
 
 
@@ -348,6 +377,8 @@ class SqliteQueue:
                 ),
             )
             self._changed(db, job_id, now)
+            if outcome.state == DELIVERED:
+                db.execute(WAKE_WAITING, (now, job_id))
             return True
 
         return await self._run(end)

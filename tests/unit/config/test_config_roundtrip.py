@@ -74,6 +74,7 @@ def full_config(tmp_path: Path, certs: Path) -> dict[str, Any]:
         "queuePollSeconds": 0.5,
         "queueAttemptTimeoutSeconds": 20,
         "queueRetentionSeconds": 86400,
+        "queueContactWaitSeconds": 120,
         "maxMessageBytes": 1048576,
         "tlsCertFile": str(certs / "server.crt"),
         "tlsKeyFile": str(certs / "server.key"),
