@@ -15,6 +15,16 @@ rows' locks, so two never wait on each other in a cycle. Acceptance takes
 no cursor (it is not a change a watcher follows), so enqueues never queue
 behind that lock; only an event refused at acceptance (the HTTP ingest's
 failed-at-once) is a change, and takes one.
+
+The limits (queueMaxDepth, queueMaxBytes) are checked against counters kept in
+8 shard rows (``queue_held``): an enqueue adds its new rows to its
+connection's shard last, holding that row's lock to commit, and sums all
+shards. Within a shard this is exact (the next enqueue waits for the commit,
+then sees it). Across shards a transaction cannot see what others have not
+committed yet, so the bound may be passed by what at most 7 enqueues in flight
+at that very moment carry (each at most one request: maxMessageBytes for
+Enqueue, one HTTP body for the ingest). One global lock would make it exact but
+would serialise every Enqueue of the fleet on one row.
 """
 
 from __future__ import annotations
@@ -29,7 +39,22 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ..state.sql import load_queries
-from .store import STATES, Change, Job, NewJob, Outcome, QueueError, RetryRefused, Stats, unknown_error
+from .store import (
+    DELIVERED,
+    STATES,
+    Change,
+    Job,
+    Limits,
+    Listed,
+    NewJob,
+    Outcome,
+    QueueError,
+    RetryRefused,
+    Stats,
+    check_room,
+    event_json,
+    unknown_error,
+)
 
 T = TypeVar("T")
 Q = load_queries(Path(__file__).parent / "sql" / "postgres.sql")
@@ -42,10 +67,13 @@ EXPIRED_MESSAGE = (
 class PostgresQueue:
     """On the state's PostgreSQL backend: its pool (``state.pool``) and its migrations."""
 
-    def __init__(self, state: Any, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, state: Any, clock: Callable[[], float] | None = None, limits: Limits | None = None
+    ) -> None:
         self.state = state
         self.pool = state.pool
         self.clock = clock  # None: the server's clock
+        self.limits = limits or Limits()
 
     def _now(self) -> float | None:
         return None if self.clock is None else self.clock()
@@ -62,7 +90,7 @@ class PostgresQueue:
             ) from None
 
     async def open(self) -> None:
-        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"], Q["migrate_3"]])
+        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"], Q["migrate_3"], Q["migrate_4"]])
 
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""
@@ -73,20 +101,30 @@ class PostgresQueue:
     async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
         async def insert(conn: psycopg.AsyncConnection[Any]) -> list[bool]:
             seen: set[str] = set()  # twice in one batch: the second is the duplicate
-            inserted = []
+            sizes = []
             for job in jobs:
-                fresh = job.message_id not in seen and await self._insert(conn, job)
+                size = 0 if job.message_id in seen else await self._insert(conn, job)
                 seen.add(job.message_id)
-                inserted.append(fresh)
-            return inserted
+                sizes.append(size)
+            new = sum(1 for size in sizes if size)
+            if new:  # last: the shard's lock is held only from here to the commit
+                cursor = await conn.execute(Q["add_held"], {"events": new, "bytes": sum(sizes)})
+                held, held_bytes = await cursor.fetchone() or (0, 0)
+                # QueueFull rolls the whole transaction back: nothing of the batch is written.
+                check_room(held - new, held_bytes - sum(sizes), new, sum(sizes), self.limits)
+            return [bool(size) for size in sizes]
 
         return await self._run(insert)
 
-    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> int:
+        """The stored bytes of the job if it was new (at least 1), else 0."""
+        event = event_json(job.event)
+        size = max(1, len(event.encode()))
         params = {
             "message_id": job.message_id,
             "person": job.person,
-            "event": Jsonb(job.event),
+            "event": event,
+            "bytes": size,
             "trace": Jsonb(job.trace) if job.trace else None,
             "now": self._now(),
         }
@@ -94,7 +132,7 @@ class PostgresQueue:
             cursor = await conn.execute(Q["enqueue"], params)
         else:  # failed at acceptance: takes a cursor and is logged as a change (enqueue_failed)
             cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
-        return await cursor.fetchone() is not None
+        return size if await cursor.fetchone() is not None else 0
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         async def take(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
@@ -151,6 +189,8 @@ class PostgresQueue:
                     "now": self._now(),
                 },
             )
+            if outcome.state == DELIVERED:  # after the row's and the counter's locks (no cycle)
+                await conn.execute(Q["delivered_held"], {"id": job_id})
             return True
 
         return await self._run(end)
@@ -172,22 +212,19 @@ class PostgresQueue:
 
         return await self._run(read)
 
-    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
-        return await self._rows(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Listed]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Listed]:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
+            return [_listed(row) for row in await cursor.fetchall()]
+
+        return await self._run(read)
 
     async def changes(self, after_seq: int, limit: int) -> list[Change]:
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Change]:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(Q["changes"], {"after": after_seq, "limit": limit})
             return [_change(row) for row in await cursor.fetchall()]
-
-        return await self._run(read)
-
-    async def _rows(self, query: str, params: dict[str, Any]) -> list[Job]:
-        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(query, params)
-            return [_job(row) for row in await cursor.fetchall()]
 
         return await self._run(read)
 
@@ -218,13 +255,24 @@ class PostgresQueue:
 
         return await self._run(delete)
 
+    async def prune_failed(self, failed_before: float) -> int:
+        async def delete(conn: psycopg.AsyncConnection[Any]) -> int:
+            cursor = await conn.execute(Q["prune_failed"], {"before": failed_before})
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(delete)
+
     async def stats(self) -> Stats:
         async def read(conn: psycopg.AsyncConnection[Any]) -> Stats:
             cursor = await conn.execute(Q["depth"])
             depth = {state: count for state, count in await cursor.fetchall()}
             cursor = await conn.execute(Q["oldest"])
             oldest = await cursor.fetchone()
-            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0] if oldest else None)
+            cursor = await conn.execute(Q["held_total"])
+            held = await cursor.fetchone() or (0, 0)
+            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0] if oldest else None,
+                         int(held[0]), int(held[1]))
 
         return await self._run(read)
 
@@ -237,17 +285,21 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _listed(row: dict[str, Any]) -> Listed:
+    return _status(Listed, row["id"], row)
+
+
 def _change(row: dict[str, Any]) -> Change:
-    return Change(
-        seq=row["seq"],
-        message_id=row["message_id"],
-        state=row["state"],
-        attempts=row["attempts"],
-        accepted_at=row["accepted_at"],
-        next_attempt_at=row["next_attempt_at"],
-        result=_json(row["result"]),
-        error=_json(row["error"]),
-    )
+    return _status(Change, row["seq"], row)
+
+
+S = TypeVar("S", Listed, Change)
+
+
+def _status(kind: type[S], first: int, row: dict[str, Any]) -> S:
+    """A status row as a Listed (``first``: its id) or a Change (``first``: its cursor)."""
+    return kind(first, row["message_id"], row["state"], row["attempts"], row["accepted_at"],
+                row["next_attempt_at"], _json(row["result"]), _json(row["error"]))  # fmt: skip
 
 
 def _job(row: dict[str, Any]) -> Job:
