@@ -12,15 +12,19 @@
 # caller auth unless SIDECAR_ALLOW_UNAUTHENTICATED=true.
 #
 # Two stages. The builder generates the Python stubs from protos/ (the exact
-# command of the Makefile's `proto` target; tests/test_manifests.py checks they
+# command of the Makefile's `proto` target; tests/project/test_manifests.py checks they
 # stay the same) and installs the package into /opt/venv. The runtime stage is
 # a clean python:3.11-slim with that venv only: no compiler, no grpcio-tools,
 # no source tree. No secret is baked in: the Trengo token comes at run time
 # (TRENGO_API_TOKEN_FILE, a mounted file, or TRENGO_API_TOKEN).
 #
-# Health: grpc.health.v1 (for "" and "trengo.sidecar.v1.TrengoSidecar") is
-# served alone on healthListen (50052); Kubernetes probes it natively with
-# `grpc: {port: 50052}` (see deploy/kubernetes/), so no probe binary is shipped.
+# Health: grpc.health.v1 is served alone on healthListen (50052); Kubernetes
+# probes it natively with `grpc: {port: 50052, service: readiness}` (and
+# `liveness`; see deploy/kubernetes/), so no probe binary is shipped.
+# "trengo.sidecar.v1.TrengoSidecar" (and "") say whether a call can succeed now.
+#
+# `make test-image` builds this file unchanged with buildah and runs the image
+# (tests/image/): its health, a Track, /metrics, its size and contents.
 
 FROM python:3.11-slim AS builder
 

@@ -15,8 +15,17 @@ from .observe import logs
 log = logging.getLogger("sidecar")
 
 
+COMMANDS = """
+commands:
+  trengo-sidecar deliveries {list,get,retry,watch}
+                        see, follow and retry queued events on a running sidecar
+                        (trengo-sidecar deliveries --help; --config FILE reads its address, token, TLS)"""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.description = f"{parser.description}\n{COMMANDS}"
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

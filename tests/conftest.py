@@ -13,6 +13,7 @@ from tests.support.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, sidecar_c
 from tests.support.logs import json_lines  # noqa: F401 (a fixture)
 from tests.support.postgres import Postgres
 from tests.support.processes import spawn  # noqa: F401 (a fixture)
+from tests.support.tls import pki  # noqa: F401 (a fixture: a CA, server and client certificates)
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 

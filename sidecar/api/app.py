@@ -33,7 +33,7 @@ from .decoding import transport_limit as _transport_limit
 from .drain import CUT_OFF_SECONDS
 from .ingest.server import HttpIngest
 from .queue_service import QueueService, queue_connections
-from .readiness import Health, HealthServicer, Readiness
+from .readiness import PROBES, Health, HealthServicer, Readiness
 from .server import Servicer
 
 log = logging.getLogger("sidecar")
@@ -76,7 +76,7 @@ class Sidecar:
         # The HTTP ingest for RudderStack/Segment SDKs (api/ingest/), into the same queue; off by default.
         self.ingest = HttpIngest(config, self.delivery, self.queue) if config.http_listen else None
         self.health = HealthServicer()
-        self.status = Health(self.health, ("", SERVICE))  # what health answers, decided in one place
+        self.status = Health(self.health, ("", SERVICE, *PROBES))  # what health answers, decided in one place
         self.readiness = Readiness(self.delivery, self.status)
         interceptors = (
             [AuthInterceptor(config.auth_token.reveal(), SERVICE, self.servicer.refused_call)]

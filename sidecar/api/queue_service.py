@@ -114,6 +114,7 @@ def policy_of(config: Config) -> QueuePolicy:
         min_attempts=config.queue_give_up_attempts,
         give_up_seconds=config.queue_give_up_seconds,
         max_age_seconds=config.queue_max_age_seconds,
+        contact_wait_seconds=config.queue_contact_wait_seconds,
     )
 
 

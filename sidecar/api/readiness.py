@@ -1,13 +1,22 @@
 """Readiness: what health answers, decided in one place, and the check that catches a bad token.
 
-Health is one decision over named conditions (``decide``), applied to both services at once, so a
-new reason to stop serving is a new field of ``Conditions``, not another ``health.set`` somewhere.
+Health is one decision over named conditions (``decide``), applied to every service name at once, so
+a new reason to stop serving is a new field of ``Conditions``, not another ``health.set`` somewhere.
+The names say what they mean (docs/probes.md):
+
+- ``liveness``: the process is alive and its event loop answers (the Check is answered on that loop,
+  so a stuck loop answers nothing). Never Trengo, the token or the store: a restart fixes none of them.
+- ``readiness``: the sidecar accepts calls: started, and not draining. Never Trengo nor the token: in
+  a native sidecar its readiness is the pod's, and a third party must not take the app out of service.
+- ``trengo.sidecar.v1.TrengoSidecar``: can a call succeed now (token, baseUrl, store). For clients.
+- ``""``: as before (the service's answer, except a store outage), for existing probes and meshes.
 
 The Trengo check is the channel list, the call delivery needs anyway (its answer fills the channel
 cache). It runs at start and every few minutes:
 
-- 401 or 403: the token is wrong. A configuration error: NOT_SERVING, so a rollout with a bad Secret
-  stalls instead of going Ready and failing every event.
+- 401 or 403: the token is wrong. A configuration error: the service (and "") NOT_SERVING, and
+  ``trengo_sidecar_trengo_check{result="unauthorized"}`` for the alert; ``readiness`` and ``liveness``,
+  the pod's probes, stay SERVING (a restart cannot fix a token; the app keeps its traffic).
 - 404, or a redirect: ``baseUrl`` is not Trengo's API (it ends in ``/api/v2``). Also NOT_SERVING.
 - the channel's kind contradicts ``channelIdentifier`` (an SMS channel with ``email``, or a channel
   ``auto`` cannot read): every Identify would fail CHANNEL_KIND_MISMATCH. The service's health goes
@@ -74,8 +83,20 @@ class Conditions:
     channel_mismatch: bool = False  # the last Trengo check found a channel channelIdentifier cannot use
 
 
+LIVENESS = "liveness"
+READINESS = "readiness"
+PROBES = (LIVENESS, READINESS)  # the process-level names, for Kubernetes' probes
+
+
 def decide(conditions: Conditions, service: str) -> health_pb2.HealthCheckResponse.ServingStatus.ValueType:
     """The status of ``service`` ("" for the whole server)."""
+    if service == LIVENESS:
+        # Draining too: a liveness failure while the grace runs would cut the drain short with a kill.
+        return health_pb2.HealthCheckResponse.SERVING
+    if service == READINESS:
+        if conditions.starting or conditions.draining:
+            return health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse.SERVING
     if conditions.starting or conditions.draining or conditions.trengo_misconfigured:
         return health_pb2.HealthCheckResponse.NOT_SERVING
     if service and (conditions.store_unavailable or conditions.channel_mismatch):
@@ -122,10 +143,8 @@ class Health:
 
     async def update(self, **changes: bool) -> None:
         self.conditions = replace(self.conditions, **changes)
-        if self.conditions.draining:
-            # grpc's own drain: every service NOT_SERVING, and later sets ignored (no flapping back).
-            await self.servicer.enter_graceful_shutdown()
-            return
+        # Draining is never undone, so every later update keeps the drained services NOT_SERVING (no
+        # flapping back); grpc's enter_graceful_shutdown is not used: it would fail liveness as well.
         for service in self.services:
             await self.servicer.set(service, decide(self.conditions, service))
 

@@ -108,6 +108,8 @@ class Config:
     queue_max_bytes: int = 1 << 30
     queue_failed_retention_seconds: float = 7 * 86400.0
     max_watchers: int = 64  # WatchDeliveries streams open at once on this sidecar
+    # How long a queued Track whose contact is not found yet waits for it (an identify on its way).
+    queue_contact_wait_seconds: float = 600.0
     # server
     max_message_bytes: int = 4 * 1024 * 1024
     auth_token: Secret = field(default_factory=lambda: Secret(""))
@@ -175,6 +177,7 @@ _KEYS: dict[str, tuple[str, str]] = {
         "queue_failed_retention_seconds", "SIDECAR_QUEUE_FAILED_RETENTION_SECONDS"
     ),
     "maxWatchers": ("max_watchers", "SIDECAR_MAX_WATCHERS"),
+    "queueContactWaitSeconds": ("queue_contact_wait_seconds", "SIDECAR_QUEUE_CONTACT_WAIT_SECONDS"),
     "maxMessageBytes": ("max_message_bytes", "SIDECAR_MAX_MESSAGE_BYTES"),
     "authToken": ("auth_token", "SIDECAR_AUTH_TOKEN"),
     "authTokenFile": ("auth_token", "SIDECAR_AUTH_TOKEN_FILE"),
@@ -252,9 +255,26 @@ def load(
 
     ``base``: file keys beneath all the sources (make run's demo config), their origin ``base_origin``.
     """
+    env = os.environ if env is None else env
+    raw, origins, problems = merge(path, env, overrides, base, base_origin)
+    config = _build(raw, origins, problems)
+    warnings = unknown_env(env, KNOWN_ENV) + ([] if config.event_templates else [EMPTY_MAP_WARNING])
+    warnings += exposure.warnings(config)
+    ignored = tuple(key for key in raw if key in IGNORED_KEYS)
+    return Loaded(config, raw, origins, ignored, tuple(warnings))
+
+
+def merge(
+    path: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+    base_origin: str = "default",
+) -> tuple[dict[str, Any], dict[str, str], list[ConfigError]]:
+    """The file keys of every source merged (later ones win), where each came from, and the problems
+    found merging them (a key and its file alternative in one source, a key set by two variables)."""
     raw: dict[str, Any] = {}
     origins: dict[str, str] = {}
-    env = os.environ if env is None else env
     file = read_file(Path(path)) if path else {}
     from_env, env_origins, problems = env_values(env, {**ENV_VARS, **ENV_ALIASES})
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -271,11 +291,7 @@ def load(
             origins.pop(_ALTERNATIVE.get(key, ""), None)
         raw.update(source)
         origins.update(where)
-    config = _build(raw, origins, problems)
-    warnings = unknown_env(env, KNOWN_ENV) + ([] if config.event_templates else [EMPTY_MAP_WARNING])
-    warnings += exposure.warnings(config)
-    ignored = tuple(key for key in raw if key in IGNORED_KEYS)
-    return Loaded(config, raw, origins, ignored, tuple(warnings))
+    return raw, origins, problems
 
 
 def _alternatives(source: Mapping[str, Any]) -> list[ConfigError]:
@@ -294,6 +310,19 @@ def build_config(raw: Mapping[str, Any]) -> Config:
 def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[ConfigError]) -> Config:
     """Every problem at once (``found``: those of the sources): a ConfigError whose ``problems`` name
     each key and where its value came from."""
+    values, problems = parse_values(raw, found)
+    config = Config(**values)
+    failed = {_attr(p.key) for p in problems}  # a bad value is reported once, not again as missing
+    problems += [p for p in _problems(config) if _attr(p.key) not in failed]
+    if problems:
+        raise ConfigError.many([_located(p, origins) for p in problems])
+    return config
+
+
+def parse_values(
+    raw: Mapping[str, Any], found: list[ConfigError]
+) -> tuple[dict[str, Any], list[ConfigError]]:
+    """Each key's value parsed (Config attribute -> value), and every problem (``found`` first)."""
     problems = list(found)
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -317,12 +346,7 @@ def _build(raw: Mapping[str, Any], origins: Mapping[str, str], found: list[Confi
             values["event_extras"] = ticket_extras("eventTemplateMap", raw["eventTemplateMap"])
         except ConfigError as exc:
             problems.extend(exc.problems)
-    config = Config(**values)
-    failed = {_attr(p.key) for p in problems}  # a bad value is reported once, not again as missing
-    problems += [p for p in _problems(config) if _attr(p.key) not in failed]
-    if problems:
-        raise ConfigError.many([_located(p, origins) for p in problems])
-    return config
+    return values, problems
 
 
 def _key_of(where: str) -> str:

@@ -247,6 +247,7 @@ def _check(c: Any) -> Iterator[ConfigError]:
         "queueRetryBaseSeconds": c.queue_retry_base_seconds,
         "queueGiveUpAttempts": c.queue_give_up_attempts,
         "queueGiveUpSeconds": c.queue_give_up_seconds,
+        "queueContactWaitSeconds": c.queue_contact_wait_seconds,
     }
     for key, value in non_negative.items():
         if value < 0:

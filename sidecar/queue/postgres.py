@@ -100,39 +100,55 @@ class PostgresQueue:
 
     async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
         async def insert(conn: psycopg.AsyncConnection[Any]) -> list[bool]:
+            answers = [False] * len(jobs)
             seen: set[str] = set()  # twice in one batch: the second is the duplicate
-            sizes = []
-            for job in jobs:
-                size = 0 if job.message_id in seen else await self._insert(conn, job)
+            params = [self._params(job) for job in jobs]
+            queued: list[int] = []
+            for i, job in enumerate(jobs):
+                if job.message_id in seen:
+                    continue
                 seen.add(job.message_id)
-                sizes.append(size)
-            new = sum(1 for size in sizes if size)
+                if job.error is None:
+                    queued.append(i)
+                else:  # refused at acceptance (rare): one at a time, each logged as a change
+                    answers[i] = await self._insert(conn, params[i], job)
+            if len(queued) == 1:  # Enqueue's one event
+                cursor = await conn.execute(Q["enqueue"], params[queued[0]])
+                answers[queued[0]] = await cursor.fetchone() is not None
+            elif queued:
+                # One executemany: psycopg pipelines it, so a batch of 100 is not 100 round trips.
+                cursor = conn.cursor()
+                await cursor.executemany(Q["enqueue"], [params[i] for i in queued], returning=True)
+                for n, i in enumerate(queued):
+                    if n:
+                        cursor.nextset()
+                    answers[i] = await cursor.fetchone() is not None
+            new = sum(answers)
+            new_bytes = sum(p["bytes"] for p, fresh in zip(params, answers, strict=True) if fresh)
             if new:  # last: the shard's lock is held only from here to the commit
-                cursor = await conn.execute(Q["add_held"], {"events": new, "bytes": sum(sizes)})
+                cursor = await conn.execute(Q["add_held"], {"events": new, "bytes": new_bytes})
                 held, held_bytes = await cursor.fetchone() or (0, 0)
                 # QueueFull rolls the whole transaction back: nothing of the batch is written.
-                check_room(held - new, held_bytes - sum(sizes), new, sum(sizes), self.limits)
-            return [bool(size) for size in sizes]
+                check_room(held - new, held_bytes - new_bytes, new, new_bytes, self.limits)
+            return answers
 
         return await self._run(insert)
 
-    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> int:
-        """The stored bytes of the job if it was new (at least 1), else 0."""
+    def _params(self, job: NewJob) -> dict[str, Any]:
         event = event_json(job.event)
-        size = max(1, len(event.encode()))
-        params = {
+        return {
             "message_id": job.message_id,
             "person": job.person,
             "event": event,
-            "bytes": size,
+            "bytes": max(1, len(event.encode())),  # the stored bytes, as queueMaxBytes counts them
             "trace": Jsonb(job.trace) if job.trace else None,
             "now": self._now(),
         }
-        if job.error is None:
-            cursor = await conn.execute(Q["enqueue"], params)
-        else:  # failed at acceptance: takes a cursor and is logged as a change (enqueue_failed)
-            cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
-        return size if await cursor.fetchone() is not None else 0
+
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], job: NewJob) -> bool:
+        """A job refused at acceptance: failed, with its cursor, logged as a change (enqueue_failed)."""
+        cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
+        return await cursor.fetchone() is not None
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         async def take(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
@@ -178,6 +194,8 @@ class PostgresQueue:
             cursor = await conn.execute(Q["held"], {"id": job_id, "owner": owner})
             if await cursor.fetchone() is None:
                 return False
+            if outcome.state == DELIVERED:  # an identify's waiting tracks: their rows before the counter
+                await conn.execute(Q["wake_waiting"], {"id": job_id, "now": self._now()})
             await conn.execute(
                 Q["finish"],
                 {

@@ -141,16 +141,15 @@ COLUMNS = (
     "id, message_id, person, event, state, attempts, accepted_at, next_attempt_at, write_sent, forced, "
     "result, error, seq, retry_from, trace"
 )
-INSERT = (
+INSERT_MANY = (
     "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, "
-    "next_attempt_at, trace, bytes) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?) "
-    "ON CONFLICT (message_id) DO NOTHING"
+    "next_attempt_at, trace, bytes) VALUES "
 )
-# Refused when accepted: failed at once, inactive, its cursor set after the insert (a duplicate takes none).
+ROWS_PER_INSERT = 400  # 8 parameters a row: well under SQLite's 32,766 a statement
+# Refused when accepted: failed at once, inactive; its cursor and change log entry follow (_changed).
 INSERT_FAILED = (
     "INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from, "
-    "next_attempt_at, trace, error, finished_at, bytes) VALUES (?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (message_id) DO NOTHING"
+    "next_attempt_at, trace, error, finished_at, bytes) VALUES (?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A job whose lease ran out: its holder died (or stalled past the lease).
 EXPIRED_SENT = (
@@ -158,13 +157,42 @@ EXPIRED_SENT = (
     "lease_owner = NULL, lease_until = NULL, finished_at = ? "
     "WHERE id = ?"
 )
-# The person's head (lowest active id), due, and nothing of that person in flight.
+# The person's head (lowest active id), due, with nothing of that person in flight. One exception: while
+# the head is a track waiting for its contact (retrying, CONTACT_NOT_FOUND), the person's first queued
+# identify goes instead (it creates what the track waits for); every other event stays behind the track.
+# Exactly one candidate per person, so one claim (or two sidecars' claims) never takes two of a person.
+# Same rule as postgres.sql's due_heads.
 DUE_HEADS = """
 SELECT id FROM queue_deliveries d
 WHERE d.active = 1 AND d.state IN ('queued', 'retrying') AND d.next_attempt_at <= ?
   AND NOT EXISTS (SELECT 1 FROM queue_deliveries e
-                  WHERE e.active = 1 AND e.person = d.person AND (e.id < d.id OR e.state = 'delivering'))
+                  WHERE e.active = 1 AND e.person = d.person AND e.state = 'delivering')
+  AND ((NOT EXISTS (SELECT 1 FROM queue_deliveries e
+                    WHERE e.active = 1 AND e.person = d.person AND e.id < d.id)
+        AND NOT (d.state = 'retrying'
+                 AND COALESCE(json_extract(d.error, '$.reason'), '') = 'CONTACT_NOT_FOUND'
+                 AND EXISTS (SELECT 1 FROM queue_deliveries i
+                             WHERE i.active = 1 AND i.person = d.person AND i.id > d.id
+                               AND json_extract(i.event, '$.kind') = 'identify')))
+    OR (json_extract(d.event, '$.kind') = 'identify'
+        AND NOT EXISTS (SELECT 1 FROM queue_deliveries i
+                        WHERE i.active = 1 AND i.person = d.person AND i.id < d.id
+                          AND json_extract(i.event, '$.kind') = 'identify')
+        AND EXISTS (SELECT 1 FROM queue_deliveries w
+                    WHERE w.active = 1 AND w.person = d.person AND w.state = 'retrying'
+                      AND json_extract(w.error, '$.reason') = 'CONTACT_NOT_FOUND'
+                      AND NOT EXISTS (SELECT 1 FROM queue_deliveries x
+                                      WHERE x.active = 1 AND x.person = d.person AND x.id < w.id))))
 ORDER BY d.next_attempt_at, d.id LIMIT ?
+"""
+# An identify delivered: the person's tracks waiting for their contact are due now, not at their
+# backoff's next step (up to queueRetryMaxSeconds later).
+WAKE_WAITING = """
+UPDATE queue_deliveries SET next_attempt_at = MIN(next_attempt_at, ?)
+WHERE active = 1 AND state = 'retrying'
+  AND COALESCE(json_extract(error, '$.reason'), '') = 'CONTACT_NOT_FOUND'
+  AND person = (SELECT i.person FROM queue_deliveries i
+                WHERE i.id = ? AND COALESCE(json_extract(i.event, '$.kind'), '') = 'identify')
 """
 
 
@@ -261,50 +289,67 @@ class SqliteQueue:
     def _insert_groups(
         self, db: sqlite3.Connection, *, groups: list[list[NewJob]]
     ) -> list[list[bool] | QueueFull]:
-        """Each group whole or not at all: one that would take the queue past its limits is rolled back
-        to its savepoint (QueueFull for its caller) and the others go on. Exact: BEGIN IMMEDIATE holds
-        the write lock, so no other writer, in this process or another, moves the counters meanwhile."""
+        """The groups' jobs in a handful of statements, not one a job: each statement hands the GIL to the
+        event loop and must win it back (up to the 5 ms switch interval while the loop computes), so a
+        statement a row made a commit of 100 jobs wait on the loop a hundred times.
+
+        Each group whole or not at all: one whose new jobs would take the queue past its limits is left
+        out (QueueFull for its caller) and the others go on. Exact: BEGIN IMMEDIATE holds the write lock,
+        so no other writer, in this process or another, moves the counters meanwhile."""
         now = self.clock()
-        seen: set[str] = set()  # twice in one transaction: the second is the duplicate
+        seen = self._known(db, [job.message_id for jobs in groups for job in jobs])
         held = dict(db.execute(HELD_NOW).fetchall())
         count, size = held.get("held", 0), held.get("held_bytes", 0)
         answers: list[list[bool] | QueueFull] = []
+        fresh: list[tuple[NewJob, str, int]] = []  # (job, its event as stored, its bytes)
         for jobs in groups:
-            db.execute("SAVEPOINT group_")
-            before = set(seen)
-            added = [self._insert(db, job, now, seen) for job in jobs]
-            new = sum(1 for a in added if a)
-            new_bytes = sum(a for a in added if a)
+            taken, answer, new = set(seen), [], []
+            for job in jobs:
+                is_new = job.message_id not in taken  # accepted before, or earlier in this transaction
+                taken.add(job.message_id)
+                answer.append(is_new)
+                if is_new:
+                    event = _event_json(job)
+                    new.append((job, event, max(1, len(event.encode()))))
+            new_bytes = sum(n for _, _, n in new)
             try:
-                check_room(count, size, new, new_bytes, self.limits)
+                check_room(count, size, len(new), new_bytes, self.limits)
             except QueueFull as exc:
-                db.execute("ROLLBACK TO group_")
-                seen = before
-                answers.append(exc)
-            else:
-                count, size = count + new, size + new_bytes
-                answers.append([bool(a) for a in added])
-            db.execute("RELEASE group_")
+                answers.append(exc)  # nothing of it written; its message_ids stay unseen
+                continue
+            seen, count, size = taken, count + len(new), size + new_bytes
+            answers.append(answer)
+            fresh += new
+        queued = [item for item in fresh if item[0].error is None]
+        for start in range(0, len(queued), ROWS_PER_INSERT):
+            self._insert_queued(db, queued[start : start + ROWS_PER_INSERT], now)
+        for job, event, stored in fresh:
+            if job.error is not None:  # refused at acceptance (rare): one at a time, each a change
+                row = (job.message_id, job.person, event, now, now, now, _trace(job),
+                       _dumps(job.error), now, stored)  # fmt: skip
+                cursor = db.execute(INSERT_FAILED, row)
+                assert cursor.lastrowid is not None
+                self._changed(db, cursor.lastrowid, now)  # a watcher sees it
         db.execute(ADD_HELD, (count - held.get("held", 0), size - held.get("held_bytes", 0)))
         return answers
 
-    def _insert(self, db: sqlite3.Connection, job: NewJob, now: float, seen: set[str]) -> int:
-        """The stored bytes of the job if it was new (at least 1), else 0."""
-        if job.message_id in seen:
-            return 0
-        seen.add(job.message_id)
-        event = event_json(job.event)
-        size = max(1, len(event.encode()))
-        trace = _dumps(job.trace) if job.trace else None
-        if job.error is None:
-            cursor = db.execute(INSERT, (job.message_id, job.person, event, now, now, now, trace, size))
-            return size if cursor.rowcount == 1 else 0
-        cursor = db.execute(INSERT_FAILED, (job.message_id, job.person, event, now, now, now, trace,
-                                            _dumps(job.error), now, size))
-        if cursor.rowcount != 1 or cursor.lastrowid is None:
-            return 0
-        self._changed(db, cursor.lastrowid, now)  # failed at acceptance: a change a watcher sees
-        return size
+    def _known(self, db: sqlite3.Connection, message_ids: list[str]) -> set[str]:
+        """Which of these message_ids the store holds (BEGIN IMMEDIATE: nobody inserts meanwhile)."""
+        unique = list(dict.fromkeys(message_ids))
+        known: set[str] = set()
+        for start in range(0, len(unique), ROWS_PER_INSERT):
+            chunk = unique[start : start + ROWS_PER_INSERT]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT message_id FROM queue_deliveries WHERE message_id IN ({marks})", chunk)
+            known.update(row[0] for row in rows)
+        return known
+
+    def _insert_queued(self, db: sqlite3.Connection, jobs: list[tuple[NewJob, str, int]], now: float) -> None:
+        values = ",".join(["(?, ?, ?, 'queued', ?, ?, ?, ?, ?)"] * len(jobs))
+        params: list[Any] = []
+        for job, event, stored in jobs:
+            params += (job.message_id, job.person, event, now, now, now, _trace(job), stored)
+        db.execute(INSERT_MANY + values, params)
 
     # --- the worker's operations -----------------------------------------------------------
 
@@ -397,6 +442,8 @@ class SqliteQueue:
                 ),
             )
             self._changed(db, job_id, now)
+            if outcome.state == DELIVERED:
+                db.execute(WAKE_WAITING, (now, job_id))
             return True
 
         return await self._run(end)
@@ -504,6 +551,14 @@ class SqliteQueue:
                          held.get("held_bytes", 0))
 
         return await self._read(read)
+
+
+def _event_json(job: NewJob) -> str:
+    return event_json(job.event)
+
+
+def _trace(job: NewJob) -> str | None:
+    return _dumps(job.trace) if job.trace else None
 
 
 def _dumps(value: Mapping[str, Any] | None) -> str | None:

@@ -12,7 +12,9 @@ event afresh (attempts 0, its give-up clock from now) and keeps accepted_at.
 Every change but acceptance gets its own cursor in an append-only change log
 (an event failed at acceptance is one). ``active`` is true until delivered or
 failed: the person's active event with the lowest id is the only one that may
-be delivered (order per person).
+be delivered (order per person). One exception: while that head is a Track
+waiting for its contact (retrying with CONTACT_NOT_FOUND), the person's first
+queued Identify is the one instead, since it creates what the Track waits for.
 """
 
 from __future__ import annotations
@@ -191,8 +193,9 @@ class QueueStore(Protocol):
         nothing, if the new ones would take the queue past its limits."""
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
-        """Take up to ``limit`` due jobs, each its person's head with nothing of that person in flight,
-        leased to ``owner``. First settles expired leases: a job whose write may have been sent
+        """Take up to ``limit`` due jobs, each its person's head (or, while the head is a Track waiting
+        for its contact, the person's first Identify) with nothing of that person in flight, leased to
+        ``owner``. First settles expired leases: a job whose write may have been sent
         becomes failed (TRENGO_OUTCOME_UNKNOWN); any other goes back to its earlier state."""
 
     async def heartbeat(self, owner: str, ids: list[int], lease_seconds: float) -> None:

@@ -30,11 +30,12 @@ from ..plan.events import Event
 from ..trengo_api.answers import OutcomeUnknown
 from ..trengo_api.client import ATTEMPT_HOOK
 from ..trengo_api.ratelimit import BACKGROUND
-from .policy import KEEP_RETRYING, OUTCOME_UNKNOWN, REJECTED, TRANSIENT, QueuePolicy
+from .policy import KEEP_RETRYING, OUTCOME_UNKNOWN, REJECTED, TRANSIENT, WAITING_FOR_CONTACT, QueuePolicy
 from .store import DELIVERED, FAILED, RETRYING, Job, Outcome, QueueError, QueueStore, Stats, unknown_error
 
 log = logging.getLogger("sidecar.queue")
 KEEP_RETRYING_STATUS = frozenset({408, 429})
+CONTACT_NOT_FOUND = "CONTACT_NOT_FOUND"
 STORE_ERROR_PAUSE_SECONDS = 1.0
 
 
@@ -94,10 +95,14 @@ def _describe(span: Any, job: Job, outcome: Outcome | None) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def classify(error: SidecarError, last_status: int) -> str:
-    """Which retry rule an attempt's failure falls under (policy.py has the rules)."""
+def classify(error: SidecarError, last_status: int, kind: str) -> str:
+    """Which retry rule an attempt's failure (of an event of that kind) falls under (policy.py)."""
     if isinstance(error, OutcomeUnknown):
         return OUTCOME_UNKNOWN
+    if error.reason == CONTACT_NOT_FOUND and kind == "track":
+        # The identify that creates it may be behind it, or Trengo's search may not see it yet. (An
+        # identify's CONTACT_NOT_FOUND is its trengoContactId answered 404: waiting will not change it.)
+        return WAITING_FOR_CONTACT
     if isinstance(error, ResourceExhausted) or error.reason == "STORE_UNAVAILABLE":
         return KEEP_RETRYING
     if isinstance(error, Unavailable):
@@ -217,7 +222,7 @@ class Worker:
         except LeaseLost:
             return None
         except SidecarError as exc:
-            return self._failed(job, exc, classify(exc, attempt.last_status))
+            return self._failed(job, exc, classify(exc, attempt.last_status, job.event.get("kind", "")))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -229,13 +234,25 @@ class Worker:
     def _failed(self, job: Job, error: SidecarError, kind: str) -> Outcome:
         attempts = job.attempts + 1
         now = self.clock()
+        age = now - job.retry_from
+        verdict = self.policy.decide(kind, attempts, age)
         as_json = json_format.MessageToDict(deliver_error(error), preserving_proto_field_name=True)
-        if self.policy.decide(kind, attempts, now - job.retry_from) == "fail":
-            log.warning(
-                "queue: %s failed for good after %d attempts: %s", job.message_id, attempts, error.message
-            )
+        if kind == WAITING_FOR_CONTACT:
+            as_json["message"] = self._contact_wait_message(verdict, error.message)
+        if verdict == "fail":
+            message = as_json["message"]
+            log.warning("queue: %s failed for good after %d attempts: %s", job.message_id, attempts, message)
             return Outcome(FAILED, error=as_json)
-        return Outcome(RETRYING, error=as_json, next_attempt_at=now + self.policy.delay(attempts))
+        wait = self.policy.wait(kind, attempts, age)
+        return Outcome(RETRYING, error=as_json, next_attempt_at=now + wait)
+
+    def _contact_wait_message(self, verdict: str, message: str) -> str:
+        """What ListDeliveries and the watch show of a Track waiting for its contact, and of one that
+        waited in vain: the reason stays CONTACT_NOT_FOUND, the message says the wait."""
+        limit = f"{self.policy.contact_wait_seconds:g} s (queueContactWaitSeconds)"
+        if verdict == "fail":
+            return f"the contact did not appear within {limit}: {message}"
+        return f"waiting up to {limit} for the contact; the person's identifies may go first: {message}"
 
     # --- side tasks --------------------------------------------------------------------------
 

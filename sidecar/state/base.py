@@ -40,10 +40,12 @@ class SlotDecision:
     """What acquiring a rate-limit slot gave: ``wait`` 0 means the slot was taken (and logged).
 
     ``held``: the wait comes from a hold set after Trengo's 429 (Retry-After), not from the log being full.
+    ``at``: when a slot was taken, its time in the log (for ``slot_answered``).
     """
 
     wait: float = 0.0
     held: bool = False
+    at: float | None = None
 
 
 class RateSlots(Protocol):
@@ -56,6 +58,12 @@ class RateSlots(Protocol):
 
     async def hold_slots(self, key: str, seconds: float) -> None:
         """Atomically: no slot for ``key`` until now + ``seconds`` (extends a hold, never shortens one)."""
+        ...
+
+    async def slot_answered(self, key: str, at: float) -> None:
+        """The call logged at ``at`` was answered: its entry moves to now (never earlier), so it counts
+        for a window from a time no earlier than its arrival at Trengo. An entry gone already (its
+        window over) is left alone."""
         ...
 
 

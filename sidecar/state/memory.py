@@ -66,15 +66,25 @@ class MemoryState:
         if sent is None or sent.maxlen != limit:
             sent = self._sent[key] = deque(sent or (), maxlen=max(limit, 1))
         if len(sent) == sent.maxlen:
-            delay = sent[0] + window - now
+            # The oldest time, not the first in: an answered call's entry moved later (slot_answered).
+            oldest = min(sent)
+            delay = oldest + window - now
             if delay > 0:
                 return SlotDecision(delay)
+            sent.remove(oldest)
         sent.append(now)
-        return SlotDecision(0.0)
+        return SlotDecision(0.0, at=now)
 
     async def hold_slots(self, key: str, seconds: float) -> None:
         until = self._clock() + seconds
         self._held_until[key] = max(until, self._held_until.get(key, 0.0))
+
+    async def slot_answered(self, key: str, at: float) -> None:
+        sent = self._sent.get(key, ())
+        for i in range(len(sent) - 1, -1, -1):  # from the newest: the answered call is recent
+            if sent[i] == at:
+                sent[i] = max(at, self._clock())  # type: ignore[index]
+                return
 
     # --- contacts -----------------------------------------------------------------------------
 

@@ -218,11 +218,14 @@ class PostgresState:
         # One statement (sql/postgres.sql, sidecar_acquire_slot): it locks the token's row, so
         # acquiring is serialised per token across the fleet, and commits by itself.
         params = {"key": key, "limit": limit, "window": float(window)}
-        wait, held = await self._fetch("acquire_slot", params)  # type: ignore[misc]
-        return SlotDecision(float(wait), held=bool(held))
+        wait, held, at = await self._fetch("acquire_slot", params)  # type: ignore[misc]
+        return SlotDecision(float(wait), held=bool(held), at=None if at is None else float(at))
 
     async def hold_slots(self, key: str, seconds: float) -> None:
         await self._fetch("slot_hold", {"key": key, "seconds": float(seconds)})
+
+    async def slot_answered(self, key: str, at: float) -> None:
+        await self._fetch("slot_answered", {"key": key, "at": float(at)})
 
     # --- contacts --------------------------------------------------------------------------------
 

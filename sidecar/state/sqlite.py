@@ -184,12 +184,15 @@ class SqliteState:
             if n >= limit:
                 return SlotDecision(max(oldest + window - now, 0.001))
             conn.execute(Q["slot_take"], params)
-            return SlotDecision(0.0)
+            return SlotDecision(0.0, at=now)
 
         return await self.run(take)
 
     async def hold_slots(self, key: str, seconds: float) -> None:
         await self._one("slot_hold", {"key": key, "seconds": seconds})
+
+    async def slot_answered(self, key: str, at: float) -> None:
+        await self._one("slot_answered", {"key": key, "at": at})
 
     # --- contacts ---------------------------------------------------------------------------------
 

@@ -160,7 +160,8 @@ class TrengoClient:
     async def _attempts(self, call: Call, deadline: Deadline, record: CallRecord) -> Any:
         while True:
             record.attempts += 1
-            record.rate_limit_wait += await self.limiter.acquire(deadline)
+            slot = await self.limiter.take(deadline)
+            record.rate_limit_wait += slot.waited
             if call.unsafe_to_resend and deadline.remaining() < self.write_floor:
                 raise Unavailable(
                     f"too little time left before the deadline to send {call.method} {call.path} "
@@ -175,6 +176,8 @@ class TrengoClient:
                 return await self._attempt(call, deadline, record)
             except _Retry as retry:
                 error, wait = retry.error, retry.wait
+            finally:
+                self.limiter.answered(slot)  # its log entry now no earlier than its arrival at Trengo
             # The next try must have time to be answered: as long as this one took, and a little more
             # for jitter (a write: at least the floor above). A try that cannot finish in time only
             # spends the rate limit.

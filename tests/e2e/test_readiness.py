@@ -41,6 +41,8 @@ def both(process: Any) -> tuple[int, int]:
 def test_a_refused_token_turns_health_not_serving_and_says_check_api_token(spawn, control):
     metrics = free_port()
     process = spawn(env={"TRENGO_API_TOKEN": WRONG}, serving=False, metricsListen=f"127.0.0.1:{metrics}")
+    # Health answers NOT_SERVING while starting too: wait for the check's own verdict before reading it.
+    wait_for(lambda: "Trengo check failed" in process.output(), "the check's error line")
     assert both(process) == (NOT_SERVING, NOT_SERVING)
     output = process.output()
     assert "check apiToken" in output and "NOT_SERVING" in output and WRONG not in output, output

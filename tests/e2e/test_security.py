@@ -32,11 +32,6 @@ from sidecar.simulator import SimulatorControl
 from sidecar.simulator.app import token_fingerprint
 from tests.support.grpc_helpers import Failure, failure
 from tests.support.harness import EMAIL_CHANNEL, TOKEN, SidecarThread, cli_env, struct
-from tests.support.tls import (
-    make_ca,
-    make_cert,
-    openssl,  # noqa: F401
-)
 from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
@@ -357,21 +352,6 @@ def test_the_auth_token_can_come_from_a_file(make_sidecar, control, tmp_path):
 
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for 127.0.0.1, a client certificate, and a client from another CA."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the openssl CLI is needed to make certificates: install openssl")
-    directory = tmp_path_factory.mktemp("pki")
-    make_ca(directory, "ca")
-    make_ca(directory, "rogue-ca")
-    make_cert(
-        directory, "server", "ca",
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )  # fmt: skip
-    make_cert(directory, "client", "ca", "extendedKeyUsage=clientAuth\n")
-    make_cert(directory, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth\n")
-    return directory
 
 
 def secure_stub(

@@ -174,7 +174,8 @@ def recorded(sim_url: str) -> list[dict[str, Any]]:
 
 def check(image: str) -> None:
     token = "img-" + secrets.token_hex(16)
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, health_port, metrics_port = free_port(), free_port(), free_port()
+    probes = f"127.0.0.1:{health_port}"  # healthListen: what kubelet's probes dial
     address = f"127.0.0.1:{grpc_port}"
     with tempfile.TemporaryDirectory(prefix="trengo-image-") as tmp:
         work = Path(tmp)
@@ -196,9 +197,10 @@ def check(image: str) -> None:
                 [{"from": "Added to cart", "to": "Cart worth {{ revenue }}"}]
             ),
             "TRENGO_RATE_LIMIT_PER_MINUTE": "0",
-            # The image's own defaults are 0.0.0.0:50051 and :9090; a free port each here, so a test
-            # run never collides with anything else on the host network.
+            # The image's own defaults are 127.0.0.1:50051, 0.0.0.0:50052 and :9090; a free port each
+            # here, so a test run never collides with anything else on the host network.
             "SIDECAR_LISTEN": address,
+            "SIDECAR_HEALTH_LISTEN": probes,
             "SIDECAR_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
         }
         proc = start_image(image, env, secrets_dir, out, err)
@@ -207,6 +209,10 @@ def check(image: str) -> None:
             say(f"health: SERVING on {address} ('' and {SERVICE}: {health(address, SERVICE)})")
             if health(address, SERVICE) != health_pb2.HealthCheckResponse.SERVING:
                 fail(f"{SERVICE} is not SERVING", *logs)
+            pod_level = {name: health(probes, name) for name in ("liveness", "readiness")}
+            if set(pod_level.values()) != {health_pb2.HealthCheckResponse.SERVING}:
+                fail(f"the probes' names on healthListen {probes}: {pod_level}", *logs)
+            say(f"probes: liveness and readiness SERVING on healthListen {probes}")
             pids = sidecar_pids(proc.pid)
             if not pids or any(uids(pid).split()[0] != "10001" for pid in pids):
                 fail(f"the sidecar does not run as uid 10001: {[(p, uids(p)) for p in pids]}", *logs)

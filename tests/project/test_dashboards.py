@@ -2,9 +2,10 @@
 
 Every PromQL expression (dashboard panels and variables, alert rules) is parsed with promql-parser.
 Then a real sidecar process (PostgreSQL store, the queue on, the simulator as Trengo) goes through
-a short scenario: a delivery, an error, a 429, a queued event that waits, a store outage. Every
-metric an expression selects must appear in the scrapes taken along the way, with every label it
-matches or groups by, and every value it matches exactly. A renamed metric or label fails here.
+a short scenario: a delivery, an event from an SDK over HTTP, an error, a 429, a queued event that
+waits, a store outage. Every metric an expression selects must appear in the scrapes taken along the
+way, with every label it matches or groups by, and every value it matches exactly. A renamed metric
+or label fails here.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.simulator import SimulatorControl, SimulatorThread
 from tests.support.fleet import NOT_SERVING, SERVICE, Fleet, wait_for
 from tests.support.harness import free_port
+from tests.support.ingest_helpers import WRITE_KEY
 from tests.support.postgres import Postgres
 from tests.support.queue_helpers import FAST_QUEUE, order
 
@@ -205,18 +207,24 @@ def test_every_metric_and_label_the_dashboard_and_alerts_use_is_exported(
     tmp_path: Path,
     own_postgres: Postgres,
 ) -> None:
-    metrics_port = free_port()
+    metrics_port, http_port = free_port(), free_port()
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     fleet = Fleet(tmp_path, sim.base_url)
     seen: Series = {}
     try:
         (sidecar,) = fleet.spawn(
             store=own_postgres.create_database("dashboards"), metricsListen=f"127.0.0.1:{metrics_port}",
-            maxAttempts=2, **FAST_QUEUE)  # fmt: skip
+            httpListen=f"127.0.0.1:{http_port}", writeKeys=[WRITE_KEY], maxAttempts=2,
+            **FAST_QUEUE)  # fmt: skip
         stub = sidecar.stub
         stub.Enqueue(order("ann", 1), timeout=10)  # a delivery, through the queue
         wait_for(lambda: len(control.requests("/api/v2/tickets", "POST")) == 1, "the queued ticket")
         stub.Track(order("ann", 2).track, timeout=10)  # a delivery, through the RPC
+        sdk_event = {"type": "track", "userId": "ann", "messageId": "sdk-1", "event": "Order",
+                     "properties": {"n": 6}, "context": {"traits": {"email": "ann@example.com"}}}  # fmt: skip
+        answer = httpx.post(f"http://127.0.0.1:{http_port}/v1/track", json=sdk_event, auth=(WRITE_KEY, ""),
+                            timeout=10, trust_env=False)  # fmt: skip
+        assert answer.status_code == 200, answer.text  # an event from a RudderStack SDK, queued
         control.add_fault(method="POST", path="/api/v2/tickets", status=429, headers={"Retry-After": "0"})
         control.add_fault(method="POST", path="/api/v2/tickets", status=503, count=-1)
         with pytest.raises(grpc.RpcError):

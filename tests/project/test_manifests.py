@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from sidecar.__main__ import parse_args
-from sidecar.api.app import SERVICE
+from sidecar.api.readiness import LIVENESS, PROBES, READINESS
 from sidecar.config.load import ENV_VARS, build_config, load_config
 from sidecar.errors import ConfigError
 
@@ -39,6 +39,7 @@ MAKEFILE = ROOT / "Makefile"
 SIDECAR = "trengo-sidecar"
 GRPC_PORT = 50051
 HEALTH_PORT = 50052
+PROBE_SERVICES = PROBES  # never "" nor trengo.sidecar.v1.TrengoSidecar: both turn NOT_SERVING on a bad token
 METRICS_PORT = 9090
 RUNTIME_UID = 10001
 BASE_IMAGE = "python:3.11-slim"
@@ -275,7 +276,7 @@ def test_probes_are_grpc_health_on_the_health_listen_port() -> None:
         handlers = {"grpc", "httpGet", "tcpSocket", "exec"} & set(probe)
         assert handlers == {"grpc"}, f"{kind} must be a native gRPC probe, not {handlers}"
         assert probe["grpc"]["port"] == listen_port, f"{kind} probes port {probe['grpc']['port']}"
-        assert probe["grpc"].get("service", "") in ("", SERVICE), f"{kind}: health has no such service"
+        assert probe["grpc"].get("service", "") in PROBE_SERVICES, f"{kind}: not a process-level health name"
     ports = {p["containerPort"]: p.get("name") for p in sidecar["ports"]}
     assert ports == {HEALTH_PORT: "grpc-health", METRICS_PORT: "metrics"}
 
@@ -591,7 +592,9 @@ def test_the_store_url_comes_from_a_secret() -> None:
     assert ref["key"] in _secret_values(_named("Secret", ref["name"]))
 
 
-def test_no_probe_reads_the_service_a_store_outage_turns_not_serving() -> None:
-    """The store's outage turns trengo.sidecar.v1.TrengoSidecar NOT_SERVING; the pod stays in service."""
-    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert _sidecar()[kind]["grpc"].get("service", "") == "", kind
+def test_probes_read_the_process_level_names_that_never_depend_on_trengo_or_the_store() -> None:
+    """A revoked token or a store outage turns trengo.sidecar.v1.TrengoSidecar NOT_SERVING; the pod stays
+    in service and is not restarted (tests/e2e/test_probes.py shows the names stay SERVING then)."""
+    wanted = {"startupProbe": READINESS, "readinessProbe": READINESS, "livenessProbe": LIVENESS}
+    for kind, service in wanted.items():
+        assert _sidecar()[kind]["grpc"].get("service") == service, kind

@@ -2,8 +2,28 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1, a client certificate, and a client from another CA."""
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl CLI is needed to make certificates: install openssl")
+    directory = tmp_path_factory.mktemp("pki")
+    make_ca(directory, "ca")
+    make_ca(directory, "rogue-ca")
+    make_cert(
+        directory, "server", "ca",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )  # fmt: skip
+    make_cert(directory, "client", "ca", "extendedKeyUsage=clientAuth\n")
+    make_cert(directory, "rogue", "rogue-ca", "extendedKeyUsage=clientAuth\n")
+    return directory
 
 
 def make_ca(directory: Path, name: str) -> None:

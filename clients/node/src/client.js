@@ -20,6 +20,8 @@ const definition = protoLoader.loadSync('trengo/sidecar/v1/sidecar.proto', {
 });
 const { TrengoSidecar } = grpc.loadPackageDefinition(definition).trengo.sidecar.v1;
 
+const DELIVERY_STATES = definition['trengo.sidecar.v1.DeliveryState'].type.value.map((v) => v.name);
+
 const rpcRoot = new protobuf.Root();
 rpcRoot.resolvePath = (_origin, target) => path.join(RPC_PROTO_DIR, target);
 rpcRoot.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto']);
@@ -146,6 +148,33 @@ function toDate(timestamp) {
   return new Date(Number(timestamp.seconds || 0) * 1000 + Math.floor((timestamp.nanos || 0) / 1e6));
 }
 
+/** A DeliveryStatus with its times as Dates (null when unset). */
+function toStatus(status) {
+  return { ...status, acceptedAt: toDate(status.acceptedAt), nextAttemptAt: toDate(status.nextAttemptAt) };
+}
+
+/** A DeliverError with the name of its gRPC code. */
+function toDeliverError(error) {
+  return { ...error, codeName: CODE_NAMES[error.code] || 'UNKNOWN' };
+}
+
+/** A server stream as an async iterable of converted messages; leaving the loop early cancels the call,
+ * and a failed call throws a TrengoSidecarError. */
+async function* readAll(call, convert) {
+  let done = false;
+  try {
+    for await (const message of call) yield convert(message);
+    done = true;
+  } catch (error) {
+    throw error instanceof TypeError ? error : new TrengoSidecarError(error);
+  } finally {
+    if (!done) {
+      call.on('error', () => {}); // the CANCELLED that cancel() causes is expected, not a failure
+      call.cancel();
+    }
+  }
+}
+
 class TrengoSidecarClient {
   /**
    * @param {string} address host:port of the sidecar
@@ -205,23 +234,87 @@ class TrengoSidecarClient {
    * error, acceptedAt, nextAttemptAt } with the times as Dates (null when unset). An unknown messageId
    * rejects with NOT_FOUND / DELIVERY_NOT_FOUND. */
   async getDelivery(messageId, callOptions = {}) {
-    const status = await this.#call('GetDelivery', () => ({ messageId }), callOptions);
-    return { ...status, acceptedAt: toDate(status.acceptedAt), nextAttemptAt: toDate(status.nextAttemptAt) };
+    return toStatus(await this.#call('GetDelivery', () => ({ messageId }), callOptions));
+  }
+
+  // --- streams, and the operator's view of the queue ---
+
+  /**
+   * Many RudderStack/Segment-spec events over one Deliver stream. `events`: an array or (async)
+   * iterable of [id, event] pairs. Resolves nothing up front: returns an async iterable of
+   * { id, result, error } (result or error null), one per event as each is done (a person's events keep
+   * their order, others' may overtake). A failed event carries `error` ({ code, codeName, message,
+   * reason, field, retryAfterSeconds }) and the stream goes on; a failure of the whole stream throws a
+   * TrengoSidecarError. callOptions: dryRun, deadlineMs (default: none), requestId.
+   */
+  deliver(events, { dryRun = false, ...callOptions } = {}) {
+    const call = this.stub.Deliver(this.#metadata(callOptions), this.#options(callOptions));
+    const writing = (async () => {
+      for await (const [id, event] of events) {
+        if (!call.write({ id, sendEvent: { event: toStruct(event), dryRun } })) {
+          await new Promise((resolve) => call.once('drain', resolve));
+        }
+      }
+      call.end();
+    })();
+    writing.catch((error) => call.destroy(error)); // a bad event (TypeError) ends the stream with it
+    return readAll(call, (response) => ({
+      id: response.id,
+      result: response.outcome === 'result' ? response.result : null,
+      error: response.outcome === 'error' ? toDeliverError(response.error) : null,
+    }));
+  }
+
+  /** Every change of queued events' states after `cursor` (0: the oldest kept), oldest first, then as they
+   * happen: an async iterable of { cursor, status } (status as getDelivery() returns it). Stop with
+   * `break`; keep the last cursor seen: resuming from it misses nothing. callOptions: deadlineMs, requestId. */
+  watchDeliveries(cursor = 0, callOptions = {}) {
+    const call = this.stub.WatchDeliveries({ cursor }, this.#metadata(callOptions), this.#options(callOptions));
+    return readAll(call, (update) => ({ cursor: update.cursor, status: toStatus(update.status) }));
+  }
+
+  /** Accepted events in one state ('failed' by default; or 'DELIVERY_STATE_FAILED' ...), oldest first:
+   * { deliveries: [status, ...], nextPageToken } ('' on the last page). */
+  async listDeliveries({ state = 'failed', limit = 100, pageToken = '' } = {}, callOptions = {}) {
+    const page = await this.#call('ListDeliveries', () => {
+      const name = String(state).toUpperCase();
+      const full = name.startsWith('DELIVERY_STATE_') ? name : `DELIVERY_STATE_${name}`;
+      if (!DELIVERY_STATES.includes(full)) {
+        throw new TypeError(`listDeliveries: unknown state ${JSON.stringify(state)}; known: ${DELIVERY_STATES.join(', ')}`);
+      }
+      return { state: full, limit, pageToken };
+    }, callOptions);
+    return { deliveries: page.deliveries.map(toStatus), nextPageToken: page.nextPageToken };
+  }
+
+  /** Queue failed events again: { messageIds } or { allFailed: true }; resolves to how many were. An
+   * unknown id rejects with NOT_FOUND, one not failed with FAILED_PRECONDITION: then none is queued. */
+  async retryDeliveries({ messageIds = [], allFailed = false } = {}, callOptions = {}) {
+    const answer = await this.#call('RetryDeliveries', () => ({ messageIds, allFailed }), callOptions);
+    return answer.retried;
   }
 
   close() {
     this.stub.close();
   }
 
+  #metadata({ requestId } = {}) {
+    const metadata = new grpc.Metadata();
+    if (this.authToken) metadata.set('authorization', `Bearer ${this.authToken}`);
+    if (requestId) metadata.set('x-request-id', requestId);
+    return metadata;
+  }
+
+  #options({ deadlineMs } = {}) {
+    return deadlineMs ? { deadline: new Date(Date.now() + deadlineMs) } : {};
+  }
+
   /** callOptions: deadlineMs (default none), requestId (sent as x-request-id). */
   #call(method, buildRequest, { deadlineMs, requestId } = {}) {
     return new Promise((resolve, reject) => {
       const request = buildRequest(); // a TypeError here rejects the promise
-      const metadata = new grpc.Metadata();
-      if (this.authToken) metadata.set('authorization', `Bearer ${this.authToken}`);
-      if (requestId) metadata.set('x-request-id', requestId);
-      const options = deadlineMs ? { deadline: new Date(Date.now() + deadlineMs) } : {};
-      this.stub[method](request, metadata, options, (error, result) => {
+      const metadata = this.#metadata({ requestId });
+      this.stub[method](request, metadata, this.#options({ deadlineMs }), (error, result) => {
         if (error) reject(new TrengoSidecarError(error));
         else resolve(result);
       });

@@ -103,4 +103,43 @@ test('the Node client queues events and follows their delivery', { skip }, async
     }
     await assert.rejects(client.enqueueIdentify({ traits: {}, dryRun: true }), TypeError);
   });
+
+  await t.test('listDeliveries shows a failed event; retryDeliveries and watchDeliveries follow it home', async () => {
+    await sim('POST', '/contacts', { name: 'Wa', identifier: 'wa.node@example.com', channel_id: EMAIL_CHANNEL });
+    await sim('POST', '/faults', { method: 'POST', path: '/api/v2/tickets', status: 422, count: 1 });
+    await client.enqueueTrack({ userId: 'wa', event: 'Checked Out', messageId: 'nq-w1',
+      context: { traits: { email: 'wa.node@example.com' } } });
+    assert.equal((await settled(client, 'nq-w1')).state, 'DELIVERY_STATE_FAILED');
+    const page = await client.listDeliveries({ state: 'failed', limit: 1000 });
+    const listed = page.deliveries.find((status) => status.messageId === 'nq-w1');
+    assert.equal(listed.error.reason, 'TRENGO_REJECTED');
+    assert.ok(listed.acceptedAt instanceof Date);
+    assert.equal(page.nextPageToken, '');
+    await assert.rejects(client.listDeliveries({ state: 'failedd' }), TypeError);
+    const refused = await client.retryDeliveries({ messageIds: ['nq-1'] }).catch((e) => e); // delivered
+    assert.equal(refused.codeName, 'FAILED_PRECONDITION');
+    assert.equal(await client.retryDeliveries({ messageIds: ['nq-w1'] }), 1);
+
+    const seen = [];
+    for await (const update of client.watchDeliveries(0, { deadlineMs: 20_000 })) {
+      seen.push(update);
+      if (update.status.messageId === 'nq-w1' && update.status.state === 'DELIVERY_STATE_DELIVERED') break;
+    }
+    const states = seen.filter((u) => u.status.messageId === 'nq-w1').map((u) => u.status.state);
+    assert.deepEqual(states.slice(-3), ['DELIVERY_STATE_QUEUED', 'DELIVERY_STATE_DELIVERING',
+      'DELIVERY_STATE_DELIVERED']);
+    assert.ok(states.includes('DELIVERY_STATE_FAILED'), states.join());
+    const cursors = seen.map((u) => u.cursor);
+    assert.deepEqual(cursors, [...cursors].sort((a, b) => a - b));
+    const resumed = [];
+    for await (const update of client.watchDeliveries(seen.at(-3).cursor, { deadlineMs: 20_000 })) {
+      resumed.push(update.cursor);
+      if (resumed.length === 2) break;
+    }
+    assert.deepEqual(resumed, cursors.slice(-2));
+    const { data: tickets } = await sim('GET', '/tickets');
+    assert.deepEqual(tickets.map((x) => x.subject), ['Cart was checked out']);
+    const delivered = await client.getDelivery('nq-w1');
+    assert.equal(delivered.result.ticketId, tickets[0].id);
+  });
 });

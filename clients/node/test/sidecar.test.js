@@ -38,6 +38,31 @@ test('the Node client against a real sidecar', { skip }, async (t) => {
     assert.deepEqual(contacts.map((c) => [c.id, c.name]), [[result.contactId, 'Ann Lee']]);
   });
 
+  await t.test('deliver streams events and answers each with its result or its error', async () => {
+    const traits = { email: 'streamed.node@example.com' };
+    async function* events() {
+      yield ['a', { type: 'identify', userId: 'streamed', traits: { ...traits, name: 'Stream' } }];
+      yield ['b', { type: 'track', userId: 'streamed', event: 'Checked Out', context: { traits } }];
+      yield ['c', { type: 'track', userId: 'streamed', event: 'Not Mapped', context: { traits } }];
+    }
+    const answers = {};
+    for await (const answer of client.deliver(events())) answers[answer.id] = answer;
+    assert.deepEqual(Object.keys(answers).sort(), ['a', 'b', 'c']);
+    assert.equal(answers.a.result.action, 'ACTION_CREATE_CONTACT');
+    assert.equal(answers.a.error, null);
+    assert.equal(answers.b.result.action, 'ACTION_CREATE_TICKET');
+    assert.equal(answers.c.result, null);
+    assert.equal(answers.c.error.codeName, 'FAILED_PRECONDITION');
+    assert.equal(answers.c.error.reason, 'EVENT_NOT_MAPPED');
+    const { data: tickets } = await sim('GET', '/tickets');
+    assert.deepEqual(tickets.map((x) => [x.id, x.subject]), [[answers.b.result.ticketId, 'Cart was checked out']]);
+    const dry = [];
+    for await (const answer of client.deliver([['x', { type: 'identify', traits: { email: 'x.node@example.com' } }]],
+      { dryRun: true })) dry.push(answer);
+    assert.equal(dry[0].result.dryRun, true);
+    assert.equal((await sim('GET', '/contacts')).data.length, 1);
+  });
+
   await t.test('track opens a ticket with the rendered subject', async () => {
     const contact = await sim('POST', '/contacts',
       { name: 'Bo', identifier: 'bo.node@example.com', channel_id: EMAIL_CHANNEL });

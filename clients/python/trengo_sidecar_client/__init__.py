@@ -13,10 +13,13 @@ from .errors import (
 )
 from .result import (
     Action,
+    Delivered,
     DeliveryError,
+    DeliveryPage,
     DeliveryResult,
     DeliveryState,
     DeliveryStatus,
+    DeliveryUpdate,
     Enqueued,
     FollowUpFailure,
     TicketAssignment,
@@ -24,8 +27,9 @@ from .result import (
 )
 
 __all__ = [
-    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "DeliveryError", "DeliveryResult",
-    "DeliveryState", "DeliveryStatus", "Enqueued", "FailedPrecondition", "FollowUpFailure", "InvalidArgument",
-    "NotFound", "RateLimited", "SidecarError", "TicketAssignment", "TrengoCall", "TrengoSidecarClient",
-    "Unauthenticated", "Unavailable",
+    "Action", "AsyncTrengoSidecarClient", "DeadlineExceeded", "Delivered", "DeliveryError",
+    "DeliveryPage", "DeliveryResult", "DeliveryState", "DeliveryStatus", "DeliveryUpdate", "Enqueued",
+    "FailedPrecondition", "FollowUpFailure", "InvalidArgument", "NotFound", "RateLimited",
+    "SidecarError", "TicketAssignment", "TrengoCall", "TrengoSidecarClient", "Unauthenticated",
+    "Unavailable",
 ]

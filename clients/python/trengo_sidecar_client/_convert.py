@@ -12,10 +12,13 @@ from google.protobuf import struct_pb2
 from ._gen import sidecar_pb2 as pb
 from .result import (
     Action,
+    Delivered,
     DeliveryError,
+    DeliveryPage,
     DeliveryResult,
     DeliveryState,
     DeliveryStatus,
+    DeliveryUpdate,
     Enqueued,
     FollowUpFailure,
     TicketAssignment,
@@ -114,10 +117,7 @@ def to_status(message: pb.DeliveryStatus, request_id: str | None) -> DeliverySta
         attempts=message.attempts,
         accepted_at=message.accepted_at.ToDatetime(tzinfo=UTC),
         result=to_result(message.result, None) if message.HasField("result") else None,
-        error=DeliveryError(code=_CODES.get(error.code, grpc.StatusCode.UNKNOWN), reason=error.reason,
-                            message=error.message, field=error.field,
-                            retry_after_seconds=error.retry_after_seconds)
-        if message.HasField("error") else None,
+        error=to_error(error) if message.HasField("error") else None,
         next_attempt_at=message.next_attempt_at.ToDatetime(tzinfo=UTC)
         if message.HasField("next_attempt_at") else None,
         request_id=request_id,
@@ -129,3 +129,40 @@ def request_id(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
         if key == "x-request-id":
             return value.decode() if isinstance(value, bytes) else str(value)
     return None
+
+
+def to_error(error: pb.DeliverError) -> DeliveryError:
+    return DeliveryError(code=_CODES.get(error.code, grpc.StatusCode.UNKNOWN), reason=error.reason,
+                         message=error.message, field=error.field,
+                         retry_after_seconds=error.retry_after_seconds)
+
+
+def deliver_request(item: tuple[str, Mapping[str, Any]], dry_run: bool) -> pb.DeliverRequest:
+    """One event of a Deliver stream: (id, a RudderStack/Segment-spec event dict)."""
+    event_id, event = item
+    return pb.DeliverRequest(id=event_id, send_event=pb.SendEventRequest(
+        event=to_struct(event, f"event {event_id!r}"), dry_run=dry_run))
+
+
+def to_delivered(message: pb.DeliverResponse) -> Delivered:
+    if message.HasField("error"):
+        return Delivered(id=message.id, error=to_error(message.error))
+    return Delivered(id=message.id, result=to_result(message.result, None))
+
+
+def to_update(message: pb.DeliveryUpdate) -> DeliveryUpdate:
+    return DeliveryUpdate(cursor=message.cursor, status=to_status(message.status, None))
+
+
+def to_page(message: pb.ListDeliveriesResponse, request_id: str | None) -> DeliveryPage:
+    return DeliveryPage(deliveries=tuple(to_status(s, request_id) for s in message.deliveries),
+                        next_page_token=message.next_page_token)
+
+
+def state_number(state: DeliveryState | str) -> int:
+    """A DeliveryState (or its name, "failed") as the proto's enum number."""
+    return int(pb.DeliveryState.Value(f"DELIVERY_STATE_{DeliveryState(state).value.upper()}"))
+
+
+def list_request(state: DeliveryState | str, limit: int, page_token: str) -> pb.ListDeliveriesRequest:
+    return pb.ListDeliveriesRequest(state=state_number(state), limit=limit, page_token=page_token)  # type: ignore[arg-type]

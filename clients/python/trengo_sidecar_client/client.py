@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Self, TypeVar
 
 import grpc
@@ -11,7 +11,15 @@ from . import _convert as cv
 from ._gen import sidecar_pb2 as pb
 from ._gen import sidecar_pb2_grpc as pb_grpc
 from .errors import from_rpc_error
-from .result import DeliveryResult, DeliveryStatus, Enqueued
+from .result import (
+    Delivered,
+    DeliveryPage,
+    DeliveryResult,
+    DeliveryState,
+    DeliveryStatus,
+    DeliveryUpdate,
+    Enqueued,
+)
 
 Json = Mapping[str, Any]
 Id = int | str
@@ -48,6 +56,19 @@ class _Options:
 
     def _kwargs(self, timeout: float | None) -> dict[str, Any]:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata}
+
+    def _stream_kwargs(self, timeout: float | None) -> dict[str, Any]:
+        """A stream lasts as long as its caller wants: no deadline unless the call gives one."""
+        return {"timeout": timeout, "metadata": self._metadata}
+
+
+_DELIVER_DOC = """Many RudderStack/Segment-spec events over one Deliver stream: ``(id, event dict)`` pairs in,
+        one `Delivered` per event out as each is done (echoing its id; a person's events keep their order,
+        others' may overtake). A failed event is a `Delivered` with `error`, and the stream goes on; a
+        failure of the whole stream raises `SidecarError`. ``timeout`` bounds the stream (default none)."""
+_WATCH_DOC = """Every change of queued events' states after ``cursor`` (0: the oldest kept), oldest
+        first, then as they happen, until the caller stops iterating. Keep the last `DeliveryUpdate.cursor`
+        seen: resuming from it misses nothing. ``timeout`` bounds the stream (default none)."""
 
 
 class TrengoSidecarClient(_Options):
@@ -114,6 +135,43 @@ class TrengoSidecarClient(_Options):
         """Where a queued event is; NotFound (DELIVERY_NOT_FOUND) for a message_id never accepted."""
         request = pb.GetDeliveryRequest(message_id=message_id)
         return self._ask(self._stub.GetDelivery, request, timeout, cv.to_status)
+
+    # --- streams, and the operator's view of the queue ---
+
+    def deliver(self, events: Iterable[tuple[str, Json]], *, dry_run: bool = False,
+                timeout: float | None = None) -> Iterator[Delivered]:
+        requests = (cv.deliver_request(item, dry_run) for item in events)
+        return self._stream(self._stub.Deliver(requests, **self._stream_kwargs(timeout)), cv.to_delivered)
+
+    deliver.__doc__ = _DELIVER_DOC
+
+    def watch_deliveries(self, cursor: int = 0, *, timeout: float | None = None) -> Iterator[DeliveryUpdate]:
+        request = pb.WatchDeliveriesRequest(cursor=cursor)
+        return self._stream(self._stub.WatchDeliveries(request, **self._stream_kwargs(timeout)), cv.to_update)
+
+    watch_deliveries.__doc__ = _WATCH_DOC
+
+    def list_deliveries(self, state: DeliveryState | str = DeliveryState.FAILED, *, limit: int = 100,
+                        page_token: str = "", timeout: float | None = None) -> DeliveryPage:
+        """Accepted events in one state (default failed), oldest first, a page of at most ``limit``."""
+        request = cv.list_request(state, limit, page_token)
+        return self._ask(self._stub.ListDeliveries, request, timeout, cv.to_page)
+
+    def retry_deliveries(self, message_ids: Sequence[str] = (), *, all_failed: bool = False,
+                         timeout: float | None = None) -> int:
+        """Queue failed events again (these, or ``all_failed``); how many were. NotFound for an unknown
+        id, FailedPrecondition for one not failed: then none is queued."""
+        request = pb.RetryDeliveriesRequest(message_ids=message_ids, all_failed=all_failed)
+        return self._ask(self._stub.RetryDeliveries, request, timeout, lambda answer, _: int(answer.retried))
+
+    def _stream(self, responses: Any, convert: Callable[[Any], T]) -> Iterator[T]:
+        try:
+            for response in responses:
+                yield convert(response)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            responses.cancel()  # the caller stopped iterating: end the call, not just the loop
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> DeliveryResult:
         return self._ask(method, request, timeout, cv.to_result)
@@ -204,6 +262,52 @@ class AsyncTrengoSidecarClient(_Options):
         """Where a queued event is; NotFound (DELIVERY_NOT_FOUND) for a message_id never accepted."""
         request = pb.GetDeliveryRequest(message_id=message_id)
         return await self._ask(self._stub.GetDelivery, request, timeout, cv.to_status)
+
+    # --- streams, and the operator's view of the queue ---
+
+    def deliver(self, events: Iterable[tuple[str, Json]] | AsyncIterable[tuple[str, Json]], *,
+                dry_run: bool = False, timeout: float | None = None) -> AsyncIterator[Delivered]:
+        async def requests() -> AsyncIterator[pb.DeliverRequest]:
+            if isinstance(events, AsyncIterable):
+                async for item in events:
+                    yield cv.deliver_request(item, dry_run)
+            else:
+                for item in events:
+                    yield cv.deliver_request(item, dry_run)
+
+        call = self._stub.Deliver(requests(), **self._stream_kwargs(timeout))
+        return self._stream(call, cv.to_delivered)
+
+    deliver.__doc__ = _DELIVER_DOC
+
+    def watch_deliveries(self, cursor: int = 0, *,
+                         timeout: float | None = None) -> AsyncIterator[DeliveryUpdate]:
+        request = pb.WatchDeliveriesRequest(cursor=cursor)
+        return self._stream(self._stub.WatchDeliveries(request, **self._stream_kwargs(timeout)), cv.to_update)
+
+    watch_deliveries.__doc__ = _WATCH_DOC
+
+    async def list_deliveries(self, state: DeliveryState | str = DeliveryState.FAILED, *, limit: int = 100,
+                              page_token: str = "", timeout: float | None = None) -> DeliveryPage:
+        """Accepted events in one state (default failed), oldest first, a page of at most ``limit``."""
+        request = cv.list_request(state, limit, page_token)
+        return await self._ask(self._stub.ListDeliveries, request, timeout, cv.to_page)
+
+    async def retry_deliveries(self, message_ids: Sequence[str] = (), *, all_failed: bool = False,
+                               timeout: float | None = None) -> int:
+        """Queue failed events again (these, or ``all_failed``); how many were."""
+        request = pb.RetryDeliveriesRequest(message_ids=message_ids, all_failed=all_failed)
+        return await self._ask(self._stub.RetryDeliveries, request, timeout,
+                               lambda answer, _: int(answer.retried))
+
+    async def _stream(self, call: Any, convert: Callable[[Any], T]) -> AsyncIterator[T]:
+        try:
+            async for response in call:
+                yield convert(response)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+        finally:
+            call.cancel()
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> DeliveryResult:
         return await self._ask(method, request, timeout, cv.to_result)

@@ -128,3 +128,35 @@ class DeliveryStatus:
     error: DeliveryError | None = None  # once failed; while retrying, the last error
     next_attempt_at: datetime | None = None  # while queued or retrying
     request_id: str | None = None  # x-request-id, when the sidecar sends one (its queue RPCs do not yet)
+
+
+# --- streams and the operator's queue RPCs: Deliver, WatchDeliveries, ListDeliveries ------------
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One answer of a Deliver stream: the id its event was sent with, and its result or its error."""
+
+    id: str
+    result: DeliveryResult | None = None  # the event was delivered (or filtered, or dry-run)
+    error: DeliveryError | None = None  # it was not: what a unary call would have raised, as data
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class DeliveryUpdate:
+    """One change of a queued event's state, from WatchDeliveries."""
+
+    cursor: int  # pass it back as watch_deliveries(cursor=...) to resume after this change
+    status: DeliveryStatus  # the event as of this change
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    """A page of ListDeliveries: events in one state, oldest first."""
+
+    deliveries: tuple[DeliveryStatus, ...]
+    next_page_token: str = ""  # "" on the last page; else pass it as list_deliveries(page_token=...)

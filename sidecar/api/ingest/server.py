@@ -39,6 +39,7 @@ from .keys import WriteKeys, basic_user
 log = logging.getLogger("sidecar.http")
 ROUTES = ("batch", *SINGLE_ROUTES)
 THREAD_PARSE_BYTES = 256 * 1024  # bigger bodies are inflated and parsed off the event loop
+YIELD_EVERY = 10  # events decided between two passes through the event loop
 REALM = 'Basic realm="trengo-sidecar"'
 CODES = {400: "INVALID_BODY", 401: "WRITE_KEY_INVALID", 413: "BODY_TOO_LARGE"}
 
@@ -117,7 +118,13 @@ class HttpIngest:
         if header_key is None and not self._known(body.write_key, done):
             return self._refused(done)
         carrier = (tracing_module.carrier() or None) if self.tracing is not None else None
-        decisions = [decide(raw, i, self.config, self.delivery, carrier) for i, raw in enumerate(body.events)]
+        decisions = []
+        for i, raw in enumerate(body.events):
+            if i and i % YIELD_EVERY == 0:
+                # Through the loop now and then: a batch's checks (5-15 ms for 100 events) do not hold
+                # up the gRPC calls and other requests that share the loop.
+                await asyncio.sleep(0)
+            decisions.append(decide(raw, i, self.config, self.delivery, carrier))
         jobs = [d.job for d in decisions if d.job is not None]
         try:
             stored = await self.queue.accept_many(jobs) if jobs else []

@@ -172,12 +172,31 @@ FROM u
 RETURNING seq;
 
 -- name: due_heads
--- A person's head (lowest active id), due, with nothing of that person in flight.
+-- A person's head (lowest active id), due, with nothing of that person in flight. One exception: while
+-- the head is a track waiting for its contact (retrying, CONTACT_NOT_FOUND), the person's first queued
+-- identify goes instead (it creates what the track waits for); every other event stays behind the track.
+-- Exactly one candidate per person, so one claim (or two sidecars' claims) never takes two of a person.
+-- Same rule as sqlite.py's DUE_HEADS.
 SELECT d.id FROM queue_deliveries d
 WHERE d.active AND d.state IN ('queued', 'retrying')
   AND d.next_attempt_at <= COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
   AND NOT EXISTS (SELECT 1 FROM queue_deliveries e
-                  WHERE e.active AND e.person = d.person AND (e.id < d.id OR e.state = 'delivering'))
+                  WHERE e.active AND e.person = d.person AND e.state = 'delivering')
+  AND ((NOT EXISTS (SELECT 1 FROM queue_deliveries e
+                    WHERE e.active AND e.person = d.person AND e.id < d.id)
+        AND NOT (d.state = 'retrying' AND COALESCE(d.error->>'reason', '') = 'CONTACT_NOT_FOUND'
+                 AND EXISTS (SELECT 1 FROM queue_deliveries i
+                             WHERE i.active AND i.person = d.person AND i.id > d.id
+                               AND i.event->>'kind' = 'identify')))
+    OR (COALESCE(d.event->>'kind', '') = 'identify'
+        AND NOT EXISTS (SELECT 1 FROM queue_deliveries i
+                        WHERE i.active AND i.person = d.person AND i.id < d.id
+                          AND i.event->>'kind' = 'identify')
+        AND EXISTS (SELECT 1 FROM queue_deliveries w
+                    WHERE w.active AND w.person = d.person AND w.state = 'retrying'
+                      AND w.error->>'reason' = 'CONTACT_NOT_FOUND'
+                      AND NOT EXISTS (SELECT 1 FROM queue_deliveries x
+                                      WHERE x.active AND x.person = d.person AND x.id < w.id))))
 ORDER BY d.next_attempt_at, d.id
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED;
@@ -233,6 +252,17 @@ SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, resul
        COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8)
 FROM u
 RETURNING seq;
+
+-- name: wake_waiting
+-- An identify delivered: the person's tracks waiting for their contact are due now, not at their
+-- backoff's next step. Run before finish, so these rows' locks come before the counter's (no cycle).
+UPDATE queue_deliveries w
+SET next_attempt_at = LEAST(w.next_attempt_at,
+                            COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8))
+FROM queue_deliveries i
+WHERE i.id = %(id)s AND COALESCE(i.event->>'kind', '') = 'identify'
+  AND w.person = i.person AND w.active AND w.state = 'retrying'
+  AND COALESCE(w.error->>'reason', '') = 'CONTACT_NOT_FOUND';
 
 -- name: get
 SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;

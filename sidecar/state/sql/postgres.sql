@@ -57,8 +57,41 @@ BEGIN
 END
 $$;
 
+-- name: migrate_3
+-- The slot's time comes back with it, so that slot_answered can move that entry to when the call's
+-- answer came (sidecar/trengo_api/ratelimit.py says why). A new column in the result (not
+-- named at: inside the function that would be ambiguous with the log's column): drop, create.
+DROP FUNCTION sidecar_acquire_slot(text, integer, double precision, double precision);
+CREATE FUNCTION sidecar_acquire_slot(p_key text, p_limit integer, p_window double precision,
+                                     p_now double precision)
+RETURNS TABLE (wait double precision, held boolean, taken_at double precision) LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_held double precision;
+    v_now double precision;
+    v_count bigint;
+    v_oldest double precision;
+BEGIN
+    INSERT INTO sidecar_rate_limits (key) VALUES (p_key)
+    ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+    RETURNING held_until INTO v_held;
+    v_now := coalesce(p_now, extract(epoch FROM clock_timestamp()));  -- read once the row is ours
+    IF v_held > v_now THEN
+        RETURN QUERY SELECT v_held - v_now, true, NULL::double precision;
+        RETURN;
+    END IF;
+    DELETE FROM sidecar_rate_log WHERE key = p_key AND at <= v_now - p_window;
+    SELECT count(*), min(at) INTO v_count, v_oldest FROM sidecar_rate_log WHERE key = p_key;
+    IF v_count < p_limit THEN
+        INSERT INTO sidecar_rate_log (key, at) VALUES (p_key, v_now);
+        RETURN QUERY SELECT 0::double precision, false, v_now;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT greatest(v_oldest + p_window - v_now, 0.001), false, NULL::double precision;
+END
+$$;
+
 -- name: acquire_slot
-SELECT wait, held FROM sidecar_acquire_slot(%(key)s, %(limit)s::integer, %(window)s::float8, %(now)s::float8);
+SELECT wait, held, taken_at FROM sidecar_acquire_slot(%(key)s, %(limit)s::integer, %(window)s::float8, %(now)s::float8);
 
 -- name: schema_table
 CREATE TABLE IF NOT EXISTS sidecar_schema (component text PRIMARY KEY, version integer NOT NULL);
@@ -75,6 +108,11 @@ ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version;
 
 -- name: ping
 SELECT 1;
+
+-- name: slot_answered
+-- One entry (two calls may have been logged at the same instant), moved to now, never earlier.
+UPDATE sidecar_rate_log SET at = greatest(at, coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())))
+WHERE ctid = (SELECT ctid FROM sidecar_rate_log WHERE key = %(key)s AND at = %(at)s::float8 LIMIT 1);
 
 -- name: slot_hold
 INSERT INTO sidecar_rate_limits (key, held_until)

@@ -35,6 +35,11 @@ SELECT count(*), min(at) FROM sidecar_rate_log WHERE key = :key;
 -- name: slot_take
 INSERT INTO sidecar_rate_log (key, at) VALUES (:key, :now);
 
+-- name: slot_answered
+-- One entry (two calls may have been logged at the same instant), moved to now, never earlier.
+UPDATE sidecar_rate_log SET at = max(at, :now)
+WHERE rowid = (SELECT rowid FROM sidecar_rate_log WHERE key = :key AND at = :at LIMIT 1);
+
 -- name: slot_hold
 INSERT INTO sidecar_rate_limits (key, held_until) VALUES (:key, :now + :seconds)
 ON CONFLICT (key) DO UPDATE SET held_until = max(held_until, excluded.held_until);

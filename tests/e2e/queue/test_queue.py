@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -264,8 +265,9 @@ def test_the_operator_cli_lists_failed_events_and_retries_one(make_sidecar, cont
     retried = cli("retry", ids[1])
     assert retried.returncode == 0 and "queued again: 1" in retried.stdout, retried.stderr
     assert settled(stub, ids[1:])[ids[1]].state == pb.DELIVERY_STATE_DELIVERED
-    shown = cli("get", ids[1])
-    assert '"DELIVERY_STATE_DELIVERED"' in shown.stdout
+    shown = cli("get", ids[1], "--output", "json")
+    assert json.loads(shown.stdout)["state"] == "DELIVERY_STATE_DELIVERED"
+    assert cli("get", ids[1]).stdout.startswith(f"{ids[1]}  delivered  attempts=1")
     assert cli("retry").returncode == 2  # neither ids nor --all
 
 

@@ -78,6 +78,7 @@ def full_config(tmp_path: Path, certs: Path) -> dict[str, Any]:
         "queueMaxBytes": 10485760,
         "queueFailedRetentionSeconds": 3600,
         "maxWatchers": 8,
+        "queueContactWaitSeconds": 120,
         "maxMessageBytes": 1048576,
         "tlsCertFile": str(certs / "server.crt"),
         "tlsKeyFile": str(certs / "server.key"),

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.queue.policy import KEEP_RETRYING, OUTCOME_UNKNOWN, REJECTED, TRANSIENT, QueuePolicy
+from sidecar.errors import NotFound, Unavailable
+from sidecar.queue.policy import (
+    KEEP_RETRYING,
+    OUTCOME_UNKNOWN,
+    REJECTED,
+    TRANSIENT,
+    WAITING_FOR_CONTACT,
+    QueuePolicy,
+)
+from sidecar.queue.worker import classify
 
 HOUR = 3600.0
 policy = QueuePolicy()
@@ -88,3 +97,29 @@ def test_the_queue_config_keys_are_validated_naming_the_key() -> None:
         with pytest.raises(ConfigError) as caught:
             build_config({**base, key: value})  # a lease of 5 s is not longer than the 10 s request timeout
         assert caught.value.key == key
+
+
+def test_a_track_waits_for_its_contact_on_the_schedule_for_up_to_600s() -> None:
+    assert policy.contact_wait_seconds == 600
+    assert policy.decide(WAITING_FOR_CONTACT, 1, 0) == "retry"
+    assert policy.wait(WAITING_FOR_CONTACT, 1, 0) == 10  # the queue's own schedule
+    assert policy.decide(WAITING_FOR_CONTACT, 6, 590) == "retry"
+    assert policy.wait(WAITING_FOR_CONTACT, 6, 590) == 10  # one last try when the wait runs out, not past
+    assert policy.decide(WAITING_FOR_CONTACT, 7, 600) == "fail"
+    assert policy.decide(WAITING_FOR_CONTACT, 1, 0) != policy.decide(REJECTED, 1, 0)
+
+
+def test_no_contact_wait_fails_at_once_and_the_wait_is_configurable() -> None:
+    assert QueuePolicy(contact_wait_seconds=0).decide(WAITING_FOR_CONTACT, 1, 0) == "fail"
+    short = QueuePolicy(base_seconds=0.1, max_seconds=0.4, contact_wait_seconds=1)
+    assert short.wait(WAITING_FOR_CONTACT, 5, 0.9) == pytest.approx(0.1)
+    assert short.decide(WAITING_FOR_CONTACT, 9, 1.0) == "fail"
+    assert short.wait(TRANSIENT, 5, 0.9) == pytest.approx(0.4)  # other kinds: the schedule alone
+
+
+def test_only_a_tracks_contact_not_found_waits() -> None:
+    missing = NotFound("no Trengo contact has this email", reason="CONTACT_NOT_FOUND")
+    assert classify(missing, 200, "track") == WAITING_FOR_CONTACT
+    # An identify's CONTACT_NOT_FOUND is its trengoContactId answered 404: no wait will change that.
+    assert classify(missing, 404, "identify") == REJECTED
+    assert classify(Unavailable("503"), 503, "track") == TRANSIENT

@@ -395,3 +395,89 @@ async def _raw(state: Any, backend: str, sql: str) -> None:
     else:
         async with state.pool.connection() as conn:
             await conn.execute(sql)
+
+
+def test_a_batch_is_stored_in_order_with_its_refused_events_failed(store: tuple[Run, Clock]) -> None:
+    """enqueue_many (the HTTP ingest's batch): one transaction; duplicates inside it or of earlier
+    events answered False; a job with an error stored failed and inactive, with a cursor for watchers."""
+    run, _ = store
+    enqueue_all(run, job("old", "p"))
+    error = {"code": 3, "message": "event.event is required", "reason": "INVALID_EVENT"}
+    refused = NewJob("bad", "message:bad", {"refused": {"type": "track"}}, error=error)
+    batch = [job("b1", "p"), job("old", "p"), refused, job("b2", "q"), job("b1", "p"), job("b3", "p")]
+    assert run(lambda q: q.enqueue_many(batch)) == [True, False, True, True, False, True]
+    assert run(lambda q: q.enqueue_many([refused, job("b2", "q")])) == [False, False]
+    failed = run(lambda q: q.get("bad"))
+    assert failed.state == FAILED and failed.error["reason"] == "INVALID_EVENT" and failed.seq > 0
+    assert [c.message_id for c in run(lambda q: q.changes(0, 10))] == ["bad"]  # acceptance is no change
+    # Order per person holds across the batch, and the refused event holds no one's turn.
+    assert claim(run, limit=10) == ["old", "b2"]
+    assert [j.message_id for j in run(lambda q: q.by_state(QUEUED, 0, 10))] == ["b1", "b3"]
+
+
+def identify_job(message_id: str, person: str) -> NewJob:
+    return NewJob(message_id, person, {"kind": "identify", "message_id": message_id})
+
+
+def waits_for_contact(clock: Clock, seconds: float = 100) -> Outcome:
+    """How the worker settles a Track whose contact is not found yet (policy WAITING_FOR_CONTACT)."""
+    error = {"code": 5, "reason": "CONTACT_NOT_FOUND", "message": "waiting up to 600 s for the contact"}
+    return Outcome(RETRYING, error=error, next_attempt_at=clock.now + seconds)
+
+
+def test_identifies_go_before_a_track_waiting_for_its_contact_and_nothing_else_does(
+    store: tuple[Run, Clock],
+) -> None:
+    """A track accepted before its identify must not wait for an identify that waits for it: while the
+    track waits, the person's identifies (in their order) go first; the other events stay behind it."""
+    run, clock = store
+    enqueue_all(
+        run, job("t1", "p"), job("x", "p"), identify_job("i1", "p"), job("y", "p"), identify_job("i2", "p")
+    )
+    assert claim(run) == ["t1"]
+    settle(run, "t1", waits_for_contact(clock))
+    assert claim(run) == ["i1"]  # x stays behind the waiting track
+    assert claim(run, "b") == []  # one of a person at a time: i2 waits for i1
+    settle(run, "i1", Outcome(DELIVERED))
+    woken = run(lambda q: q.get("t1"))
+    assert (woken.state, woken.next_attempt_at) == (RETRYING, clock.now)  # due now, not in 100 s
+    assert claim(run) == ["i2"]  # identifies first, in their order: the track waits for every one
+    settle(run, "i2", Outcome(DELIVERED))
+    assert claim(run) == ["t1"]
+    assert claim(run, "b") == []
+    settle(run, "t1", Outcome(DELIVERED))
+    assert claim(run) == ["x"]
+    settle(run, "x", Outcome(DELIVERED))
+    assert claim(run) == ["y"]
+
+
+def test_only_a_wait_for_the_contact_lets_identifies_pass(store: tuple[Run, Clock]) -> None:
+    run, clock = store
+    enqueue_all(run, job("t1", "p"), identify_job("i1", "p"), job("u1", "u"), identify_job("i2", "u"))
+    assert sorted(claim(run)) == ["t1", "u1"]
+    unavailable = {"code": 14, "reason": "TRENGO_UNAVAILABLE", "message": "503"}
+    settle(run, "t1", Outcome(RETRYING, error=unavailable, next_attempt_at=clock.now + 10))
+    settle(run, "u1", waits_for_contact(clock, 10))
+    assert claim(run) == ["i2"]  # u1 waits for its contact; t1 waits for Trengo: i1 stays behind it
+    settle(run, "i2", Outcome(FAILED, error={"reason": "TRENGO_REJECTED"}))
+    assert run(lambda q: q.get("u1")).next_attempt_at == clock.now + 10  # a failed identify wakes nothing
+    clock.now += 10
+    assert sorted(claim(run)) == ["t1", "u1"]  # no identify left behind u1: it is tried again itself
+
+
+def test_a_retried_event_ahead_of_a_waiting_track_keeps_the_identify_behind_it(
+    store: tuple[Run, Clock],
+) -> None:
+    """An operator's retry puts a failed event back at its place: ahead of the waiting track, it is the
+    person's head again, and the identify behind the track waits for it."""
+    run, clock = store
+    enqueue_all(run, job("old", "p"), job("t1", "p"), identify_job("i1", "p"))
+    claim(run)
+    settle(run, "old", Outcome(FAILED, error={"reason": "TRENGO_REJECTED"}))
+    assert claim(run) == ["t1"]
+    settle(run, "t1", waits_for_contact(clock))
+    run(lambda q: q.retry_failed(["old"]))
+    assert claim(run) == ["old"]
+    assert claim(run, "b") == []
+    settle(run, "old", Outcome(DELIVERED))
+    assert claim(run) == ["i1"]

@@ -75,6 +75,31 @@ def test_a_full_window_tells_how_long_until_the_oldest_slot_frees(url, clock):
     run(url, clock, scenario)
 
 
+def test_an_answered_slot_counts_from_when_its_answer_came(url, clock):
+    """A call's log entry moves to its answer's time, which is after its arrival at Trengo: a call
+    slow on its way can no longer make the next window's first call land inside Trengo's window."""
+
+    async def scenario(state: State) -> None:
+        taken = []
+        for _ in range(3):
+            decision = await state.acquire_slot("t", 3, 10.0)
+            assert decision.wait == 0 and decision.at is not None
+            taken.append(decision.at)
+            clock.advance(1)
+        clock.advance(2)  # t=5: the first call (logged at 0) is answered only now
+        await state.slot_answered("t", taken[0])
+        await state.slot_answered("t", taken[0] - 100)  # an entry the log no longer has: nothing happens
+        clock.advance(6)  # t=11: the entry at 1 has freed a slot; the one answered at 5 still counts
+        assert (await state.acquire_slot("t", 3, 10.0)).wait == 0
+        full = await state.acquire_slot("t", 3, 10.0)
+        assert full.wait == pytest.approx(1.0)  # the entry at 2 frees at 12 (the one at 5, at 15)
+        clock.advance(1)
+        assert (await state.acquire_slot("t", 3, 10.0)).wait == 0
+        assert (await state.acquire_slot("t", 3, 10.0)).wait == pytest.approx(3.0)  # 5 + 10 - 12
+
+    run(url, clock, scenario)
+
+
 def test_a_refused_slot_is_not_logged(url, clock):
     async def scenario(state: State) -> None:
         assert (await state.acquire_slot("t", 1, 10.0)).wait == 0
