@@ -32,6 +32,7 @@ from trengo.sidecar.v1 import sidecar_pb2 as pb
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
 
 TICKETS = "/api/v2/tickets"
+# Tracks for people with no contact, queueContactWaitSeconds 0: they fail at once and stay held.
 FAILED = pb.DELIVERY_STATE_FAILED
 
 
@@ -63,7 +64,7 @@ def test_a_queue_at_max_depth_answers_queue_full_and_writes_nothing(
     make_sidecar: Callable[..., SidecarThread], store: str, control: SimulatorControl
 ) -> None:
     control.add_fault(method="POST", path=TICKETS, status=422, count=1000)  # failed at once: still held
-    thread = make_sidecar(**ingest_config(store, queueMaxDepth=3))
+    thread = make_sidecar(**ingest_config(store, queueMaxDepth=3, queueContactWaitSeconds=0))
     registry = install_metrics(thread.sidecar, process=False)
     _, stub = thread.stub()
     ids = [stub.Enqueue(order("ann", n, message_id=f"m{n}"), timeout=5).message_id for n in range(3)]
@@ -86,7 +87,7 @@ def test_a_queue_at_max_bytes_answers_queue_full_and_writes_nothing(
     make_sidecar: Callable[..., SidecarThread], store: str, control: SimulatorControl
 ) -> None:
     control.add_fault(method="POST", path=TICKETS, status=422, count=1000)
-    thread = make_sidecar(**ingest_config(store, queueMaxBytes=40_000))
+    thread = make_sidecar(**ingest_config(store, queueMaxBytes=40_000, queueContactWaitSeconds=0))
     registry = install_metrics(thread.sidecar, process=False)
     _, stub = thread.stub()
     big = order("ann", 1, message_id="big")
@@ -112,7 +113,8 @@ def test_failed_events_are_pruned_after_their_retention_with_their_changes(
     make_sidecar: Callable[..., SidecarThread], store: str, control: SimulatorControl
 ) -> None:
     control.add_fault(method="POST", path=TICKETS, status=422, count=1000)
-    thread = make_sidecar(store=store, **FAST_QUEUE, queueFailedRetentionSeconds=2, queueMaxDepth=2)
+    thread = make_sidecar(store=store, **FAST_QUEUE, queueFailedRetentionSeconds=2, queueMaxDepth=2,
+                         queueContactWaitSeconds=0)  # fmt: skip
     _, stub = thread.stub()
     ids = [stub.Enqueue(order(p, 1, message_id=f"f-{p}"), timeout=5).message_id for p in ("ann", "bob")]
     assert {s.state for s in settled(stub, ids).values()} == {FAILED}
