@@ -20,6 +20,8 @@ const definition = protoLoader.loadSync('trengo/sidecar/v1/sidecar.proto', {
 });
 const { TrengoSidecar } = grpc.loadPackageDefinition(definition).trengo.sidecar.v1;
 
+const DELIVERY_STATES = definition['trengo.sidecar.v1.DeliveryState'].type.value.map((v) => v.name);
+
 const rpcRoot = new protobuf.Root();
 rpcRoot.resolvePath = (_origin, target) => path.join(RPC_PROTO_DIR, target);
 rpcRoot.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto']);
@@ -274,9 +276,14 @@ class TrengoSidecarClient {
   /** Accepted events in one state ('failed' by default; or 'DELIVERY_STATE_FAILED' ...), oldest first:
    * { deliveries: [status, ...], nextPageToken } ('' on the last page). */
   async listDeliveries({ state = 'failed', limit = 100, pageToken = '' } = {}, callOptions = {}) {
-    const name = String(state).toUpperCase();
-    const request = { state: name.startsWith('DELIVERY_STATE_') ? name : `DELIVERY_STATE_${name}`, limit, pageToken };
-    const page = await this.#call('ListDeliveries', () => request, callOptions);
+    const page = await this.#call('ListDeliveries', () => {
+      const name = String(state).toUpperCase();
+      const full = name.startsWith('DELIVERY_STATE_') ? name : `DELIVERY_STATE_${name}`;
+      if (!DELIVERY_STATES.includes(full)) {
+        throw new TypeError(`listDeliveries: unknown state ${JSON.stringify(state)}; known: ${DELIVERY_STATES.join(', ')}`);
+      }
+      return { state: full, limit, pageToken };
+    }, callOptions);
     return { deliveries: page.deliveries.map(toStatus), nextPageToken: page.nextPageToken };
   }
 

@@ -115,6 +115,7 @@ test('the Node client queues events and follows their delivery', { skip }, async
     assert.equal(listed.error.reason, 'TRENGO_REJECTED');
     assert.ok(listed.acceptedAt instanceof Date);
     assert.equal(page.nextPageToken, '');
+    await assert.rejects(client.listDeliveries({ state: 'failedd' }), TypeError);
     const refused = await client.retryDeliveries({ messageIds: ['nq-1'] }).catch((e) => e); // delivered
     assert.equal(refused.codeName, 'FAILED_PRECONDITION');
     assert.equal(await client.retryDeliveries({ messageIds: ['nq-w1'] }), 1);
