@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import resource
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +16,15 @@ from tests.support.postgres import Postgres
 from tests.support.processes import spawn  # noqa: F401 (a fixture)
 from tests.support.tls import pki  # noqa: F401 (a fixture: a CA, server and client certificates)
 from trengo.sidecar.v1 import sidecar_pb2_grpc as pb_grpc
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Open files up to the hard limit, for this run and the processes it starts. A non-root user's soft
+    limit is often 1,024 (root's here: 20,000), and the listener tests hold a thousand connections: as a
+    non-root user they failed with "Too many open files". The hard limit is the user's to take."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @pytest.fixture(scope="session")

@@ -60,10 +60,11 @@ class RateSlots(Protocol):
         """Atomically: no slot for ``key`` until now + ``seconds`` (extends a hold, never shortens one)."""
         ...
 
-    async def slot_answered(self, key: str, at: float) -> None:
-        """The call logged at ``at`` was answered: its entry moves to now (never earlier), so it counts
-        for a window from a time no earlier than its arrival at Trengo. An entry gone already (its
-        window over) is left alone."""
+    async def slot_answered(self, key: str, at: float, earlier_by: float = 0.0) -> None:
+        """The call logged at ``at`` was answered: its entry moves to now minus ``earlier_by`` (never
+        earlier than it was), so it counts for a window from a time no earlier than its arrival at
+        Trengo (the limiter passes its margin: an answered call needs none). An entry gone already
+        (its window over) is left alone."""
         ...
 
 

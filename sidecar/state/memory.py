@@ -79,11 +79,11 @@ class MemoryState:
         until = self._clock() + seconds
         self._held_until[key] = max(until, self._held_until.get(key, 0.0))
 
-    async def slot_answered(self, key: str, at: float) -> None:
+    async def slot_answered(self, key: str, at: float, earlier_by: float = 0.0) -> None:
         sent = self._sent.get(key, ())
         for i in range(len(sent) - 1, -1, -1):  # from the newest: the answered call is recent
             if sent[i] == at:
-                sent[i] = max(at, self._clock())  # type: ignore[index]
+                sent[i] = max(at, self._clock() - earlier_by)  # type: ignore[index]
                 return
 
     # --- contacts -----------------------------------------------------------------------------

@@ -52,8 +52,8 @@ class ObservedState:
     async def hold_slots(self, key: str, seconds: float) -> None:
         await self._timed("hold_slots", self.inner.hold_slots(key, seconds))
 
-    async def slot_answered(self, key: str, at: float) -> None:
-        await self._timed("slot_answered", self.inner.slot_answered(key, at))
+    async def slot_answered(self, key: str, at: float, earlier_by: float = 0.0) -> None:
+        await self._timed("slot_answered", self.inner.slot_answered(key, at, earlier_by))
 
     async def get_contact(self, key: str) -> ContactRecord | None:
         return await self._timed("get_contact", self.inner.get_contact(key))

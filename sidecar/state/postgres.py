@@ -224,8 +224,8 @@ class PostgresState:
     async def hold_slots(self, key: str, seconds: float) -> None:
         await self._fetch("slot_hold", {"key": key, "seconds": float(seconds)})
 
-    async def slot_answered(self, key: str, at: float) -> None:
-        await self._fetch("slot_answered", {"key": key, "at": float(at)})
+    async def slot_answered(self, key: str, at: float, earlier_by: float = 0.0) -> None:
+        await self._fetch("slot_answered", {"key": key, "at": float(at), "earlier_by": float(earlier_by)})
 
     # --- contacts --------------------------------------------------------------------------------
 

@@ -191,8 +191,8 @@ class SqliteState:
     async def hold_slots(self, key: str, seconds: float) -> None:
         await self._one("slot_hold", {"key": key, "seconds": seconds})
 
-    async def slot_answered(self, key: str, at: float) -> None:
-        await self._one("slot_answered", {"key": key, "at": at})
+    async def slot_answered(self, key: str, at: float, earlier_by: float = 0.0) -> None:
+        await self._one("slot_answered", {"key": key, "at": at, "earlier_by": earlier_by})
 
     # --- contacts ---------------------------------------------------------------------------------
 

@@ -230,7 +230,10 @@ class RateLimiter:
 
     async def _answered(self, at: float) -> None:
         try:
-            await self.slots.slot_answered(self.key, at)
+            # Less the margin: an answered call's time is already no earlier than its arrival, so its
+            # entry frees the slot a window after the answer, not a window and a margin.
+            margin = self._logged_window() - self.window
+            await self.slots.slot_answered(self.key, at, margin)
         except StoreError:
             self.store_errors += 1  # the entry keeps its send time: the margin still covers most delays
 

@@ -71,6 +71,20 @@ def _reachable_install() -> Path:
     return root / parts[0]
 
 
+def _system_user() -> pwd.struct_passwd:
+    """The unprivileged user the server runs as when the tests run as root, created if missing."""
+    try:
+        entry = ensure_user_exists(SYSTEM_USER)
+    except subprocess.CalledProcessError as error:
+        try:  # another test process (a second suite on this machine) may just have created it
+            return pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise PostgresError(f"PostgreSQL refuses to run as root, and creating the user {SYSTEM_USER!r} "
+                                f"to run it failed: {error.stderr or error}") from None
+    assert entry is not None
+    return entry
+
+
 class Postgres:
     """One PostgreSQL cluster in a temporary directory: ``start()``, ``stop()``, ``url(db)``."""
 
@@ -82,12 +96,7 @@ class Postgres:
         self.bin = INSTALL / "bin"
         self.user = pwd.getpwuid(os.geteuid()).pw_name
         if os.geteuid() == 0:
-            try:
-                entry = ensure_user_exists(SYSTEM_USER)
-            except subprocess.CalledProcessError as error:
-                raise PostgresError(f"PostgreSQL refuses to run as root, and creating the user "
-                                    f"{SYSTEM_USER!r} to run it failed: {error.stderr or error}") from None
-            assert entry is not None
+            entry = _system_user()
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
             self._as = {"user": entry.pw_uid, "group": entry.pw_gid}
             self.bin = _reachable_install()

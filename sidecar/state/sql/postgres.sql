@@ -111,7 +111,8 @@ SELECT 1;
 
 -- name: slot_answered
 -- One entry (two calls may have been logged at the same instant), moved to now, never earlier.
-UPDATE sidecar_rate_log SET at = greatest(at, coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())))
+UPDATE sidecar_rate_log
+SET at = greatest(at, coalesce(%(now)s::float8, extract(epoch FROM clock_timestamp())) - %(earlier_by)s::float8)
 WHERE ctid = (SELECT ctid FROM sidecar_rate_log WHERE key = %(key)s AND at = %(at)s::float8 LIMIT 1);
 
 -- name: slot_hold

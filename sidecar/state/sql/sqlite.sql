@@ -37,7 +37,7 @@ INSERT INTO sidecar_rate_log (key, at) VALUES (:key, :now);
 
 -- name: slot_answered
 -- One entry (two calls may have been logged at the same instant), moved to now, never earlier.
-UPDATE sidecar_rate_log SET at = max(at, :now)
+UPDATE sidecar_rate_log SET at = max(at, :now - :earlier_by)
 WHERE rowid = (SELECT rowid FROM sidecar_rate_log WHERE key = :key AND at = :at LIMIT 1);
 
 -- name: slot_hold
