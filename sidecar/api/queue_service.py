@@ -25,7 +25,15 @@ from trengo.sidecar.v1 import sidecar_pb2 as pb
 
 from ..config.load import Config
 from ..delivery.delivery import Delivery
-from ..errors import FailedPrecondition, InvalidArgument, NotFound, SidecarError, StoreError, Unavailable
+from ..errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SidecarError,
+    StoreError,
+    Unavailable,
+)
 from ..observe import tracing
 from ..plan import events, filters
 from ..queue.backends import queue_on
@@ -39,6 +47,8 @@ from ..queue.store import (
     RETRYING,
     Change,
     Job,
+    Limits,
+    Listed,
     NewJob,
     QueueStore,
     RetryRefused,
@@ -69,6 +79,7 @@ DEFAULT_PAGE, MAX_PAGE = 100, 1000
 WATCH_POLL_SECONDS = 0.5
 STORE_RETRY_SECONDS = 1.0
 OPEN_WAIT_SECONDS = 2.0  # how long start-up waits for the queue's tables before going on without them
+WATCHERS_RETRY_SECONDS = 5.0  # RetryInfo of TOO_MANY_WATCHERS
 
 
 def person(event: events.Event) -> str:
@@ -114,7 +125,12 @@ def settings_of(config: Config) -> WorkerSettings:
         poll_seconds=config.queue_poll_seconds,
         attempt_seconds=config.queue_attempt_timeout_seconds,
         retention_seconds=config.queue_retention_seconds,
+        failed_retention_seconds=config.queue_failed_retention_seconds,
     )
+
+
+def limits_of(config: Config) -> Limits:
+    return Limits(max_depth=config.queue_max_depth, max_bytes=config.queue_max_bytes)
 
 
 def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -123,7 +139,7 @@ def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def to_status(job: Job | Change) -> pb.DeliveryStatus:
+def to_status(job: Job | Change | Listed) -> pb.DeliveryStatus:
     """An event's status: as it is now (a Job), or as of one change (a Change, for WatchDeliveries)."""
     status = pb.DeliveryStatus(
         message_id=job.message_id,
@@ -160,6 +176,7 @@ class QueueService:
         self._ready: Callable[[], bool] = lambda: True
         self._opening: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self.watchers = 0  # WatchDeliveries streams open now (maxWatchers)
         self.tracing: Any = None  # the sidecar's Tracing, set by server.py when tracing is on
 
     def metrics(self) -> Iterator[Metric]:
@@ -194,7 +211,7 @@ class QueueService:
                 elif not self._ready():  # the sidecar retries its store itself: no second prober
                     await asyncio.sleep(STORE_RETRY_SECONDS)
                     continue
-                self.store = await queue_on(self._state)
+                self.store = await queue_on(self._state, limits_of(self.config))
                 break
             except StoreError as exc:
                 log.warning("queue: the store is not usable yet, retrying: %s", exc)
@@ -347,8 +364,26 @@ class QueueService:
             cursor = decoded(request).cursor
             if cursor < 0:
                 raise InvalidArgument("cursor must not be negative", field="cursor")
+            if self.watchers >= self.config.max_watchers:
+                raise ResourceExhausted(
+                    f"{self.watchers} WatchDeliveries streams are open on this sidecar, its maxWatchers; "
+                    "retry later, or close one",
+                    reason="TOO_MANY_WATCHERS",
+                    retry_after=WATCHERS_RETRY_SECONDS,
+                )
         except SidecarError as exc:
             await abort_with(context, exc)
+        self.watchers += 1
+        try:
+            async for update in self._watch(store, cursor, context):
+                yield update
+        finally:
+            self.watchers -= 1
+
+    async def _watch(
+        self, store: QueueStore, cursor: int, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.DeliveryUpdate]:
+        """Poll the change log (a read that takes no write lock) until the caller or the sidecar stops."""
         while not self._closing.is_set():
             try:
                 jobs = await store.changes(cursor, DEFAULT_PAGE)

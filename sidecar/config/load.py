@@ -103,6 +103,11 @@ class Config:
     queue_poll_seconds: float = 1.0
     queue_attempt_timeout_seconds: float = 60.0
     queue_retention_seconds: float = 7 * 86400.0
+    # the queue's bounds (issue 22): events and stored bytes held for delivery; failed ones kept this long
+    queue_max_depth: int = 1_000_000
+    queue_max_bytes: int = 1 << 30
+    queue_failed_retention_seconds: float = 7 * 86400.0
+    max_watchers: int = 64  # WatchDeliveries streams open at once on this sidecar
     # How long a queued Track whose contact is not found yet waits for it (an identify on its way).
     queue_contact_wait_seconds: float = 600.0
     # server
@@ -166,6 +171,12 @@ _KEYS: dict[str, tuple[str, str]] = {
     "queuePollSeconds": ("queue_poll_seconds", "SIDECAR_QUEUE_POLL_SECONDS"),
     "queueAttemptTimeoutSeconds": ("queue_attempt_timeout_seconds", "SIDECAR_QUEUE_ATTEMPT_TIMEOUT_SECONDS"),
     "queueRetentionSeconds": ("queue_retention_seconds", "SIDECAR_QUEUE_RETENTION_SECONDS"),
+    "queueMaxDepth": ("queue_max_depth", "SIDECAR_QUEUE_MAX_DEPTH"),
+    "queueMaxBytes": ("queue_max_bytes", "SIDECAR_QUEUE_MAX_BYTES"),
+    "queueFailedRetentionSeconds": (
+        "queue_failed_retention_seconds", "SIDECAR_QUEUE_FAILED_RETENTION_SECONDS"
+    ),
+    "maxWatchers": ("max_watchers", "SIDECAR_MAX_WATCHERS"),
     "queueContactWaitSeconds": ("queue_contact_wait_seconds", "SIDECAR_QUEUE_CONTACT_WAIT_SECONDS"),
     "maxMessageBytes": ("max_message_bytes", "SIDECAR_MAX_MESSAGE_BYTES"),
     "authToken": ("auth_token", "SIDECAR_AUTH_TOKEN"),

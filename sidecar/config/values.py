@@ -229,6 +229,10 @@ def _check(c: Any) -> Iterator[ConfigError]:
         "rateLimitWindowSeconds": c.rate_limit_window_seconds,
         "storePoolSize": c.store_pool_size,
         "maxEventFields": c.max_event_fields,
+        "queueMaxDepth": c.queue_max_depth,
+        "queueMaxBytes": c.queue_max_bytes,
+        "queueFailedRetentionSeconds": c.queue_failed_retention_seconds,
+        "maxWatchers": c.max_watchers,
     }
     for key, value in positive.items():
         if value <= 0:

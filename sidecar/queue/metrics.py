@@ -41,6 +41,25 @@ def collect(queue: Any) -> Iterator[Metric]:
         f"{PREFIX}_failed", "Events failed for good, waiting for an operator's retry.",
         value=stats.depth.get(FAILED, 0),
     )
+    yield GaugeMetricFamily(
+        f"{PREFIX}_held_bytes",
+        "Stored bytes of the events held for delivery (not yet delivered; failed included), as "
+        "queueMaxBytes counts them.",
+        value=stats.held_bytes,
+    )
+    usage = GaugeMetricFamily(
+        f"{PREFIX}_limit_usage_ratio",
+        "How full the queue is against each of its limits (1: Enqueue answers QUEUE_FULL).",
+        labels=("limit",),
+    )
+    config = queue.config
+    usage.add_metric(("queueMaxDepth",), stats.held / config.queue_max_depth)
+    usage.add_metric(("queueMaxBytes",), stats.held_bytes / config.queue_max_bytes)
+    yield usage
+    yield GaugeMetricFamily(
+        f"{PREFIX}_watchers", "WatchDeliveries streams open on this sidecar (maxWatchers caps them).",
+        value=getattr(queue, "watchers", 0),
+    )
     attempts = CounterMetricFamily(
         f"{PREFIX}_attempts", "Delivery attempts by this sidecar, by how they ended.", labels=("outcome",)
     )

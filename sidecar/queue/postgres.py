@@ -15,6 +15,16 @@ rows' locks, so two never wait on each other in a cycle. Acceptance takes
 no cursor (it is not a change a watcher follows), so enqueues never queue
 behind that lock; only an event refused at acceptance (the HTTP ingest's
 failed-at-once) is a change, and takes one.
+
+The limits (queueMaxDepth, queueMaxBytes) are checked against counters kept in
+8 shard rows (``queue_held``): an enqueue adds its new rows to its
+connection's shard last, holding that row's lock to commit, and sums all
+shards. Within a shard this is exact (the next enqueue waits for the commit,
+then sees it). Across shards a transaction cannot see what others have not
+committed yet, so the bound may be passed by what at most 7 enqueues in flight
+at that very moment carry (each at most one request: maxMessageBytes for
+Enqueue, one HTTP body for the ingest). One global lock would make it exact but
+would serialise every Enqueue of the fleet on one row.
 """
 
 from __future__ import annotations
@@ -34,11 +44,15 @@ from .store import (
     STATES,
     Change,
     Job,
+    Limits,
+    Listed,
     NewJob,
     Outcome,
     QueueError,
     RetryRefused,
     Stats,
+    check_room,
+    event_json,
     unknown_error,
 )
 
@@ -53,10 +67,13 @@ EXPIRED_MESSAGE = (
 class PostgresQueue:
     """On the state's PostgreSQL backend: its pool (``state.pool``) and its migrations."""
 
-    def __init__(self, state: Any, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, state: Any, clock: Callable[[], float] | None = None, limits: Limits | None = None
+    ) -> None:
         self.state = state
         self.pool = state.pool
         self.clock = clock  # None: the server's clock
+        self.limits = limits or Limits()
 
     def _now(self) -> float | None:
         return None if self.clock is None else self.clock()
@@ -73,7 +90,7 @@ class PostgresQueue:
             ) from None
 
     async def open(self) -> None:
-        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"], Q["migrate_3"]])
+        await self.state.migrate("queue", [Q["migrate_1"], Q["migrate_2"], Q["migrate_3"], Q["migrate_4"]])
 
     async def close(self) -> None:
         """The pool belongs to whoever opened it."""
@@ -85,6 +102,7 @@ class PostgresQueue:
         async def insert(conn: psycopg.AsyncConnection[Any]) -> list[bool]:
             answers = [False] * len(jobs)
             seen: set[str] = set()  # twice in one batch: the second is the duplicate
+            params = [self._params(job) for job in jobs]
             queued: list[int] = []
             for i, job in enumerate(jobs):
                 if job.message_id in seen:
@@ -93,36 +111,43 @@ class PostgresQueue:
                 if job.error is None:
                     queued.append(i)
                 else:  # refused at acceptance (rare): one at a time, each logged as a change
-                    answers[i] = await self._insert(conn, job)
+                    answers[i] = await self._insert(conn, params[i], job)
             if len(queued) == 1:  # Enqueue's one event
-                cursor = await conn.execute(Q["enqueue"], self._params(jobs[queued[0]]))
+                cursor = await conn.execute(Q["enqueue"], params[queued[0]])
                 answers[queued[0]] = await cursor.fetchone() is not None
             elif queued:
                 # One executemany: psycopg pipelines it, so a batch of 100 is not 100 round trips.
                 cursor = conn.cursor()
-                params = [self._params(jobs[i]) for i in queued]
-                await cursor.executemany(Q["enqueue"], params, returning=True)
+                await cursor.executemany(Q["enqueue"], [params[i] for i in queued], returning=True)
                 for n, i in enumerate(queued):
                     if n:
                         cursor.nextset()
                     answers[i] = await cursor.fetchone() is not None
+            new = sum(answers)
+            new_bytes = sum(p["bytes"] for p, fresh in zip(params, answers, strict=True) if fresh)
+            if new:  # last: the shard's lock is held only from here to the commit
+                cursor = await conn.execute(Q["add_held"], {"events": new, "bytes": new_bytes})
+                held, held_bytes = await cursor.fetchone() or (0, 0)
+                # QueueFull rolls the whole transaction back: nothing of the batch is written.
+                check_room(held - new, held_bytes - new_bytes, new, new_bytes, self.limits)
             return answers
 
         return await self._run(insert)
 
     def _params(self, job: NewJob) -> dict[str, Any]:
+        event = event_json(job.event)
         return {
             "message_id": job.message_id,
             "person": job.person,
-            "event": Jsonb(job.event),
+            "event": event,
+            "bytes": max(1, len(event.encode())),  # the stored bytes, as queueMaxBytes counts them
             "trace": Jsonb(job.trace) if job.trace else None,
             "now": self._now(),
         }
 
-    async def _insert(self, conn: psycopg.AsyncConnection[Any], job: NewJob) -> bool:
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], params: dict[str, Any], job: NewJob) -> bool:
         """A job refused at acceptance: failed, with its cursor, logged as a change (enqueue_failed)."""
-        params = self._params(job) | {"error": Jsonb(job.error)}
-        cursor = await conn.execute(Q["enqueue_failed"], params)
+        cursor = await conn.execute(Q["enqueue_failed"], params | {"error": Jsonb(job.error)})
         return await cursor.fetchone() is not None
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
@@ -182,6 +207,8 @@ class PostgresQueue:
                     "now": self._now(),
                 },
             )
+            if outcome.state == DELIVERED:  # after the row's and the counter's locks (no cycle)
+                await conn.execute(Q["delivered_held"], {"id": job_id})
             return True
 
         return await self._run(end)
@@ -203,22 +230,19 @@ class PostgresQueue:
 
         return await self._run(read)
 
-    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
-        return await self._rows(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Listed]:
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Listed]:
+            cursor = conn.cursor(row_factory=dict_row)
+            await cursor.execute(Q["by_state"], {"state": state, "after": after_id, "limit": limit})
+            return [_listed(row) for row in await cursor.fetchall()]
+
+        return await self._run(read)
 
     async def changes(self, after_seq: int, limit: int) -> list[Change]:
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Change]:
             cursor = conn.cursor(row_factory=dict_row)
             await cursor.execute(Q["changes"], {"after": after_seq, "limit": limit})
             return [_change(row) for row in await cursor.fetchall()]
-
-        return await self._run(read)
-
-    async def _rows(self, query: str, params: dict[str, Any]) -> list[Job]:
-        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Job]:
-            cursor = conn.cursor(row_factory=dict_row)
-            await cursor.execute(query, params)
-            return [_job(row) for row in await cursor.fetchall()]
 
         return await self._run(read)
 
@@ -249,13 +273,24 @@ class PostgresQueue:
 
         return await self._run(delete)
 
+    async def prune_failed(self, failed_before: float) -> int:
+        async def delete(conn: psycopg.AsyncConnection[Any]) -> int:
+            cursor = await conn.execute(Q["prune_failed"], {"before": failed_before})
+            row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(delete)
+
     async def stats(self) -> Stats:
         async def read(conn: psycopg.AsyncConnection[Any]) -> Stats:
             cursor = await conn.execute(Q["depth"])
             depth = {state: count for state, count in await cursor.fetchall()}
             cursor = await conn.execute(Q["oldest"])
             oldest = await cursor.fetchone()
-            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0] if oldest else None)
+            cursor = await conn.execute(Q["held_total"])
+            held = await cursor.fetchone() or (0, 0)
+            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0] if oldest else None,
+                         int(held[0]), int(held[1]))
 
         return await self._run(read)
 
@@ -268,17 +303,21 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _listed(row: dict[str, Any]) -> Listed:
+    return _status(Listed, row["id"], row)
+
+
 def _change(row: dict[str, Any]) -> Change:
-    return Change(
-        seq=row["seq"],
-        message_id=row["message_id"],
-        state=row["state"],
-        attempts=row["attempts"],
-        accepted_at=row["accepted_at"],
-        next_attempt_at=row["next_attempt_at"],
-        result=_json(row["result"]),
-        error=_json(row["error"]),
-    )
+    return _status(Change, row["seq"], row)
+
+
+S = TypeVar("S", Listed, Change)
+
+
+def _status(kind: type[S], first: int, row: dict[str, Any]) -> S:
+    """A status row as a Listed (``first``: its id) or a Change (``first``: its cursor)."""
+    return kind(first, row["message_id"], row["state"], row["attempts"], row["accepted_at"],
+                row["next_attempt_at"], _json(row["result"]), _json(row["error"]))  # fmt: skip
 
 
 def _job(row: dict[str, Any]) -> Job:

@@ -25,10 +25,15 @@ from .store import (
     STATES,
     Change,
     Job,
+    Limits,
+    Listed,
     NewJob,
     Outcome,
+    QueueFull,
     RetryRefused,
     Stats,
+    check_room,
+    event_json,
     unknown_error,
 )
 
@@ -90,6 +95,26 @@ SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, resul
        COALESCE(finished_at, accepted_at)
 FROM queue_deliveries WHERE seq > 0;
 """
+# Step 4: what the queue holds for delivery (queueMaxDepth, queueMaxBytes): each row's stored bytes, and
+# two counters kept in the transactions that change them (acceptance, delivered, failed rows pruned), so
+# Enqueue checks its room without counting rows. Seeded from the rows not delivered at the upgrade.
+HELD = """
+ALTER TABLE queue_deliveries ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+UPDATE queue_deliveries SET bytes = length(CAST(event AS BLOB)) WHERE state != 'delivered';
+INSERT OR IGNORE INTO queue_meta (key, value)
+SELECT 'held', count(*) FROM queue_deliveries WHERE state != 'delivered';
+INSERT OR IGNORE INTO queue_meta (key, value)
+SELECT 'held_bytes', coalesce(sum(bytes), 0) FROM queue_deliveries WHERE state != 'delivered';
+"""
+HELD_NOW = "SELECT key, value FROM queue_meta WHERE key IN ('held', 'held_bytes')"
+ADD_HELD = (
+    "UPDATE queue_meta SET value = value + CASE key WHEN 'held' THEN ? ELSE ? END "
+    "WHERE key IN ('held', 'held_bytes')"
+)
+DELIVERED_HELD = (  # a delivered event is no longer held for delivery: out of the limits' count
+    "UPDATE queue_meta SET value = value - CASE key WHEN 'held' THEN 1 ELSE "
+    "(SELECT bytes FROM queue_deliveries WHERE id = ?) END WHERE key IN ('held', 'held_bytes')"
+)
 # The row as it is now, appended to the change log under the cursor just given to it.
 LOG_CHANGE = (
     "INSERT INTO queue_changes (seq, delivery_id, message_id, state, attempts, accepted_at, "
@@ -107,19 +132,24 @@ PRUNE_CHANGES = (
     "(SELECT 1 FROM queue_deliveries d WHERE d.seq = queue_changes.seq)"
 )
 
+# ListDeliveries' read: the status only, never the event column.
+LISTED = (
+    "SELECT id, message_id, state, attempts, accepted_at, next_attempt_at, result, error "
+    "FROM queue_deliveries WHERE state = ? AND id > ? ORDER BY id LIMIT ?"
+)
 COLUMNS = (
     "id, message_id, person, event, state, attempts, accepted_at, next_attempt_at, write_sent, forced, "
     "result, error, seq, retry_from, trace"
 )
 INSERT_MANY = (
     "INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, "
-    "next_attempt_at, trace) VALUES "
+    "next_attempt_at, trace, bytes) VALUES "
 )
-ROWS_PER_INSERT = 400  # 7 parameters a row: well under SQLite's 32,766 a statement
+ROWS_PER_INSERT = 400  # 8 parameters a row: well under SQLite's 32,766 a statement
 # Refused when accepted: failed at once, inactive; its cursor and change log entry follow (_changed).
 INSERT_FAILED = (
     "INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from, "
-    "next_attempt_at, trace, error, finished_at) VALUES (?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?, ?)"
+    "next_attempt_at, trace, error, finished_at, bytes) VALUES (?, ?, ?, 'failed', 0, ?, ?, ?, ?, ?, ?, ?)"
 )
 # A job whose lease ran out: its holder died (or stalled past the lease).
 EXPIRED_SENT = (
@@ -171,18 +201,28 @@ class SqlRunner(Protocol):
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T: ...
 
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T: ...
+
     async def migrate(self, component: str, steps: list[str]) -> None: ...
 
 
 class SqliteQueue:
-    def __init__(self, runner: SqlRunner, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, runner: SqlRunner, clock: Callable[[], float] = time.time, limits: Limits | None = None
+    ) -> None:
         self.runner = runner
         self.clock = clock
+        self.limits = limits or Limits()
         self._pending: list[tuple[list[NewJob], asyncio.Future[list[bool]]]] = []
+
         self._flushing = False
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return await self.runner.run(work)
+
+    async def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Reads off the write lock and the writes' thread (the state's read connection)."""
+        return await self.runner.read(work)
 
     def _next_seq(self, db: sqlite3.Connection) -> int:
         row = db.execute(
@@ -196,7 +236,7 @@ class SqliteQueue:
         db.execute(LOG_CHANGE, (now, job_id))
 
     async def open(self) -> None:
-        await self.runner.migrate("queue", [SCHEMA, TRACE_COLUMN, CHANGE_LOG])
+        await self.runner.migrate("queue", [SCHEMA, TRACE_COLUMN, CHANGE_LOG, HELD])
 
     async def close(self) -> None:
         """The runner belongs to whoever opened it."""
@@ -227,7 +267,11 @@ class SqliteQueue:
                             future.set_exception(exc)
                     continue
                 for (_, future), new in zip(batch, inserted, strict=True):
-                    if not future.done():  # the caller may have gone away; the rows stay accepted
+                    if future.done():  # the caller may have gone away; the rows stay accepted
+                        continue
+                    if isinstance(new, QueueFull):
+                        future.set_exception(new)
+                    else:
                         future.set_result(new)
         finally:
             self._flushing = False
@@ -242,32 +286,51 @@ class SqliteQueue:
         batch, self._pending = self._pending[:taken], self._pending[taken:]
         return batch
 
-    def _insert_groups(self, db: sqlite3.Connection, *, groups: list[list[NewJob]]) -> list[list[bool]]:
+    def _insert_groups(
+        self, db: sqlite3.Connection, *, groups: list[list[NewJob]]
+    ) -> list[list[bool] | QueueFull]:
         """The groups' jobs in a handful of statements, not one a job: each statement hands the GIL to the
         event loop and must win it back (up to the 5 ms switch interval while the loop computes), so a
-        statement a row made a commit of 100 jobs wait on the loop a hundred times."""
+        statement a row made a commit of 100 jobs wait on the loop a hundred times.
+
+        Each group whole or not at all: one whose new jobs would take the queue past its limits is left
+        out (QueueFull for its caller) and the others go on. Exact: BEGIN IMMEDIATE holds the write lock,
+        so no other writer, in this process or another, moves the counters meanwhile."""
         now = self.clock()
         seen = self._known(db, [job.message_id for jobs in groups for job in jobs])
-        answers, fresh = [], []
+        held = dict(db.execute(HELD_NOW).fetchall())
+        count, size = held.get("held", 0), held.get("held_bytes", 0)
+        answers: list[list[bool] | QueueFull] = []
+        fresh: list[tuple[NewJob, str, int]] = []  # (job, its event as stored, its bytes)
         for jobs in groups:
-            answer = []
+            taken, answer, new = set(seen), [], []
             for job in jobs:
-                new = job.message_id not in seen  # accepted before, or earlier in this transaction
-                seen.add(job.message_id)
-                answer.append(new)
-                if new:
-                    fresh.append(job)
+                is_new = job.message_id not in taken  # accepted before, or earlier in this transaction
+                taken.add(job.message_id)
+                answer.append(is_new)
+                if is_new:
+                    event = _event_json(job)
+                    new.append((job, event, max(1, len(event.encode()))))
+            new_bytes = sum(n for _, _, n in new)
+            try:
+                check_room(count, size, len(new), new_bytes, self.limits)
+            except QueueFull as exc:
+                answers.append(exc)  # nothing of it written; its message_ids stay unseen
+                continue
+            seen, count, size = taken, count + len(new), size + new_bytes
             answers.append(answer)
-        queued = [job for job in fresh if job.error is None]
+            fresh += new
+        queued = [item for item in fresh if item[0].error is None]
         for start in range(0, len(queued), ROWS_PER_INSERT):
             self._insert_queued(db, queued[start : start + ROWS_PER_INSERT], now)
-        for job in fresh:
+        for job, event, stored in fresh:
             if job.error is not None:  # refused at acceptance (rare): one at a time, each a change
-                row = (job.message_id, job.person, _event_json(job), now, now, now, _trace(job),
-                       _dumps(job.error), now)  # fmt: skip
+                row = (job.message_id, job.person, event, now, now, now, _trace(job),
+                       _dumps(job.error), now, stored)  # fmt: skip
                 cursor = db.execute(INSERT_FAILED, row)
                 assert cursor.lastrowid is not None
                 self._changed(db, cursor.lastrowid, now)  # a watcher sees it
+        db.execute(ADD_HELD, (count - held.get("held", 0), size - held.get("held_bytes", 0)))
         return answers
 
     def _known(self, db: sqlite3.Connection, message_ids: list[str]) -> set[str]:
@@ -281,11 +344,11 @@ class SqliteQueue:
             known.update(row[0] for row in rows)
         return known
 
-    def _insert_queued(self, db: sqlite3.Connection, jobs: list[NewJob], now: float) -> None:
-        values = ",".join(["(?, ?, ?, 'queued', ?, ?, ?, ?)"] * len(jobs))
+    def _insert_queued(self, db: sqlite3.Connection, jobs: list[tuple[NewJob, str, int]], now: float) -> None:
+        values = ",".join(["(?, ?, ?, 'queued', ?, ?, ?, ?, ?)"] * len(jobs))
         params: list[Any] = []
-        for job in jobs:
-            params += (job.message_id, job.person, _event_json(job), now, now, now, _trace(job))
+        for job, event, stored in jobs:
+            params += (job.message_id, job.person, event, now, now, now, _trace(job), stored)
         db.execute(INSERT_MANY + values, params)
 
     # --- the worker's operations -----------------------------------------------------------
@@ -362,6 +425,8 @@ class SqliteQueue:
             active = 1 if outcome.state == RETRYING else 0
             if not self._holds(db, owner, job_id):
                 return False
+            if outcome.state == DELIVERED:  # no longer held for delivery: out of the limits' count
+                db.execute(DELIVERED_HELD, (job_id,))
             db.execute(
                 "UPDATE queue_deliveries SET state = ?, active = ?, attempts = attempts + 1, "
                 "result = ?, error = ?, next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, "
@@ -414,21 +479,17 @@ class SqliteQueue:
 
         return await self._run(read)
 
-    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
-        def read(db: sqlite3.Connection) -> list[Job]:
-            rows = db.execute(
-                f"SELECT {COLUMNS} FROM queue_deliveries WHERE state = ? AND id > ? ORDER BY id LIMIT ?",
-                (state, after_id, limit),
-            ).fetchall()
-            return [_job(row) for row in rows]
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Listed]:
+        def read(db: sqlite3.Connection) -> list[Listed]:
+            return [_listed(row) for row in db.execute(LISTED, (state, after_id, limit))]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def changes(self, after_seq: int, limit: int) -> list[Change]:
         def read(db: sqlite3.Connection) -> list[Change]:
             return [_change(row) for row in db.execute(CHANGES, (after_seq, limit))]
 
-        return await self._run(read)
+        return await self._read(read)
 
     async def retry_failed(self, message_ids: list[str] | None) -> int:
         def retry(db: sqlite3.Connection) -> int:
@@ -467,17 +528,33 @@ class SqliteQueue:
 
         return await self._run(delete)
 
+    async def prune_failed(self, failed_before: float) -> int:
+        def delete(db: sqlite3.Connection) -> int:
+            rows = db.execute(
+                "SELECT id, bytes FROM queue_deliveries WHERE state = 'failed' AND finished_at < ?",
+                (failed_before,),
+            ).fetchall()
+            for job_id, _ in rows:
+                db.execute("DELETE FROM queue_changes WHERE delivery_id = ?", (job_id,))
+                db.execute("DELETE FROM queue_deliveries WHERE id = ?", (job_id,))
+            db.execute(ADD_HELD, (-len(rows), -sum(size for _, size in rows)))
+            return len(rows)
+
+        return await self._run(delete)
+
     async def stats(self) -> Stats:
         def read(db: sqlite3.Connection) -> Stats:
             depth = dict(db.execute("SELECT state, count(*) FROM queue_deliveries GROUP BY state"))
             oldest = db.execute("SELECT min(accepted_at) FROM queue_deliveries WHERE active = 1").fetchone()
-            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0])
+            held = dict(db.execute(HELD_NOW).fetchall())
+            return Stats({s: depth.get(s, 0) for s in STATES}, oldest[0], held.get("held", 0),
+                         held.get("held_bytes", 0))
 
-        return await self._run(read)
+        return await self._read(read)
 
 
 def _event_json(job: NewJob) -> str:
-    return json.dumps(job.event, separators=(",", ":"))
+    return event_json(job.event)
 
 
 def _trace(job: NewJob) -> str | None:
@@ -488,17 +565,21 @@ def _dumps(value: Mapping[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+def _listed(row: tuple[Any, ...]) -> Listed:
+    return _status(Listed, row)
+
+
 def _change(row: tuple[Any, ...]) -> Change:
-    return Change(
-        seq=row[0],
-        message_id=row[1],
-        state=row[2],
-        attempts=row[3],
-        accepted_at=row[4],
-        next_attempt_at=row[5],
-        result=json.loads(row[6]) if row[6] else None,
-        error=json.loads(row[7]) if row[7] else None,
-    )
+    return _status(Change, row)
+
+
+S = TypeVar("S", Listed, Change)
+
+
+def _status(kind: type[S], row: tuple[Any, ...]) -> S:
+    """A status row (the cursor or id first, then message_id ... error) as a Listed or a Change."""
+    result, error = (json.loads(value) if value else None for value in row[6:8])
+    return kind(row[0], row[1], row[2], row[3], row[4], row[5], result, error)
 
 
 def _job(row: tuple[Any, ...]) -> Job:

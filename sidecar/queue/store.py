@@ -19,10 +19,11 @@ queued Identify is the one instead, since it creates what the Track waits for.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import StoreError
+from ..errors import ResourceExhausted, StoreError
 
 # The store could not do what was asked (unreachable, locked past its timeout): the state's own error,
 # UNAVAILABLE with reason STORE_UNAVAILABLE and RetryInfo, raised by the backends at the seam.
@@ -36,6 +37,47 @@ UNKNOWN_REASON = "TRENGO_OUTCOME_UNKNOWN"
 def unknown_error(message: str) -> dict[str, Any]:
     """The DeliverError (protobuf JSON) of a write whose outcome nobody can know: UNAVAILABLE, no retry."""
     return {"code": 14, "message": message, "reason": UNKNOWN_REASON}
+
+
+QUEUE_FULL_RETRY_SECONDS = 10.0  # RetryInfo / Retry-After of QUEUE_FULL: the worker drains meanwhile
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How much the store holds for delivery (queueMaxDepth, queueMaxBytes): events not yet delivered
+    (queued, delivering, retrying, and failed ones waiting for an operator) and their stored bytes.
+    Delivered events are bounded by retention instead (queueRetentionSeconds)."""
+
+    max_depth: int = 1_000_000
+    max_bytes: int = 1 << 30
+
+
+class QueueFull(ResourceExhausted):
+    """Accepting these events would take the queue past queueMaxDepth or queueMaxBytes; nothing was
+    written. RESOURCE_EXHAUSTED with reason QUEUE_FULL and RetryInfo (HTTP ingest: 503, Retry-After)."""
+
+    reason = "QUEUE_FULL"
+
+    def __init__(self, held: int, held_bytes: int, adding: int, adding_bytes: int, limits: Limits) -> None:
+        if held + adding > limits.max_depth:
+            what = f"{held} events held, {adding} more would pass queueMaxDepth {limits.max_depth}"
+        else:
+            what = f"{held_bytes} bytes held, {adding_bytes} more would pass queueMaxBytes {limits.max_bytes}"
+        super().__init__(
+            f"the queue is full ({what}); nothing was accepted, retry once it drains",
+            retry_after=QUEUE_FULL_RETRY_SECONDS,
+        )
+
+
+def check_room(held: int, held_bytes: int, adding: int, adding_bytes: int, limits: Limits) -> None:
+    """Raise QueueFull if ``adding`` events of ``adding_bytes`` do not fit beside what is held."""
+    if adding and (held + adding > limits.max_depth or held_bytes + adding_bytes > limits.max_bytes):
+        raise QueueFull(held, held_bytes, adding, adding_bytes, limits)
+
+
+def event_json(event: dict[str, Any]) -> str:
+    """The event as both backends store it; its UTF-8 length is what queueMaxBytes counts."""
+    return json.dumps(event, separators=(",", ":"))
 
 
 class RetryRefused(Exception):
@@ -100,6 +142,21 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class Listed:
+    """An event as ListDeliveries shows it: its status without its body (the listing never reads the
+    event column, so a page of 1 MB events costs no more memory than one of small ones)."""
+
+    id: int  # the page token
+    message_id: str
+    state: str
+    attempts: int
+    accepted_at: float
+    next_attempt_at: float
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How an attempt ended, for ``finish``."""
 
@@ -113,9 +170,13 @@ class Outcome:
 class Stats:
     depth: dict[str, int] = field(default_factory=dict)  # state -> events
     oldest_queued_at: float | None = None  # accepted_at of the oldest event not yet delivered or failed
+    held: int = 0  # events not yet delivered (failed included), as queueMaxDepth counts them
+    held_bytes: int = 0  # their stored bytes, as queueMaxBytes counts them
 
 
 class QueueStore(Protocol):
+    limits: Limits
+
     async def open(self) -> None:
         """Create or migrate the tables (safe when many sidecars start at once)."""
 
@@ -123,12 +184,13 @@ class QueueStore(Protocol):
 
     async def enqueue(self, job: NewJob) -> bool:
         """Store the job durably (committed when this returns); False if its message_id was already
-        accepted, in which case nothing changed."""
+        accepted, in which case nothing changed. Raises QueueFull, writing nothing, past the limits."""
 
     async def enqueue_many(self, jobs: list[NewJob]) -> list[bool]:
         """Store all the jobs in one transaction (all or none, committed when this returns); for each,
         False if its message_id was already accepted (or came earlier in ``jobs``). A job with an
-        ``error`` is stored failed, inactive: it holds no person's turn."""
+        ``error`` is stored failed, inactive: it holds no person's turn. Raises QueueFull, writing
+        nothing, if the new ones would take the queue past its limits."""
 
     async def claim(self, owner: str, lease_seconds: float, limit: int) -> list[Job]:
         """Take up to ``limit`` due jobs, each its person's head (or, while the head is a Track waiting
@@ -150,8 +212,8 @@ class QueueStore(Protocol):
 
     async def get(self, message_id: str) -> Job | None: ...
 
-    async def by_state(self, state: str, after_id: int, limit: int) -> list[Job]:
-        """Jobs in ``state`` with id > after_id, oldest first."""
+    async def by_state(self, state: str, after_id: int, limit: int) -> list[Listed]:
+        """Events in ``state`` with id > after_id, oldest first, without their bodies (never read)."""
 
     async def changes(self, after_seq: int, limit: int) -> list[Change]:
         """The changes with a cursor > after_seq, in cursor order: every claim, outcome, give-back and
@@ -165,5 +227,9 @@ class QueueStore(Protocol):
     async def prune(self, delivered_before: float) -> int:
         """Delete delivered jobs finished before that time, and the changes logged before it (but each
         remaining job's last one); returns how many jobs."""
+
+    async def prune_failed(self, failed_before: float) -> int:
+        """Delete failed jobs that failed before that time (queueFailedRetentionSeconds), with every
+        change logged for them; returns how many."""
 
     async def stats(self) -> Stats: ...

@@ -46,7 +46,8 @@ class WorkerSettings:
     poll_seconds: float = 1.0
     attempt_seconds: float = 60.0  # one attempt's deadline: rate-limit waits and in-call retries included
     retention_seconds: float = 7 * 86400.0
-    maintenance_seconds: float = 60.0  # how often delivered events past retention are pruned
+    failed_retention_seconds: float = 7 * 86400.0
+    maintenance_seconds: float = 60.0  # how often events past retention are pruned (at most)
 
 
 class LeaseLost(Unavailable):
@@ -270,14 +271,26 @@ class Worker:
         while True:
             try:
                 self.stats = await self.store.stats()
-                if time.monotonic() - pruned_at >= self.settings.maintenance_seconds:
+                if time.monotonic() - pruned_at >= self._prune_every():
                     pruned_at = time.monotonic()
-                    removed = await self.store.prune(self.clock() - self.settings.retention_seconds)
-                    if removed:
-                        log.info("queue: pruned %d delivered events past retention", removed)
+                    await self._prune()
             except QueueError as exc:
                 log.warning("queue: maintenance failed: %s", exc)
             await asyncio.sleep(max(self.settings.poll_seconds, 1.0))
+
+    def _prune_every(self) -> float:
+        """Every maintenance_seconds, or twice per retention when one is shorter (so a short one holds)."""
+        shortest = min(self.settings.retention_seconds, self.settings.failed_retention_seconds)
+        return min(self.settings.maintenance_seconds, shortest / 2)
+
+    async def _prune(self) -> None:
+        now = self.clock()
+        removed = await self.store.prune(now - self.settings.retention_seconds)
+        if removed:
+            log.info("queue: pruned %d delivered events past retention", removed)
+        failed = await self.store.prune_failed(now - self.settings.failed_retention_seconds)
+        if failed:
+            log.info("queue: pruned %d failed events past queueFailedRetentionSeconds", failed)
 
     # --- stopping ------------------------------------------------------------------------------
 

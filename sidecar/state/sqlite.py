@@ -53,6 +53,11 @@ class SqliteState:
         self._clock = clock
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sidecar-sqlite")
         self._conn: sqlite3.Connection | None = None
+        # Reads that may come often and in numbers (the queue's watchers and listings) on a connection
+        # and thread of their own: a deferred read transaction in WAL mode takes no write lock and never
+        # waits for one, and they do not queue behind the writes on the store's thread.
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="sidecar-sqlite-read")
+        self._read_conn: sqlite3.Connection | None = None
         self._migrated = False
 
     # --- the store's thread ------------------------------------------------------------------------
@@ -75,6 +80,27 @@ class SqliteState:
             raise
         conn.commit()
         return result
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` in the reading thread, inside one read-only (deferred) transaction:
+        a snapshot that neither takes nor waits for SQLite's write lock."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._read_thread, self._read_transaction, work)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"the store ({self.url}) is unavailable: {type(exc).__name__} ({exc})") from None
+
+    def _read_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._read_conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA query_only = ON")  # a write here is a bug: refused, never locked
+            self._read_conn = conn
+        self._read_conn.execute("BEGIN DEFERRED")
+        try:
+            return work(self._read_conn)
+        finally:
+            self._read_conn.rollback()  # nothing to keep: ends the snapshot
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -125,9 +151,17 @@ class SqliteState:
                 self._conn.close()
                 self._conn = None
 
+        def close_reads() -> None:
+            if self._read_conn is not None:
+                self._read_conn.close()
+                self._read_conn = None
+
         with contextlib.suppress(RuntimeError):  # the executor may be gone already
             await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        with contextlib.suppress(RuntimeError):
+            await asyncio.get_running_loop().run_in_executor(self._read_thread, close_reads)
         self._thread.shutdown(wait=False)
+        self._read_thread.shutdown(wait=False)
 
     async def _one(self, name: str, params: dict[str, Any]) -> Any:
         await self.start()

@@ -6,7 +6,8 @@ the grpc.aio server uses, so a request and the queue's commit share one loop and
 Routes are rudder-server's gateway's: POST /v1/batch and the single-event /v1/identify, /v1/track,
 /v1/page, /v1/screen, /v1/group and /v1/alias. The status codes are the contract the SDKs retry by:
 200 only once every event is committed (or needs no commit); 503 with Retry-After when the store
-cannot commit (they keep the batch and retry); 400, 401 and 413 are never retried, and nothing of
+cannot commit, or the queue is full (QUEUE_FULL: past queueMaxDepth or queueMaxBytes, nothing written;
+they keep the batch and retry); 400, 401 and 413 are never retried, and nothing of
 such a request is queued.
 """
 
@@ -29,6 +30,7 @@ from ...config.load import Config
 from ...delivery.delivery import Delivery
 from ...errors import SidecarError, Unavailable
 from ...observe import tracing as tracing_module
+from ...queue.store import QueueFull
 from ..queue_service import QueueService
 from .accept import Answer, answer, decide
 from .body import MAX_BODY_BYTES, SINGLE_ROUTES, BadBody, parse, too_large
@@ -126,6 +128,9 @@ class HttpIngest:
         jobs = [d.job for d in decisions if d.job is not None]
         try:
             stored = await self.queue.accept_many(jobs) if jobs else []
+        except QueueFull as exc:  # past queueMaxDepth/queueMaxBytes, nothing written: the SDK keeps the batch
+            retry = max(1, math.ceil(exc.retry_after or 1.0))
+            return self._error(done, 503, exc.reason, exc.message, headers={"Retry-After": str(retry)})
         except Unavailable as exc:  # the store is down (STORE_UNAVAILABLE): the SDK keeps the batch
             retry = max(1, math.ceil(exc.retry_after or 1.0))
             return self._error(done, 503, exc.reason, exc.message, headers={"Retry-After": str(retry)})

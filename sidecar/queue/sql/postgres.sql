@@ -59,10 +59,59 @@ SELECT seq, id, message_id, state, attempts, accepted_at, next_attempt_at, resul
 FROM queue_deliveries WHERE seq > 0
 ON CONFLICT DO NOTHING;
 
+-- name: migrate_4
+-- What the queue holds for delivery (queueMaxDepth, queueMaxBytes): each row's stored bytes, and the
+-- events and bytes not yet delivered, kept in 8 shard rows by the transactions that change them
+-- (acceptance, delivered, failed rows pruned). Shards, so enqueues on different connections do not
+-- all wait on one row lock; their sum is the total. Seeded from the rows not delivered at the upgrade.
+ALTER TABLE queue_deliveries ADD COLUMN IF NOT EXISTS bytes BIGINT NOT NULL DEFAULT 0;
+UPDATE queue_deliveries SET bytes = octet_length(event::text) WHERE state <> 'delivered';
+CREATE TABLE IF NOT EXISTS queue_held (
+  shard INTEGER PRIMARY KEY,
+  events BIGINT NOT NULL,
+  bytes BIGINT NOT NULL
+);
+INSERT INTO queue_held (shard, events, bytes) SELECT g, 0, 0 FROM generate_series(0, 7) AS g
+ON CONFLICT DO NOTHING;
+UPDATE queue_held SET
+  events = (SELECT count(*) FROM queue_deliveries WHERE state <> 'delivered'),
+  bytes = (SELECT coalesce(sum(bytes), 0) FROM queue_deliveries WHERE state <> 'delivered')
+WHERE shard = 0;
+CREATE INDEX IF NOT EXISTS queue_changes_delivery ON queue_changes (delivery_id);
+
+-- name: add_held
+-- Last in an enqueue's transaction: this connection's shard (its lock held to commit), then the total
+-- as this transaction sees it: its own rows, and every other shard as last committed.
+WITH h AS (UPDATE queue_held SET events = events + %(events)s, bytes = bytes + %(bytes)s
+           WHERE shard = pg_backend_pid() %% 8 RETURNING shard, events, bytes)
+SELECT (SELECT coalesce(sum(events), 0) FROM queue_held WHERE shard <> (SELECT shard FROM h))
+         + (SELECT events FROM h) AS events,
+       (SELECT coalesce(sum(bytes), 0) FROM queue_held WHERE shard <> (SELECT shard FROM h))
+         + (SELECT bytes FROM h) AS bytes;
+
+-- name: held_total
+SELECT coalesce(sum(events), 0), coalesce(sum(bytes), 0) FROM queue_held;
+
+-- name: delivered_held
+-- A delivered event is no longer held for delivery: out of the limits' count.
+UPDATE queue_held SET events = events - 1,
+  bytes = bytes - (SELECT bytes FROM queue_deliveries WHERE id = %(id)s)
+WHERE shard = pg_backend_pid() %% 8;
+
+-- name: prune_failed
+-- Failed events past queueFailedRetentionSeconds, with every change logged for them.
+WITH d AS (DELETE FROM queue_deliveries WHERE state = 'failed' AND finished_at < %(before)s
+           RETURNING id, bytes),
+c AS (DELETE FROM queue_changes WHERE delivery_id IN (SELECT id FROM d)),
+h AS (UPDATE queue_held SET events = events - (SELECT count(*) FROM d),
+                            bytes = bytes - (SELECT coalesce(sum(bytes), 0) FROM d)
+      WHERE shard = pg_backend_pid() %% 8)
+SELECT count(*) FROM d;
+
 -- name: enqueue
 INSERT INTO queue_deliveries (message_id, person, event, state, accepted_at, retry_from, next_attempt_at,
-                              trace)
-SELECT %(message_id)s, %(person)s, %(event)s, 'queued', now_.t, now_.t, now_.t, %(trace)s
+                              trace, bytes)
+SELECT %(message_id)s, %(person)s, %(event)s::jsonb, 'queued', now_.t, now_.t, now_.t, %(trace)s, %(bytes)s
 FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
 ON CONFLICT (message_id) DO NOTHING
 RETURNING id;
@@ -73,9 +122,9 @@ RETURNING id;
 WITH c AS (UPDATE queue_meta SET value = value + 1 WHERE key = 'seq' RETURNING value),
 u AS (
 INSERT INTO queue_deliveries (message_id, person, event, state, active, accepted_at, retry_from,
-                              next_attempt_at, trace, error, finished_at, seq)
-SELECT %(message_id)s, %(person)s, %(event)s, 'failed', FALSE, now_.t, now_.t, now_.t, %(trace)s,
-       %(error)s, now_.t, (SELECT value FROM c)
+                              next_attempt_at, trace, error, finished_at, seq, bytes)
+SELECT %(message_id)s, %(person)s, %(event)s::jsonb, 'failed', FALSE, now_.t, now_.t, now_.t, %(trace)s,
+       %(error)s, now_.t, (SELECT value FROM c), %(bytes)s
 FROM (SELECT COALESCE(%(now)s::float8, extract(epoch FROM clock_timestamp())::float8) AS t) AS now_
 ON CONFLICT (message_id) DO NOTHING
 RETURNING *),
@@ -219,7 +268,9 @@ WHERE i.id = %(id)s AND COALESCE(i.event->>'kind', '') = 'identify'
 SELECT * FROM queue_deliveries WHERE message_id = %(message_id)s;
 
 -- name: by_state
-SELECT * FROM queue_deliveries WHERE state = %(state)s AND id > %(after)s ORDER BY id LIMIT %(limit)s;
+-- ListDeliveries' read: the status only, never the event column.
+SELECT id, message_id, state, attempts, accepted_at, next_attempt_at, result, error
+FROM queue_deliveries WHERE state = %(state)s AND id > %(after)s ORDER BY id LIMIT %(limit)s;
 
 -- name: changes
 -- The watch's read: the change log only (never the event column, never the deliveries table).
