@@ -18,7 +18,6 @@ from dataclasses import asdict, replace
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, timestamp_pb2
 from prometheus_client.core import Metric
 
 from trengo.sidecar.v1 import sidecar_pb2 as pb
@@ -38,44 +37,23 @@ from ..observe import tracing
 from ..plan import events, filters
 from ..queue.backends import queue_on
 from ..queue.metrics import collect as queue_metrics
-from ..queue.policy import QueuePolicy
-from ..queue.store import (
-    DELIVERED,
-    DELIVERING,
-    FAILED,
-    QUEUED,
-    RETRYING,
-    Change,
-    Job,
-    Limits,
-    Listed,
-    NewJob,
-    QueueStore,
-    RetryRefused,
-)
-from ..queue.worker import Worker, WorkerSettings
+from ..queue.store import NewJob, QueueStore, RetryRefused
+from ..queue.worker import Worker
 from ..state import open_state
 from ..state.url import scheme_of
 from .answers import abort_with
 from .decoding import decoded, tolerant
 from .offload import off_loop
+from .queue_config import limits_of, policy_of, queue_connections, settings_of
+from .queue_status import DEFAULT_PAGE, MAX_PAGE, STATE_NAMES, STATES, page_token, to_status
 
 log = logging.getLogger("sidecar.queue")
 SERVICE = pb.DESCRIPTOR.services_by_name["TrengoSidecar"].full_name
-STATES = {
-    QUEUED: pb.DELIVERY_STATE_QUEUED,
-    DELIVERING: pb.DELIVERY_STATE_DELIVERING,
-    RETRYING: pb.DELIVERY_STATE_RETRYING,
-    DELIVERED: pb.DELIVERY_STATE_DELIVERED,
-    FAILED: pb.DELIVERY_STATE_FAILED,
-}
-STATE_NAMES = {number: name for name, number in STATES.items()}
 PARSERS: dict[str, Callable[[Any], events.Event]] = {
     "identify": events.from_identify,
     "track": events.from_track,
     "send_event": events.from_send_event,
 }
-DEFAULT_PAGE, MAX_PAGE = 100, 1000
 WATCH_POLL_SECONDS = 0.5
 STORE_RETRY_SECONDS = 1.0
 OPEN_WAIT_SECONDS = 2.0  # how long start-up waits for the queue's tables before going on without them
@@ -95,65 +73,6 @@ def person(event: events.Event) -> str:
     if event.contact_id is not None:
         return f"contact:{event.contact_id}"
     return f"message:{event.message_id}"
-
-
-def queue_connections(config: Config) -> int:
-    """The connections the queue adds to each of the store's pools (PostgreSQL): every delivery in
-    flight may hold one of each (a message_id's lock, a person's lock, an operation), and the worker
-    claims and renews leases beside them; without them, queued deliveries would take the connections
-    synchronous calls need."""
-    if scheme_of(config.store.reveal()) == "memory":
-        return 0
-    return config.queue_concurrency + 1
-
-
-def policy_of(config: Config) -> QueuePolicy:
-    return QueuePolicy(
-        base_seconds=config.queue_retry_base_seconds,
-        max_seconds=config.queue_retry_max_seconds,
-        min_attempts=config.queue_give_up_attempts,
-        give_up_seconds=config.queue_give_up_seconds,
-        max_age_seconds=config.queue_max_age_seconds,
-        contact_wait_seconds=config.queue_contact_wait_seconds,
-    )
-
-
-def settings_of(config: Config) -> WorkerSettings:
-    return WorkerSettings(
-        concurrency=config.queue_concurrency,
-        lease_seconds=config.queue_lease_seconds,
-        poll_seconds=config.queue_poll_seconds,
-        attempt_seconds=config.queue_attempt_timeout_seconds,
-        retention_seconds=config.queue_retention_seconds,
-        failed_retention_seconds=config.queue_failed_retention_seconds,
-    )
-
-
-def limits_of(config: Config) -> Limits:
-    return Limits(max_depth=config.queue_max_depth, max_bytes=config.queue_max_bytes)
-
-
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
-
-
-def to_status(job: Job | Change | Listed) -> pb.DeliveryStatus:
-    """An event's status: as it is now (a Job), or as of one change (a Change, for WatchDeliveries)."""
-    status = pb.DeliveryStatus(
-        message_id=job.message_id,
-        state=STATES[job.state],
-        attempts=job.attempts,
-        accepted_at=_timestamp(job.accepted_at),
-    )
-    if job.state == DELIVERED and job.result is not None:
-        json_format.ParseDict(job.result, status.result)
-    if job.state in (FAILED, RETRYING) and job.error is not None:
-        json_format.ParseDict(job.error, status.error)
-    if job.state in (QUEUED, RETRYING):
-        status.next_attempt_at.CopyFrom(_timestamp(job.next_attempt_at))
-    return status
 
 
 def _not_durable() -> FailedPrecondition:
@@ -337,7 +256,7 @@ class QueueService:
         if request.limit < 0:
             raise InvalidArgument("limit must not be negative", field="limit")
         limit = min(request.limit or DEFAULT_PAGE, MAX_PAGE)
-        after = _page_token(request.page_token)
+        after = page_token(request.page_token)
         jobs = await store.by_state(state, after, limit)
         token = str(jobs[-1].id) if len(jobs) == limit else ""
         return pb.ListDeliveriesResponse(deliveries=[to_status(j) for j in jobs], next_page_token=token)
@@ -397,13 +316,13 @@ class QueueService:
                     await asyncio.wait_for(self._closing.wait(), WATCH_POLL_SECONDS)
 
 
-def _page_token(token: str) -> int:
-    if not token:
-        return 0
-    if not token.isdigit():
-        raise InvalidArgument("page_token is not one ListDeliveries gave", field="page_token")
-    return int(token)
-
 
 def _as_is(message: Any) -> Any:
     return message
+
+
+# re-exported: app.py, the ingest and the tests import these from here
+__all__ = [
+    "STATES", "STATE_NAMES", "QueueService", "limits_of", "person", "policy_of", "queue_connections",
+    "settings_of", "to_status",
+]

@@ -117,20 +117,40 @@ def test_a_sigkill_right_after_a_200_loses_no_acknowledged_event_and_sends_none_
         assert delivered_before < 200, "the queue drained before the kill: the test proves nothing"
         process.start()
         stub = process.stub()
-        wait_for(lambda: len(control.tickets()) >= 200, "every acknowledged track's ticket", 180)
+        # Flaky cause (seen twice under load): this waited for 200 tickets. But the worker marks a ticket
+        # write durably *before* it goes out (mark_sending), so a kill between that commit and the
+        # request leaving the sidecar leaves a track FAILED as TRENGO_OUTCOME_UNKNOWN whose ticket
+        # Trengo never got: 199 tickets, forever. The sidecar is right not to resend it blindly; the
+        # test now waits for what is promised, every acknowledged event settled, and checks both cases.
+        statuses = wait_for(lambda: _settled(all_deliveries(stub), acknowledged), "every event settled", 180)
         wait_for(lambda: all(r["status"] is not None for r in control.requests()), "requests to end", 10)
-        statuses = {s.message_id: s for s in all_deliveries(stub)}
     finally:
         process.stop()
-    assert sorted(statuses) == sorted(acknowledged)
+    unknown = [s for s in statuses.values() if s.state != pb.DELIVERY_STATE_DELIVERED]
+    # Only the one write in flight at the kill may have lost its answer (its outcome unknown).
+    assert len(unknown) <= 1 and all(s.error.reason == "TRENGO_OUTCOME_UNKNOWN" for s in unknown), unknown
+    tracks = [s for m, s in statuses.items() if m.startswith("tr-")]
+    delivered = {_subject(s.message_id) for s in tracks if s.state == pb.DELIVERY_STATE_DELIVERED}
+    maybe = {_subject(s.message_id) for s in tracks if s in unknown}
     subjects = Counter(t["subject"] for t in control.tickets())
-    assert subjects == Counter(f"Order {n}" for n in range(200))  # every one, none twice
+    assert max(subjects.values()) == 1, subjects  # none twice
+    assert delivered <= set(subjects) <= delivered | maybe  # every delivered one; the unknown one, maybe
+    assert len(delivered | maybe) == 200
+    # A contact create is never left unknown (searched for before it is sent again): all 200, once each.
     assert sorted(c["identifier"] for c in control.contacts()) == [
         f"k{n:04d}@example.com" for n in range(200)
     ]
-    unknown = [s for s in statuses.values() if s.state != pb.DELIVERY_STATE_DELIVERED]
-    # Only the one write in flight at the kill may have lost its answer (delivered, its outcome unknown).
-    assert len(unknown) <= 1 and all(s.error.reason == "TRENGO_OUTCOME_UNKNOWN" for s in unknown), unknown
+
+
+def _subject(message_id: str) -> str:
+    return f"Order {int(message_id.removeprefix('tr-k'))}"
+
+
+def _settled(found: list[pb.DeliveryStatus], acknowledged: list[str]) -> dict[str, pb.DeliveryStatus] | None:
+    """Statuses by message_id once every acknowledged event (and no other) is delivered or failed."""
+    statuses = {s.message_id: s for s in found}
+    terminal = all(s.state in (pb.DELIVERY_STATE_DELIVERED, pb.DELIVERY_STATE_FAILED) for s in found)
+    return statuses if terminal and sorted(statuses) == sorted(acknowledged) else None
 
 
 def test_a_request_span_continues_the_callers_traceparent_and_the_delivery_links_to_it(
