@@ -70,7 +70,13 @@ def test_a_track_enqueued_before_its_identify_is_delivered_once_the_identify_lan
     assert [(d.message_id, d.error.reason) for d in listed.deliveries] == [("t1", "CONTACT_NOT_FOUND")]
     command = [sys.executable, "-m", "sidecar", "deliveries", "--address", thread.address, "list", "--state",
                "retrying"]  # fmt: skip
-    line = subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=30).stdout
+    # A waiting track is "delivering" for the moment of each retry (every <= 0.4 s here), and the CLI's
+    # start-up takes longer than that, so one listing may land inside an attempt: wait for a listing
+    # that catches it between two attempts, as an operator re-running the command would.
+    def listing() -> str:
+        return subprocess.run(command, capture_output=True, text=True, env=cli_env(), timeout=30).stdout
+
+    line = wait_for(listing, "the CLI to list t1 as retrying")
     assert line.startswith("t1  retrying  attempts=") and "  next=20" in line, line
     assert "CONTACT_NOT_FOUND: waiting up to 600 s (queueContactWaitSeconds) for the contact" in line
     # The person's other events queue behind the waiting track; the identify may pass them.
