@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from .api.serving import build_parser, config_problems, flag_overrides, run_serving
-from .config.load import load
-from .config.report import check_config
-from .errors import ConfigError
-from .observe import logs
-
-log = logging.getLogger("sidecar")
-
+from .api.serving import build_parser, load_config, run_serving
 
 COMMANDS = """
 commands:
@@ -35,18 +27,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return deliveries(argv[1:])
     args = parse_args(argv)
-    try:
-        loaded = load(args.config, overrides=flag_overrides(args))
-    except ConfigError as exc:
-        print(config_problems(exc), file=sys.stderr)
-        return 2
-    config = loaded.config
-    logs.setup(config.log_format, config.log_level)
-    if args.check_config:
-        print(check_config(loaded))
-        return 0
-    for warning in loaded.warnings:
-        log.warning(warning)
+    config = load_config(args)
+    if isinstance(config, int):
+        return config
     if args.check_trengo:
         from .api.app import Sidecar
         from .api.readiness import check_command

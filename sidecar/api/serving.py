@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
+from typing import Any
 
-from ..config.load import LOG_FORMATS, LOG_LEVELS, Config
-from ..config.report import env_help, version
+from ..config.load import LOG_FORMATS, LOG_LEVELS, Config, load
+from ..config.report import check_config, env_help, version
 from ..errors import ConfigError
+from ..observe import logs
 
 log = logging.getLogger("sidecar")
 
@@ -84,6 +87,25 @@ def config_problems(exc: ConfigError) -> str:
         return f"trengo-sidecar: bad config: {exc.line()}"
     lines = "".join(f"\n  {problem.line()}" for problem in exc.problems)
     return f"trengo-sidecar: bad config ({len(exc.problems)} problems):{lines}"
+
+
+def load_config(args: argparse.Namespace, **load_options: Any) -> Config | int:
+    """The config the file, env and flags give, with logging set up and its warnings logged; or the exit
+    code instead: 2 for a bad config (every problem on stderr), 0 once --check-config has printed it.
+    The CLI and `make run`'s demo (``load_options``: its defaults underneath) start the same way."""
+    try:
+        loaded = load(args.config, overrides=flag_overrides(args), **load_options)
+    except ConfigError as exc:
+        print(config_problems(exc), file=sys.stderr)
+        return 2
+    config = loaded.config
+    logs.setup(config.log_format, config.log_level)
+    if args.check_config:
+        print(check_config(loaded))
+        return 0
+    for warning in loaded.warnings:
+        log.warning(warning)
+    return config
 
 
 def run_serving(config: Config, started: Callable[[], None] | None = None) -> int:

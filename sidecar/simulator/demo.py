@@ -9,18 +9,14 @@ is removed at stop, unless ``--keep-state`` (``make run KEEP_STATE=1``).
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
 import tempfile
 from typing import Any
 
-from ..api.serving import build_parser, config_problems, flag_overrides, run_serving
-from ..config.load import Config, load
-from ..config.report import check_config
-from ..errors import ConfigError
-from ..observe import logs
+from ..api.serving import build_parser, load_config, run_serving
+from ..config.load import Config
 from . import SimulatorThread
 
 DEMO_TOKEN = "demo-token"
@@ -145,19 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_demo(args: Any, base_url: str, state: str) -> int:
-    try:
-        defaults = demo_config(base_url, state)
-        loaded = load(args.config, overrides=flag_overrides(args), base=defaults, base_origin="demo")
-    except ConfigError as exc:
-        print(config_problems(exc), file=sys.stderr)
-        return 2
-    config = loaded.config
-    logs.setup(config.log_format, config.log_level)
-    if args.check_config:
-        print(check_config(loaded))
-        return 0
-    for warning in loaded.warnings:
-        logging.getLogger("sidecar").warning(warning)
+    config = load_config(args, base=demo_config(base_url, state), base_origin="demo")
+    if isinstance(config, int):
+        return config
     return run_serving(config, lambda: print(banner(config, base_url, state, args.keep_state), flush=True))
 
 
